@@ -1,0 +1,33 @@
+"""Helpers shared by every node file: the category names and the user-facing error convention.
+
+A user mistake must surface in ComfyUI as one clear sentence that names the node, the input and the fix.
+The pure layers (pata/, attention/, pacm/) raise ``ValueError`` whose message starts with the argument
+name, and argument names match node input names; nodes wrap their calls in :func:`node_errors` so the
+message gains the node's display name.
+"""
+from __future__ import annotations
+
+import contextlib
+
+CATEGORY = "PoseAnimate"
+
+
+class PoseAnimateError(ValueError):
+    """A user-facing error raised by a PoseAnimate node."""
+
+
+def input_error(node: str, input_name: str, problem: str, fix: str) -> PoseAnimateError:
+    """Build the standard message: ``<node>: input '<input>': <problem> Fix: <fix>``."""
+    problem = problem.rstrip(".") + "."
+    return PoseAnimateError(f"{node}: input '{input_name}': {problem} Fix: {fix}")
+
+
+@contextlib.contextmanager
+def node_errors(node: str):
+    """Re-raise ``ValueError`` from the pure layers with the node's display name in front."""
+    try:
+        yield
+    except PoseAnimateError:
+        raise
+    except ValueError as exc:
+        raise PoseAnimateError(f"{node}: {exc}") from None

@@ -1,0 +1,30 @@
+"""Test bootstrap: make the pack importable as ``poseanimate`` whatever its folder is called.
+
+ComfyUI imports a custom-node folder as a package under the folder's own name; the tests do the same
+under the fixed name ``poseanimate`` so they run from any clean clone. The repository root is also put
+on ``sys.path`` so the pure layers import as top-level ``pata``, ``attention`` and ``pacm`` the way
+scripts and benchmarks use them.
+"""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _register_pack() -> None:
+    if "poseanimate" in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(
+        "poseanimate", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["poseanimate"] = module
+    spec.loader.exec_module(module)
+
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+_register_pack()

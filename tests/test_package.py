@@ -1,0 +1,109 @@
+"""Pack-level checks: packaging metadata, import hygiene, node registration conventions."""
+from __future__ import annotations
+
+import ast
+import pathlib
+import re
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PURE = ("pata", "attention", "pacm")
+HOST_MODULES = {"comfy", "comfy_extras", "folder_paths", "server", "execution", "nodes", "comfy_api"}
+
+
+def _pyproject():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _norm(req: str) -> str:
+    return re.sub(r"\s+", "", req.split("#")[0]).lower()
+
+
+def test_requirements_txt_matches_pyproject():
+    deps = {_norm(d) for d in _pyproject()["project"]["dependencies"]}
+    lines = [_norm(x) for x in (ROOT / "requirements.txt").read_text().splitlines()]
+    assert {x for x in lines if x} == deps
+
+
+def test_pyproject_metadata():
+    meta = _pyproject()
+    assert meta["project"]["name"] == "poseanimate"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", meta["project"]["version"])
+    assert meta["project"]["license"] == {"file": "LICENSE"}
+    assert "GNU GENERAL PUBLIC LICENSE" in (ROOT / "LICENSE").read_text()[:200]
+    comfy = meta["tool"]["comfy"]
+    assert comfy["DisplayName"] == "PoseAnimate"
+    for key in ("PublisherId", "Icon", "requires-comfyui"):
+        assert comfy[key]
+    extras = meta["project"]["optional-dependencies"]
+    assert "test" in extras and any("controlnet-aux" in x for x in extras["pose"])
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    ci_lines = [x for x in (ROOT / ".ci" / "run").read_text().splitlines() if x.strip()]
+    command = ci_lines[-1].strip()
+    readme = (ROOT / "README.md").read_text()
+    assert f"\n{command}\n" in readme, f"README must show the CI test command verbatim: {command}"
+    assert "pip install -q torch==2.13.0" in (ROOT / ".ci" / "run").read_text()
+
+
+def _imports(path: pathlib.Path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield 0, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            yield node.level, node.module or ""
+
+
+@pytest.mark.parametrize("package", PURE)
+def test_pure_layers_never_import_the_host_or_each_other(package):
+    files = sorted((ROOT / package).rglob("*.py"))
+    assert files, f"{package}/ has no modules"
+    for path in files:
+        depth = len(path.relative_to(ROOT / package).parts) - 1  # levels inside the package
+        for level, name in _imports(path):
+            top = name.split(".")[0]
+            if level == 0:
+                assert top not in HOST_MODULES, f"{path} imports the host module {name}"
+                assert top not in set(PURE) - {package}, f"{path} imports sibling layer {name}"
+            else:
+                assert level <= depth + 1, f"{path} reaches outside {package}/ with a relative import"
+
+
+def test_import_without_comfyui_under_any_folder_name(tmp_path):
+    """Import the pack the way ComfyUI does (a package named after its folder) in a clean interpreter."""
+    code = f"""
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location(
+    "Some_Folder-Name", {str(ROOT / '__init__.py')!r}, submodule_search_locations=[{str(ROOT)!r}])
+mod = importlib.util.module_from_spec(spec); sys.modules[spec.name] = mod; spec.loader.exec_module(mod)
+assert isinstance(mod.NODE_CLASS_MAPPINGS, dict) and isinstance(mod.NODE_DISPLAY_NAME_MAPPINGS, dict)
+bad = sorted(m for m in sys.modules if m.split('.')[0] in {sorted(HOST_MODULES)!r})
+assert not bad, bad
+print(len(mod.NODE_CLASS_MAPPINGS))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def _literal_dict(tree: ast.Module, name: str) -> ast.Dict:
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            assert isinstance(node.value, ast.Dict), f"{name} must be a literal dict"
+            return node.value
+    raise AssertionError(f"{name} not found in nodes/__init__.py")
+
+
+def test_node_mappings_are_literal_and_prefixed():
+    tree = ast.parse((ROOT / "nodes" / "__init__.py").read_text())
+    classes = _literal_dict(tree, "NODE_CLASS_MAPPINGS")
+    names = _literal_dict(tree, "NODE_DISPLAY_NAME_MAPPINGS")
+    keys = [ast.literal_eval(k) for k in classes.keys]
+    assert keys == [ast.literal_eval(k) for k in names.keys]
+    assert all(k.startswith("PoseAnimate") for k in keys)
