@@ -1,0 +1,60 @@
+"""Host tests: run against a real ComfyUI checkout on the CPU. Skipped unless COMFYUI_PATH is set.
+
+Set COMFYUI_PATH to a ComfyUI checkout whose requirements are installed in the running Python. ComfyUI needs
+torchvision only for imports that these tests never exercise; where no torchvision is installed (there is no
+CPU wheel on some machines) a stub module is put in its place, and only then.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import types
+
+import pytest
+
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tiny_models and other host helpers
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Without ComfyUI, do not even import the host test modules (they import comfy at top level)."""
+    if not COMFYUI_PATH and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        return True
+    return None
+
+
+def _stub_torchvision() -> None:
+    try:
+        import transformers  # noqa: F401  (transformers probes find_spec('torchvision') at import)
+    except ImportError:
+        pass
+    if importlib.util.find_spec("torchvision") is not None:
+        return
+    tv = types.ModuleType("torchvision")
+    tv.transforms = types.ModuleType("torchvision.transforms")
+    tv.models = types.ModuleType("torchvision.models")
+    sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms, "torchvision.models": tv.models})
+
+
+def _bootstrap_comfy() -> None:
+    if COMFYUI_PATH not in sys.path:
+        sys.path.insert(0, COMFYUI_PATH)
+    _stub_torchvision()
+    import comfy.options  # noqa: F401  (argument parsing stays off unless enabled)
+    from comfy.cli_args import args
+
+    args.cpu = True  # must precede the first import of comfy.model_management
+
+
+if COMFYUI_PATH:
+    _bootstrap_comfy()
+
+
+@pytest.fixture(autouse=True)
+def _comfy_inference_mode():
+    """Host tests exercise nodes the way ComfyUI runs them: inside torch.inference_mode()."""
+    import torch
+
+    with torch.inference_mode():
+        yield

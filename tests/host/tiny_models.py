@@ -1,0 +1,52 @@
+"""Tiny random-weight SD1.5-architecture models built with ComfyUI's own classes (host tests only)."""
+from __future__ import annotations
+
+import torch
+
+TINY_UNET = dict(
+    use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+    adm_in_channels=None, in_channels=4, model_channels=32, num_res_blocks=[2, 2, 2, 2],
+    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], channel_mult=[1, 2, 4, 4], transformer_depth_middle=1,
+    use_linear_in_transformer=False, context_dim=768, transformer_depth_output=[1] * 9 + [0] * 3,
+    use_temporal_attention=False, use_temporal_resblock=False,
+)
+
+
+def init_weights_(module: torch.nn.Module, seed: int = 0) -> None:
+    """comfy.ops.disable_weight_init leaves weights uninitialised: give them small deterministic values."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            for name, p in m.named_parameters(recurse=False):
+                if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                    p.fill_(1.0 if name == "weight" else 0.0)
+                elif name == "bias":
+                    p.zero_()
+                else:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+def build_tiny_sd15(seed: int = 0):
+    """Return (ModelPatcher, comfy.controlnet.ControlNet) for a tiny SD1.5-shaped UNet and ControlNet."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.ops
+    import comfy.supported_models
+
+    cfg = comfy.supported_models.SD15(dict(TINY_UNET))
+    cfg.set_inference_dtype(torch.float32, None)
+    model = cfg.get_model({}, "", device=torch.device("cpu"))
+    init_weights_(model.diffusion_model, seed)
+    patcher = comfy.model_patcher.ModelPatcher(
+        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
+    cn_cfg = dict(cfg.unet_config)
+    cn_cfg.pop("out_channels")
+    cn_cfg.update(hint_channels=3, operations=comfy.ops.disable_weight_init, dtype=torch.float32,
+                  device=torch.device("cpu"))
+    control_model = comfy.cldm.cldm.ControlNet(**cn_cfg)
+    init_weights_(control_model, seed + 1)
+    control = comfy.controlnet.ControlNet(control_model, load_device=mm.get_torch_device(), manual_cast_dtype=None)
+    return patcher, control
