@@ -365,3 +365,22 @@ def test_install_patches_on_blocks_with_attention():
     m = _FakePatcher(unet)
     install_patches(m, dca=DCAPatch(blocks=[("output", 2, 0), ("input", 1)]))
     assert m.set == [("attn1", "input", 1, None), ("attn1", "output", 2, 0)]
+
+
+def test_patch_bad_arguments():
+    with pytest.raises(ValueError, match="^masks: .*0, 1"):
+        DCAPatch(masks=torch.full((2, 4, 4), 2.0))
+    with pytest.raises(ValueError, match="^masks: "):
+        DCAPatch(masks=torch.ones(2, 2, 4, 4))
+    with pytest.raises(ValueError, match="^weights: "):
+        DCAPatch(weights=(1, 1, 1))
+
+
+def test_patch_masks_not_covering_frames_warn_and_run_unmasked(caplog):
+    q, k, v = _qkv(frames=4)
+    patch = DCAPatch(masks=_blob_masks(2, 6, 8))  # masks for 2 frames, chunk of 4
+    with caplog.at_level(logging.WARNING, logger="attention.patch"):
+        out = patch(q, k, v, _opts([0]))
+        patch(q, k, v, _opts([0]))
+    assert _rel(out, reference(q, k, v, HEADS)) < 1e-5
+    assert len([r for r in caplog.records if "without masks" in r.message]) == 1
