@@ -384,3 +384,17 @@ def test_patch_masks_not_covering_frames_warn_and_run_unmasked(caplog):
         patch(q, k, v, _opts([0]))
     assert _rel(out, reference(q, k, v, HEADS)) < 1e-5
     assert len([r for r in caplog.records if "without masks" in r.message]) == 1
+
+
+def test_patch_gradients_flow_through_windows_and_masks():
+    """pacm optimises embeddings through the UNet: the patch must stay differentiable, kv_carry included."""
+    q, k, v = (t.double().requires_grad_() for t in _qkv(frames=4, tokens=12, channels=8))
+    masks = (torch.arange(48).reshape(4, 3, 4) % 3 == 0).double()
+    patch = DCAPatch(masks=masks)
+    carry = {}
+    outs = [patch(q[w], k[w], v[w], _opts([0], shape=(3, 4), heads=2, frame_ids=w, kv_carry=carry))
+            for w in ([0, 1], [2, 3])]
+    gq, gk = torch.autograd.grad(torch.cat(outs).square().sum(), (q, k))
+    ref = reference(q, k, v, 2, masks=masks.reshape(4, 12))
+    rq, rk = torch.autograd.grad(ref.square().sum(), (q, k))
+    assert torch.allclose(gq, rq, atol=1e-9) and torch.allclose(gk, rk, atol=1e-9)
