@@ -302,8 +302,8 @@ class TinyUNet(nn.Module):
 
 
 class TinyPoseControl(nn.Module):
-    """ControlNet-style pose branch: encodes the hint (B, 3, 8h, 8w) to latent resolution, adds it to a copy of
-    the input path run on x, and returns residuals ``{"output": [r0..r3], "middle": [rm]}`` (ComfyUI's control
+    """ControlNet-style pose branch: encodes the hint (B, 3, 8h, 8w) at latent resolution, adds it to a small
+    input path run on x (and the timestep), and returns residuals ``{"output": [r0..r3], "middle": [rm]}`` (ComfyUI's control
     dict; the UNet pops from the end, so r3 goes with the deepest skip)."""
 
     def __init__(self, unet: TinyUNet, hint_channels: int = 3, scale: float = 1.0):
@@ -315,16 +315,12 @@ class TinyPoseControl(nn.Module):
         self.time_scale = unet.time_scale
         self.in_scale = unet.in_scale
         self.time_embed = nn.Sequential(nn.Linear(c, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.hint_block = nn.Sequential(
-            nn.Conv2d(hint_channels, 16, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(32, c, 3, stride=2, padding=1))
+        self.hint_block = nn.Sequential(nn.Conv2d(hint_channels, c, 3, padding=1), nn.SiLU(),
+                                        nn.Conv2d(c, c, 3, padding=1))
         self.conv_in = nn.Conv2d(unet.in_channels, c, 3, padding=1)
         self.res1 = ResBlock(c, c, emb_dim, groups)
         self.down = Downsample(c)
-        self.res3 = ResBlock(c, 2 * c, emb_dim, groups)
-        self.res_mid = ResBlock(2 * c, 2 * c, emb_dim, groups)
+        self.to_deep = nn.Conv2d(c, 2 * c, 1)
         self.zero_convs = nn.ModuleList([nn.Conv2d(ch, ch, 1) for ch in unet.skip_channels])
         self.middle_out = nn.Conv2d(2 * c, 2 * c, 1)
         with torch.no_grad():
@@ -334,15 +330,14 @@ class TinyPoseControl(nn.Module):
 
     def forward(self, x, hint, timesteps):
         emb = self.time_embed(timestep_embedding(timesteps * self.time_scale, self.model_channels).to(x.dtype))
-        g = self.hint_block(hint)
-        if g.shape[-2:] != x.shape[-2:]:
-            g = F.interpolate(g, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        # The pose image (8x the latent size for SD1.5) is area-pooled to the latent grid, then encoded.
+        g = self.hint_block(F.interpolate(hint, size=x.shape[-2:], mode="area"))
         h0 = self.conv_in(x * self.in_scale) + g
         h1 = self.res1(h0, emb)
         h2 = self.down(h1)
-        h3 = self.res3(h2, emb)
-        hm = self.res_mid(h3, emb)
+        h3 = F.silu(self.to_deep(h2))
         outs = [zc(h) for zc, h in zip(self.zero_convs, (h0, h1, h2, h3))]
+        hm = h3
         return {"output": outs, "middle": [self.middle_out(hm)]}
 
 
