@@ -160,22 +160,41 @@ def short_inversion(model, data):
     return pacm.pose_aware_inversion(model, inv)
 
 
-def test_batched_optimisation_equals_frame_by_frame(model, data, short_inversion):
-    targets = torch.cat([data["hint"][None], data["targets"]])     # frame 1 = source pose: stops early
+def _batched_vs_single(model, data, steps, frames, batch_size):
+    dt = model.dtype
+    inv = pacm.ddim_invert(model, data["latent"].to(dt), data["cond"].to(dt), data["hint"], steps=steps)
+    inv = pacm.pose_aware_inversion(model, inv)
+    targets = torch.cat([data["hint"][None], data["targets"]])[:frames]   # frame 1 = source pose: stops early
     kw = dict(inner_steps=5, early_stop=3e-6)
-    single = pacm.optimize_pose_embeddings(model, short_inversion, targets, batch_size=1, **kw)
-    batched = pacm.optimize_pose_embeddings(model, short_inversion, targets, batch_size=3, **kw)   # [0-2], [3]
-    assert single.uncond.shape == (4, 8, L, D) and single.frames == 4
-    # Per-frame early stopping really differs between frames, so masking is exercised.
+    single = pacm.optimize_pose_embeddings(model, inv, targets, batch_size=1, **kw)
+    batched = pacm.optimize_pose_embeddings(model, inv, targets, batch_size=batch_size, **kw)
+    return inv, single, batched
+
+
+def test_batched_optimisation_equals_frame_by_frame(data):
+    """Exact up to rounding: checked in float64, where rounding cannot hide a real difference."""
+    model64 = make_tiny_denoiser(seed=0, dtype=torch.float64)
+    inv, single, batched = _batched_vs_single(model64, data, steps=5, frames=4, batch_size=3)   # [0-2], [3]
+    assert single.uncond.shape == (4, 5, L, D) and single.frames == 4 and single.uncond.dtype == torch.float64
+    # Per-frame early stopping really differs between frames, so the masking is exercised.
     assert torch.equal(single.inner_iters, batched.inner_iters)
     it = single.inner_iters
     assert int(it[0].sum()) < int(it[1:].sum(dim=1).min()), it
     assert bool((it == 5).any()) and bool((it < 5).any())
     err = rel(batched.uncond, single.uncond)
-    assert err < 1e-4, err
-    moved = rel(single.uncond, short_inversion.uncond[None].expand_as(single.uncond))
-    assert moved > 1e-4, "the optimisation must change the embeddings"
-    assert torch.allclose(batched.losses, single.losses, rtol=1e-3, atol=1e-9)
+    assert err < 1e-4 and err < 1e-9, err
+    moved = rel(single.uncond, inv.uncond[None].expand_as(single.uncond))
+    assert moved > 1e-3, "the optimisation must change the embeddings"
+    assert torch.allclose(batched.losses, single.losses, rtol=1e-6, atol=1e-12)
+
+
+def test_batched_optimisation_matches_in_float32(model, data):
+    """float32 rounding differs between batch sizes (and Adam's normalisation amplifies it for near-zero
+    gradients), so the float32 check is looser than the float64 one; ~5e-5 is typical."""
+    inv, single, batched = _batched_vs_single(model, data, steps=4, frames=3, batch_size=3)
+    assert torch.equal(single.inner_iters, batched.inner_iters)
+    err = rel(batched.uncond, single.uncond)
+    assert err < 1e-3, err
 
 
 def test_optimisation_keeps_frames_near_the_source_trajectory(model, data, short_inversion):
