@@ -325,3 +325,38 @@ def test_tiny_denoiser_is_sigma_space_and_pose_sensitive(model, data):
     assert a.shape == x.shape
     assert rel(a, b) > 1e-3 and rel(a, c) > 1e-3
     assert model.timestep(torch.tensor([float(model.sigmas[500])])).item() == 500
+
+
+class InferenceHost:
+    """Like the host adapter: the stages run under torch.inference_mode() (as ComfyUI runs nodes) and
+    grad_context() leaves inference mode."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.device, self.dtype, self.sigmas = inner.device, inner.dtype, inner.sigmas
+        self.grad_calls = 0
+
+    def __call__(self, x, sigma, context, hint, transformer_options):
+        if torch.is_grad_enabled() and context.requires_grad:
+            assert not torch.is_inference_mode_enabled()
+            self.grad_calls += 1
+        return self.inner(x, sigma, context, hint, transformer_options)
+
+    def grad_context(self):
+        return torch.inference_mode(False)
+
+
+def test_stages_run_under_inference_mode(model, data):
+    def run(m):
+        inv = pacm.ddim_invert(m, data["latent"], data["cond"], data["hint"], steps=4)
+        inv = pacm.pose_aware_inversion(m, inv, inner_steps=2)
+        emb = pacm.optimize_pose_embeddings(m, inv, data["targets"][:2], inner_steps=2)
+        return inv, emb, pacm.sample_frames(m, inv, emb, window=2)
+
+    host = InferenceHost(model)
+    with torch.inference_mode():
+        got = run(host)
+    assert host.grad_calls > 0
+    ref = run(model)
+    assert torch.equal(got[0].uncond, ref[0].uncond) and torch.equal(got[1].uncond, ref[1].uncond)
+    assert torch.equal(got[2], ref[2])
