@@ -2,7 +2,7 @@
 
 ComfyUI is imported lazily inside functions, so ``nodes.host`` imports without ComfyUI.
 """
-from .adapter import ComfyDenoiser, install_out_of_place_control, merge_transformer_options, plain, engine_mode
+from .adapter import ComfyDenoiser, install_out_of_place_control, merge_transformer_options, plain, engine_mode, plain_fields
 from .checks import check_control_net, check_sd15_model, conditioning_context
 from .progress import ComfyProgress
 
@@ -16,4 +16,5 @@ __all__ = [
     "install_out_of_place_control",
     "merge_transformer_options",
     "plain",
+    "plain_fields",
 ]

@@ -108,6 +108,13 @@ def _plain(t):
     return t.clone() if t is not None and t.is_inference() else t
 
 
+def plain_fields(obj):
+    """A copy of a pacm result dataclass whose tensor fields went through :func:`plain`."""
+    import dataclasses
+
+    return dataclasses.replace(obj, **{f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
+
+
 @contextlib.contextmanager
 def engine_mode():
     """Where nodes run pacm: outside inference mode (so tensors pacm creates, e.g. the inversion
