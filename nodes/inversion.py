@@ -90,7 +90,7 @@ class PoseAnimatePoseAwareInversion:
                             end_percent=control_end, node=node)
         progress = ComfyProgress()
         den.load(den.memory_per_frame(samples.shape, grad=True) * 2)
-        with node_errors(node), engine_mode():
+        with node_errors(node), engine_mode(), den.session():
             z0 = plain(den.model.process_latent_in(samples.to(den.device, den.dtype)))
             inv = ddim_invert(den, z0, plain(ctx), plain(hints[:1]), steps=int(steps), callback=progress)
             inv = pose_aware_inversion(den, inv, cfg=float(cfg), inner_steps=int(inner_steps),

@@ -67,7 +67,7 @@ class PoseAnimateSampleFrames:
         progress = ComfyProgress()
         latent_shape = (1,) + tuple(inversion.trajectory.shape[1:])
         den.load(den.memory_per_frame(latent_shape) * 2 * w)
-        with node_errors(node), engine_mode():
+        with node_errors(node), engine_mode(), den.session():
             out = sample_frames(den, plain_fields(inversion.to(den.device)), plain_fields(poses.to(den.device)),
                                 window=w, masks=plain(mask), callback=progress)
             out = den.model.process_latent_out(out).to(mm.intermediate_device())

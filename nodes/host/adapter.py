@@ -136,11 +136,25 @@ def plain(t):
     return t
 
 
-def _swap_for_grad(modules) -> list:
+def _swap_for_grad(modules, cache: dict | None = None) -> list:
     """Replace inference-tensor params/buffers (and grad-requiring params) by private non-inference
-    copies; return the list of (module, kind, name, original) needed to put the originals back."""
+    copies; return the list of (module, kind, name, original) needed to put the originals back.
+
+    ``cache`` maps (id(module), kind, name) -> (original, copy); a copy is reused only while the module
+    still holds the very same original object (ComfyUI replaces Parameter objects when it re-patches)."""
     saved = []
     seen = set()
+    cache = {} if cache is None else cache
+
+    def copy_of(m, kind, name, t, make):
+        key = (id(m), kind, name)
+        hit = cache.get(key)
+        if hit is not None and hit[0] is t:
+            return hit[1]
+        new = make(t)
+        cache[key] = (t, new)
+        return new
+
     for root in modules:
         for m in root.modules():
             if id(m) in seen:
@@ -150,9 +164,11 @@ def _swap_for_grad(modules) -> list:
                 if p is None:
                     continue
                 if p.is_inference():
-                    new = torch.nn.Parameter(p.clone(), requires_grad=False)
+                    new = copy_of(m, "_parameters", name, p,
+                                  lambda t: torch.nn.Parameter(t.clone(), requires_grad=False))
                 elif p.requires_grad:
-                    new = torch.nn.Parameter(p.detach(), requires_grad=False)
+                    new = copy_of(m, "_parameters", name, p,
+                                  lambda t: torch.nn.Parameter(t.detach(), requires_grad=False))
                 else:
                     continue
                 saved.append((m, "_parameters", name, p))
@@ -160,7 +176,7 @@ def _swap_for_grad(modules) -> list:
             for name, b in list(m._buffers.items()):
                 if b is not None and b.is_inference():
                     saved.append((m, "_buffers", name, b))
-                    m._buffers[name] = b.clone()
+                    m._buffers[name] = copy_of(m, "_buffers", name, b, lambda t: t.clone())
     return saved
 
 
@@ -194,6 +210,8 @@ class ComfyDenoiser:
         self.sigmas = plain(self.model.model_sampling.sigmas.detach().float().cpu())
         self._grad_depth = 0
         self._loaded = False
+        self._grad_weights: dict = {}
+        self.keep_grad_weights = True
         self.calls = 0
 
     # ---- memory -------------------------------------------------------------------------------------
@@ -211,6 +229,19 @@ class ComfyDenoiser:
             return  # never re-patch weights while clones are swapped in
         mm.load_models_gpu(self._models(), memory_required=int(memory_required))
         self._loaded = True
+        self._grad_weights.clear()  # weights may have been re-patched: copy them afresh
+
+    @contextlib.contextmanager
+    def session(self):
+        """Scope of one node run: the private weight copies live until it ends (even on errors)."""
+        try:
+            yield self
+        finally:
+            self.release_grad_weights()
+
+    def release_grad_weights(self) -> None:
+        """Free the private weight copies kept between ``grad_context`` entries."""
+        self._grad_weights.clear()
 
     def _ensure_loaded(self) -> None:
         import comfy.model_management as mm
@@ -307,7 +338,7 @@ class ComfyDenoiser:
             saved = []
             entered = False
             try:
-                saved = _swap_for_grad(modules)
+                saved = _swap_for_grad(modules, self._grad_weights)
                 self._grad_depth += 1
                 entered = True
                 yield self
@@ -316,3 +347,5 @@ class ComfyDenoiser:
                     self._grad_depth -= 1
                 _restore(saved)
                 del saved
+                if not self.keep_grad_weights:
+                    self._grad_weights.clear()

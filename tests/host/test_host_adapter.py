@@ -291,3 +291,23 @@ def test_progress_and_interrupt_bridge():
     finally:
         comfy.utils.set_progress_bar_global_hook(old)
         mm.interrupt_current_processing(False)
+
+
+def test_weight_copies_are_reused_between_grad_entries_and_dropped_after():
+    patcher, cnet = build_tiny_sd15()
+    x0, eps, ctx, hint = _inputs(n=1)
+    den = ComfyDenoiser(patcher, cnet)
+    w = patcher.model.diffusion_model.out[2]
+    original = w.weight
+    with den.session():
+        with den.grad_context():
+            first = w.weight
+            assert first is not original and not first.is_inference() and torch.equal(first, original)
+        assert w.weight is original
+        with den.grad_context():
+            assert w.weight is first  # no second copy of the whole model per inner iteration
+        den.load()  # a (re)load may re-patch weights: copies are made afresh
+        with den.grad_context():
+            assert w.weight is not first and torch.equal(w.weight, original)
+        assert den._grad_weights
+    assert not den._grad_weights and w.weight is original
