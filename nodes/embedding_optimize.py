@@ -63,7 +63,7 @@ class PoseAnimatePoseEmbeddingOptimize:
         import comfy.model_management as mm
 
         from ..pacm import optimize_pose_embeddings
-        from .host import ComfyDenoiser, ComfyProgress, conditioning_context, engine_mode, plain, plain_fields
+        from .host import ComfyDenoiser, ComfyProgress, conditioning_context, conditioning_control, engine_mode, plain, plain_fields
 
         node = DISPLAY_NAME
         inversion = check_inversion(inversion, node)
@@ -80,7 +80,8 @@ class PoseAnimatePoseEmbeddingOptimize:
                         "pose first, and frames 1..N are used as targets", node)
         ctrl = control_settings(inversion)
         den = ComfyDenoiser(model, control_net, strength=ctrl["strength"], start_percent=ctrl["start"],
-                            end_percent=ctrl["end"], node=node)
+                            end_percent=ctrl["end"], extra_control=conditioning_control(positive),
+                            node=node)
         progress = ComfyProgress()
         batch = int(frames_per_batch) or None
         latent_shape = (1,) + tuple(inversion.trajectory.shape[1:])

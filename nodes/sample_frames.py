@@ -49,7 +49,7 @@ class PoseAnimateSampleFrames:
         import comfy.model_management as mm
 
         from ..pacm import sample_frames
-        from .host import ComfyDenoiser, ComfyProgress, conditioning_context, engine_mode, plain, plain_fields
+        from .host import ComfyDenoiser, ComfyProgress, conditioning_context, conditioning_control, engine_mode, plain, plain_fields
 
         node = DISPLAY_NAME
         if not isinstance(embeddings, PACMEmbeddings):
@@ -62,7 +62,8 @@ class PoseAnimateSampleFrames:
         mask = frame_masks(masks, frames, node, "masks")
         ctrl = control_settings(inversion)
         den = ComfyDenoiser(model, control_net, strength=ctrl["strength"], start_percent=ctrl["start"],
-                            end_percent=ctrl["end"], node=node)
+                            end_percent=ctrl["end"], extra_control=conditioning_control(positive),
+                            node=node)
         w = resolve_window(window_size, frames)
         progress = ComfyProgress()
         latent_shape = (1,) + tuple(inversion.trajectory.shape[1:])
