@@ -136,13 +136,14 @@ def plain(t):
     return t
 
 
-def _swap_for_grad(modules, cache: dict | None = None) -> list:
+def _swap_for_grad(modules, cache: dict | None = None, saved: list | None = None) -> list:
     """Replace inference-tensor params/buffers (and grad-requiring params) by private non-inference
-    copies; return the list of (module, kind, name, original) needed to put the originals back.
+    copies; append to ``saved`` (and return it) the (module, kind, name, original) entries needed to put
+    the originals back — entry by entry, so a failure half-way still restores everything swapped so far.
 
     ``cache`` maps (id(module), kind, name) -> (original, copy); a copy is reused only while the module
     still holds the very same original object (ComfyUI replaces Parameter objects when it re-patches)."""
-    saved = []
+    saved = [] if saved is None else saved
     seen = set()
     cache = {} if cache is None else cache
 
@@ -384,7 +385,7 @@ class ComfyDenoiser:
             saved = []
             entered = False
             try:
-                saved = _swap_for_grad(modules, self._grad_weights)
+                _swap_for_grad(modules, self._grad_weights, saved)
                 self._grad_depth += 1
                 entered = True
                 yield self
