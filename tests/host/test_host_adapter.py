@@ -352,3 +352,22 @@ def test_controlnet_on_the_conditioning_is_chained_like_comfyui():
 
     with pytest.raises(ValueError, match=r"^positive: the ControlNet applied to this conditioning has 3 images"):
         den(x, sigma, ctx.expand(2, -1, -1), hint, {"poseanimate": {"frame_ids": [2, 3]}})
+
+
+def test_failure_while_copying_weights_restores_the_ones_already_swapped():
+    patcher, cnet = build_tiny_sd15()
+    den = ComfyDenoiser(patcher, cnet)
+    snap = _snapshot(patcher.model)
+
+    class FailingCache(dict):
+        def __setitem__(self, key, value):
+            if len(self) >= 10:
+                raise MemoryError("out of memory while copying weights")
+            super().__setitem__(key, value)
+
+    den._grad_weights = FailingCache()
+    with pytest.raises(MemoryError):
+        with den.grad_context():
+            pass
+    _assert_same(patcher.model, snap)
+    assert den._grad_depth == 0
