@@ -371,3 +371,24 @@ def test_failure_while_copying_weights_restores_the_ones_already_swapped():
             pass
     _assert_same(patcher.model, snap)
     assert den._grad_depth == 0
+
+
+def test_manual_cast_model_computes_in_its_cast_dtype_with_grads():
+    """bf16 weights computed in float32 per layer (comfy.ops.manual_cast), as ComfyUI runs such checkpoints."""
+    patcher, cnet = build_tiny_sd15(dtype=torch.bfloat16, manual_cast_dtype=torch.float32)
+    assert patcher.model.manual_cast_dtype == torch.float32
+    assert patcher.model.diffusion_model.out[2].weight.dtype == torch.bfloat16
+    x0, eps, ctx, hint = _inputs(n=1)
+    den = ComfyDenoiser(patcher, cnet)
+    seen = []
+    patcher.set_model_output_block_patch(lambda h, hsp, to: (seen.append(h.dtype), (h, hsp))[1])
+    sigma = den.sigmas[[300]]
+    ref = den(x0 + sigma * eps, sigma, ctx, hint)
+    assert seen and all(d == torch.float32 for d in seen)
+    with den.grad_context():
+        emb = ctx.clone().requires_grad_(True)
+        out = den(x0 + sigma * eps, sigma, emb, hint)
+        assert torch.equal(out.detach(), ref)
+        out.sum().backward()
+    assert emb.grad is not None and torch.isfinite(emb.grad).all() and emb.grad.abs().sum() > 0
+    assert patcher.model.diffusion_model.out[2].weight.is_inference()
