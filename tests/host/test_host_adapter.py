@@ -392,3 +392,23 @@ def test_manual_cast_model_computes_in_its_cast_dtype_with_grads():
         out.sum().backward()
     assert emb.grad is not None and torch.isfinite(emb.grad).all() and emb.grad.abs().sum() > 0
     assert patcher.model.diffusion_model.out[2].weight.is_inference()
+
+
+def test_model_sampling_object_patch_is_honoured():
+    """A 'ModelSamplingDiscrete'-style object patch on the MODEL changes the sigma table the engine sees."""
+    import comfy.model_sampling
+
+    patcher, cnet = build_tiny_sd15()
+
+    class Sampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
+        pass
+
+    ms = Sampling(patcher.model.model_config, zsnr=True)
+    m = patcher.clone()
+    m.add_object_patch("model_sampling", ms)
+    den = ComfyDenoiser(m, cnet)
+    assert torch.equal(den.sigmas, ms.sigmas.float())
+    assert not torch.equal(den.sigmas, ComfyDenoiser(patcher, cnet).sigmas)
+    x0, eps, ctx, hint = _inputs(n=1)
+    sigma = den.sigmas[[500]]
+    assert torch.isfinite(den(x0 + sigma * eps, sigma, ctx, hint)).all()
