@@ -106,8 +106,8 @@ def test_every_stage_runs_and_shared_model_is_unchanged():
         comfy.utils.set_progress_bar_global_hook(old)
     out = frames["samples"]
     assert out.shape == (3, 4, 8, 8) and torch.isfinite(out).all()
-    assert _rel(out[0], rec["samples"][0]) < 1e-5      # frame 0 = the reconstruction (batching rounding only)
-    assert _rel(windowed["samples"], out) < 1e-5
+    assert _rel(out[0], rec["samples"][0]) < 1e-4      # frame 0 = the reconstruction (batching rounding only)
+    assert _rel(windowed["samples"], out) < 1e-4
     assert [0, 1, 2] in seen and [0, 1] in seen and [2] in seen             # the patch ran, windows in order
     assert bars and all(0 < v <= t for v, t in bars) and (STEPS, STEPS) in bars
 
@@ -215,4 +215,4 @@ def test_second_controlnet_on_the_positive_conditioning_is_used_by_every_stage()
     assert not torch.allclose(rec["samples"], rec0["samples"])
     (emb,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, remix, poses, 1, 0)
     (frames,) = PoseAnimateSampleFrames().sample(patcher, cnet, remix, emb, 0)
-    assert _rel(frames["samples"][0], rec["samples"][0]) < 1e-5
+    assert _rel(frames["samples"][0], rec["samples"][0]) < 1e-4
