@@ -134,13 +134,16 @@ def _optimise_step(model, x, sigma, sigma_next, x0_cond, emb_init, hints, target
         if idx.numel() == 0:
             break
         sel = idx.to(emb.device)
-        e = emb[sel].detach().requires_grad_(True)
         with model.grad_context(), torch.enable_grad():
-            x0_u = _call(model, x[sel], sigma, e, None if hints is None else hints[sel], [1] * len(idx),
-                         transformer_options)
-            x0 = x0_u + cfg * (x0_cond[sel] - x0_u)
-            xn = _ddim(x[sel], x0, sigma, sigma_next)
-            per = ((xn - target[sel]) * scale).pow(2).flatten(1).mean(1)
+            # Fresh (non-inference) copies: the host runs nodes under torch.inference_mode() and
+            # grad_context() leaves it; inference tensors must not enter the autograd graph.
+            e = emb[sel].clone().requires_grad_(True)
+            xs, x0c, tg = x[sel].clone(), x0_cond[sel].clone(), target[sel].clone()
+            hs = None if hints is None else hints[sel].clone()
+            x0_u = _call(model, xs, sigma, e, hs, [1] * len(idx), transformer_options)
+            x0 = x0_u + cfg * (x0c - x0_u)
+            xn = _ddim(xs, x0, sigma, sigma_next)
+            per = ((xn - tg) * scale).pow(2).flatten(1).mean(1)
             (grad,) = torch.autograd.grad(per.sum(), e)
         per = per.detach()
         if loss_before is None:
