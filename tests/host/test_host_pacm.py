@@ -216,3 +216,27 @@ def test_second_controlnet_on_the_positive_conditioning_is_used_by_every_stage()
     (emb,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, remix, poses, 1, 0)
     (frames,) = PoseAnimateSampleFrames().sample(patcher, cnet, remix, emb, 0)
     assert _rel(frames["samples"][0], rec["samples"][0]) < 1e-4
+
+
+def test_sample_frames_with_the_real_dca_patch_windows_match_and_frame0_is_the_source():
+    from poseanimate.attention import DCAPatch, install_patches
+
+    patcher, cnet = build_tiny_sd15()
+    latent, positive, poses = _scene(n_targets=3)
+    inv, rec = _invert(patcher, cnet, latent, positive, poses, inner=1)
+    (emb,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, positive, poses, 1, 0)
+    snap = _snapshot(patcher.model)
+    dca_model = patcher.clone()
+    dca = DCAPatch()
+    assert install_patches(dca_model, dca=dca)
+    node = PoseAnimateSampleFrames()
+    (whole,) = node.sample(dca_model, cnet, positive, emb, 0)
+    (windows,) = node.sample(dca_model, cnet, positive, emb, 2)
+    (masked,) = node.sample(dca_model, cnet, positive, emb, 3, masks=torch.ones(4, 8, 8))
+    (plain,) = node.sample(patcher, cnet, positive, emb, 0)
+    assert dca.applied and all(n > 0 for n in dca.applied.values())
+    assert _rel(windows["samples"], whole["samples"]) < 1e-4
+    assert _rel(whole["samples"][0], rec["samples"][0]) < 1e-4
+    assert _rel(whole["samples"], plain["samples"]) > 1e-4  # cross-frame attention changed frames 1..N
+    assert masked["samples"].shape == (4, 4, 8, 8) and torch.isfinite(masked["samples"]).all()
+    _assert_same(patcher.model, snap)
