@@ -250,6 +250,12 @@ class ComfyDenoiser:
         finally:
             self.release_grad_weights()
 
+    def prepare_grad_weights(self) -> None:
+        """Make the private weight copies now (kept until the session ends), e.g. before pacm measures the
+        memory one frame costs, so that the one-off copy is not counted per frame."""
+        with self.grad_context():
+            pass
+
     def release_grad_weights(self) -> None:
         """Free the private weight copies kept between ``grad_context`` entries."""
         self._grad_weights.clear()

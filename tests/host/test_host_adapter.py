@@ -412,3 +412,16 @@ def test_model_sampling_object_patch_is_honoured():
     x0, eps, ctx, hint = _inputs(n=1)
     sigma = den.sigmas[[500]]
     assert torch.isfinite(den(x0 + sigma * eps, sigma, ctx, hint)).all()
+
+
+def test_prepare_grad_weights_makes_the_copies_once():
+    patcher, cnet = build_tiny_sd15()
+    den = ComfyDenoiser(patcher, cnet)
+    w = patcher.model.diffusion_model.out[2]
+    with den.session():
+        den.prepare_grad_weights()
+        copies = dict(den._grad_weights)
+        assert copies and w.weight.is_inference()
+        with den.grad_context():
+            assert any(w.weight is c for _, c in copies.values())
+    assert not den._grad_weights
