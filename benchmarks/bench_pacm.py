@@ -95,6 +95,25 @@ def measure(fn, device, memory: bool):
     return out, seconds, peak
 
 
+def scaling(model, inv, args):
+    """Peak working memory of sample_frames (2 steps) for several N, windowed vs all at once."""
+    short = pacm.InversionResult(sigmas=inv.sigmas[[0, inv.steps // 2, -1]].clone(),
+                                 trajectory=inv.trajectory[[0, inv.steps // 2, -1]], cond=inv.cond,
+                                 uncond=inv.uncond[[0, inv.steps // 2]], hint=inv.hint, cfg=inv.cfg)
+    g = torch.Generator().manual_seed(1)
+    res = inv.hint.shape[-1]
+    print(f"\nsample_frames peak working memory (2 steps), window {args.window} vs all frames at once:")
+    for n in [int(v) for v in args.scaling.split(",")]:
+        emb = pacm.PoseEmbeddings(uncond=short.uncond[None].expand(n, -1, -1, -1).clone(),
+                                  hints=(torch.rand(n, 3, res, res, generator=g) > 0.95).float(),
+                                  sigmas=short.sigmas, cfg=short.cfg)
+        peaks = []
+        for window in (args.window, None):
+            _, _, peak = measure(lambda: pacm.sample_frames(model, short, emb, window=window), args.device, True)
+            peaks.append(peak / 2**20)
+        print(f"  N = {n:3d}: windowed {peaks[0]:8.2f} MiB   all at once {peaks[1]:8.2f} MiB")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=["tiny", "sd15"], default="tiny")
@@ -112,11 +131,26 @@ def main(argv=None):
     ap.add_argument("--context-dim", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--no-memory", action="store_true", help="skip the CPU peak-memory pass")
+    ap.add_argument("--no-dca", action="store_true", help="sample without attention.DCAPatch on the output blocks")
+    ap.add_argument("--scaling", default="8,16,32",
+                    help="frame counts for the windowed vs all-at-once peak-memory comparison ('' to skip)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     res = args.res or (512 if args.size == "sd15" else 64)
     inner, label = build(args)
+    dca_note = "no DCA patch"
+    if not args.no_dca and hasattr(inner, "with_patch"):
+        try:
+            from attention import DCAPatch
+        except ImportError:
+            DCAPatch = None
+        if DCAPatch is not None:
+            patch = DCAPatch()
+            for blk in inner.unet.attention_blocks():
+                if blk[0] == "output":
+                    inner = inner.with_patch("attn1", blk, patch)
+            dca_note = "attention.DCAPatch on every output block with attention"
     model = Counting(inner)
     dim = args.context_dim or getattr(getattr(inner, "unet", None), "context_dim", 768)
     wd = torch.float32
@@ -131,7 +165,7 @@ def main(argv=None):
           f"{torch.get_num_threads()} CPU threads")
     print(f"  {args.frames} target frames + source, image {res}x{res} (latent 4x{res // 8}x{res // 8}), "
           f"context {args.tokens}x{dim}, {args.steps} steps (ddim_uniform), {args.iters} inner iterations, "
-          f"window {args.window}")
+          f"window {args.window}; {dca_note}")
     rows = []
 
     def stage(name, fn):
@@ -171,6 +205,8 @@ def main(argv=None):
     err = float((emb.uncond[:k] - single.uncond).norm() / single.uncond.norm())
     print(f"batched vs frame-by-frame embeddings, relative difference: {err:.2e}")
     print(f"whole run (batched, all four stages): {total:.2f} s")
+    if args.scaling:
+        scaling(model, inv, args)
     if torch.device(args.device).type == "cuda":
         weights = torch.cuda.memory_allocated(args.device)
         worst = max(r[2] for r in rows)

@@ -281,3 +281,18 @@ def test_transformer_options_passthrough(model, setup):
     assert len(captured) == inv.steps * 2 and captured[0] == (("output", 1), (0, 1), 42)
     assert captured[1][1] == (2, 3)
     assert opts == snapshot and opts["poseanimate"] == {"masks": None}     # caller's dict untouched
+
+
+@pytest.mark.parametrize("kind", PATCHES)
+def test_optimisation_is_unaffected_by_a_dca_patch(model, setup, kind):
+    """Frames are independent during optimisation: a DCA patch sees single-frame chunks only."""
+    inv = setup["inv"]
+    hints = fake_embeddings(inv, 3).hints
+    patch = make_patch(kind)
+    with_patch = pacm.optimize_pose_embeddings(with_dca(model, patch), inv, hints, inner_steps=1)
+    without = pacm.optimize_pose_embeddings(model, inv, hints, inner_steps=1)
+    assert rel(with_patch.uncond, without.uncond) < 1e-4
+    if isinstance(patch, RefDCA):
+        assert patch.calls > 0 and patch.carry_first == 0
+    else:
+        assert sum(patch.calls.values()) > 0
