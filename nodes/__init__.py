@@ -3,9 +3,18 @@
 One node (or one small family of nodes) per file; the maths lives in pata/, attention/ and pacm/.
 The mappings below are literal dicts so that ComfyUI-Manager and the registry can read them statically.
 """
+from .embedding_optimize import PoseAnimatePoseEmbeddingOptimize
+from .inversion import PoseAnimatePoseAwareInversion
+from .sample_frames import PoseAnimateSampleFrames
 
 NODE_CLASS_MAPPINGS = {
+    "PoseAnimatePoseAwareInversion": PoseAnimatePoseAwareInversion,
+    "PoseAnimatePoseEmbeddingOptimize": PoseAnimatePoseEmbeddingOptimize,
+    "PoseAnimateSampleFrames": PoseAnimateSampleFrames,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
+    "PoseAnimatePoseAwareInversion": "Pose-Aware Inversion",
+    "PoseAnimatePoseEmbeddingOptimize": "Pose Embedding Optimize",
+    "PoseAnimateSampleFrames": "Sample Frames",
 }
