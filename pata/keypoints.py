@@ -84,7 +84,7 @@ def from_pose_keypoint(data, name: str = "data", with_parts: bool = False):
 
     ``data`` is a list of frames (or one frame) ``{"people": [...], "canvas_width": W, "canvas_height": H}``.
     Coordinates may be pixels (DWPose) or normalised 0..1 (OpenPose Pose node): when every present
-    coordinate lies in [0, 1] they are taken as normalised. The sequence is returned in pixels of the
+    coordinate lies in [-0.5, 1.5] they are taken as normalised. The sequence is returned in pixels of the
     first frame's canvas ``(F, 18, 3)``; frames with no person are all zeros. With several people the
     largest one in the first populated frame is picked and tracked by proximity. With ``with_parts=True``
     a fourth value is returned: ``{"hand_left", "hand_right", "face"}`` arrays ``(F, K, 3)`` or None.
@@ -111,7 +111,8 @@ def from_pose_keypoint(data, name: str = "data", with_parts: bool = False):
                     all_xy.append(arr[arr[:, 2] > 0, :2])
         people.append(cands)
     xy = np.concatenate(all_xy) if all_xy else np.zeros((0, 2))
-    normalised = xy.size > 0 and float(xy.min()) >= 0.0 and float(xy.max()) <= 1.0
+    # pixel keypoints never all fit in 1.5 px, while normalised ones may stray a little off the canvas
+    normalised = xy.size > 0 and float(xy.min()) >= -0.5 and float(xy.max()) <= 1.5
 
     known = [c for c in canvases if c is not None]
     if known:
