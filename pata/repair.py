@@ -70,6 +70,23 @@ def fill_gaps(seq: np.ndarray, max_gap: int = 8) -> tuple[np.ndarray, int]:
     return out, count
 
 
+def hold_ends(seq: np.ndarray, max_gap: int = 8) -> tuple[np.ndarray, int]:
+    """Fill up to ``max_gap`` wholly empty frames at the start and the end of the sequence with the nearest
+    frame that shows the person (a detector that finds the person a few frames late or loses them early)."""
+    out = seq.copy()
+    filled = np.flatnonzero((seq[..., 2] > 0).any(axis=1))
+    if not len(filled):
+        return out, 0
+    first, last = int(filled[0]), int(filled[-1])
+    lead = range(max(0, first - max_gap), first)
+    tail = range(last + 1, min(len(seq), last + 1 + max_gap))
+    for f in lead:
+        out[f] = seq[first]
+    for f in tail:
+        out[f] = seq[last]
+    return out, len(lead) + len(tail)
+
+
 def _savgol_weights(window: int, order: int) -> np.ndarray:
     x = np.arange(window) - window // 2
     basis = np.vander(x, order + 1, increasing=True)
@@ -92,8 +109,9 @@ def smooth(seq: np.ndarray, window: int = 5, order: int = 2) -> np.ndarray:
 
 def repair_sequence(sequence, max_gap: int = 8, jump_fraction: float = 0.3, smoothing: bool = True) -> np.ndarray:
     """Repair a target sequence ``(F, 18, 3)``: undo left/right swaps, drop single-frame jumps larger than
-    ``jump_fraction`` of the body scale, fill gaps up to ``max_gap`` frames (empty frames included), then
-    lightly smooth. Returns a new array; an unrepairable sequence (no body scale) is returned cleaned."""
+    ``jump_fraction`` of the body scale, fill gaps up to ``max_gap`` frames (empty frames included), hold
+    the nearest person frame over up to ``max_gap`` empty frames at either end, then lightly smooth.
+    Returns a new array; an unrepairable sequence (no body scale) is returned cleaned."""
     seq = as_sequence(sequence, "target")
     scale = body_scale(seq)
     if scale <= 0 or len(seq) < 2:
@@ -101,8 +119,9 @@ def repair_sequence(sequence, max_gap: int = 8, jump_fraction: float = 0.3, smoo
     seq, n_swap = fix_swaps(seq, scale)
     seq, n_jump = reject_jumps(seq, scale, jump_fraction)
     seq, n_fill = fill_gaps(seq, max_gap)
+    seq, n_hold = hold_ends(seq, max_gap)
     if smoothing:
         seq = smooth(seq)
-    logger.info("PATA repair: %d left/right swaps undone, %d jumps rejected, %d points filled",
-                n_swap, n_jump, n_fill)
+    logger.info("PATA repair: %d left/right swaps undone, %d jumps rejected, %d points filled, "
+                "%d empty end frames held", n_swap, n_jump, n_fill, n_hold)
     return seq

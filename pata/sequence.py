@@ -47,7 +47,10 @@ def build_sequence_with_parts(source, targets, n_transition: int, mode: str = "s
     scale, shift = estimate_similarity(src, seq)
     similar = apply_similarity(seq, scale, shift)
     aligned = retarget(src, similar) if mode == "retarget" else similar
-    trans = transition(src, aligned[0], n_transition)
+    # The transition heads for the first target frame that shows the person (leading empty frames, kept
+    # when repair is off, would otherwise fade the whole body out).
+    first = int(np.flatnonzero((aligned[..., 2] > 0).any(axis=1))[0])
+    trans = transition(src, aligned[first], n_transition)
     body = np.concatenate([src[None], trans, aligned], axis=0)
 
     parts_out = {}
@@ -72,7 +75,7 @@ def build_sequence_with_parts(source, targets, n_transition: int, mode: str = "s
                     moved[f] = _shift(moved[f], aligned[f, anchor, :2] - similar[f, anchor, :2])
             out[1 + n:] = moved
         for i, w in enumerate(weights):
-            end, end_pose = (sp, src) if w < 0.5 else (out[1 + n] if tp is not None else None, aligned[0])
+            end, end_pose = (sp, src) if w < 0.5 else (out[1 + n + first] if tp is not None else None, aligned[first])
             if end is None or trans[i, anchor, 2] <= 0 or end_pose[anchor, 2] <= 0:
                 continue
             out[1 + i] = _shift(end, trans[i, anchor, :2] - end_pose[anchor, :2])
