@@ -37,18 +37,29 @@ def fix_swaps(seq: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
 
 
 def reject_jumps(seq: np.ndarray, scale: float, fraction: float = 0.3) -> tuple[np.ndarray, int]:
-    """Mark a keypoint missing in a frame where it jumps away from both neighbours by more than
-    ``fraction * scale`` while the neighbours agree (a one-frame glitch, not fast motion)."""
+    """Mark a keypoint missing in a frame where it sits more than ``fraction * scale`` away from where its
+    neighbours put it (their midpoint; at the first and last frame, the extrapolation of the next two)
+    and further than the neighbours move themselves: a one-frame glitch, not fast motion (steady fast
+    motion passes through the midpoint, and a move that lasts two frames or more moves a neighbour too)."""
     out = seq.copy()
     thr = fraction * scale
     count = 0
-    for f in range(1, len(seq) - 1):
-        prev, cur, nxt = seq[f - 1], seq[f], seq[f + 1]
-        ok = (prev[:, 2] > 0) & (cur[:, 2] > 0) & (nxt[:, 2] > 0)
-        d_prev = np.hypot(*(cur[:, :2] - prev[:, :2]).T)
-        d_next = np.hypot(*(cur[:, :2] - nxt[:, :2]).T)
-        d_nb = np.hypot(*(prev[:, :2] - nxt[:, :2]).T)
-        jump = ok & (d_prev > thr) & (d_next > thr) & (d_nb < 0.5 * np.minimum(d_prev, d_next))
+    n = len(seq)
+    ok_all = seq[..., 2] > 0
+    for f in range(n):
+        if 0 < f < n - 1:
+            a, b = f - 1, f + 1
+            pred = (seq[a, :, :2] + seq[b, :, :2]) / 2
+            span = np.hypot(*(seq[a, :, :2] - seq[b, :, :2]).T)
+        elif n >= 3:
+            a, b = (1, 2) if f == 0 else (n - 2, n - 3)
+            pred = 2 * seq[a, :, :2] - seq[b, :, :2]
+            span = 2 * np.hypot(*(seq[a, :, :2] - seq[b, :, :2]).T)
+        else:
+            continue
+        ok = ok_all[f] & ok_all[a] & ok_all[b]
+        dev = np.hypot(*(seq[f, :, :2] - pred).T)
+        jump = ok & (dev > thr) & (dev > span)
         out[f, jump] = 0.0
         count += int(jump.sum())
     return out, count
