@@ -23,8 +23,10 @@ COLORS = (
 STICK_WIDTH = 4
 JOINT_RADIUS = 4
 LIMB_DIM = 0.6  # limbs are drawn at colour x 0.6, joints at full colour
-# As in controlnet_aux, limbs are zipped with the 18 colours, so the last two (ears to shoulders) are not drawn.
-DRAWN_LIMBS = tuple(zip(LIMB_SEQ, COLORS))
+# ControlNet 1.1 (and controlnet_aux's OpenPose / DWPose drawing) draws only the first 17 limbs: the last two
+# (shoulders to ears) are listed but never drawn, so an OpenPose ControlNet never saw them in training.
+N_DRAWN_LIMBS = 17
+DRAWN_LIMBS = tuple(zip(LIMB_SEQ[:N_DRAWN_LIMBS], COLORS))
 
 HAND_EDGES = (
     (0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11), (11, 12),
