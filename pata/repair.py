@@ -11,28 +11,41 @@ logger = logging.getLogger(__name__)
 
 
 def fix_swaps(seq: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
-    """Undo left/right swaps: swap a group (arm, leg, eyes+ears) when that matches the previous frame
-    much better than keeping it. Returns the fixed sequence and how many swaps were undone."""
+    """Undo left/right swaps of whole groups (arms, legs, eyes+ears).
+
+    For each group, walk the frames keeping the latest known positions in frame 0's labelling; a frame whose
+    swapped labels match those much better than its own is flipped relative to frame 0. The labelling most frames agree on wins, so a swapped first frame
+    is fixed too instead of flipping the rest. Returns the fixed sequence and how many group swaps were undone.
+    """
     out = seq.copy()
     count = 0
-    last = out[0].copy()  # the latest known position of every keypoint
-    for f in range(1, len(out)):
-        pose = out[f]
-        for right, left in LR_GROUPS:
-            r, lft = list(right), list(left)
+    for right, left in LR_GROUPS:
+        idx = list(right) + list(left)
+        flip = list(left) + list(right)
+        parity = np.zeros(len(seq), dtype=bool)  # labels flipped relative to frame 0's
+        last = seq[0].copy()  # latest known positions, in frame 0's labelling
+        for f in range(1, len(seq)):
+            pose = seq[f]
             keep = swap = 0.0
             n = 0
-            for a, b in zip(r, lft):
-                for j, same, other in ((a, a, b), (b, b, a)):
-                    if pose[j, 2] > 0 and last[same, 2] > 0 and last[other, 2] > 0:
-                        keep += np.hypot(*(pose[j, :2] - last[same, :2]))
-                        swap += np.hypot(*(pose[j, :2] - last[other, :2]))
-                        n += 1
-            if n and keep > 0.15 * scale * n and swap < 0.5 * keep:
-                pose[r + lft] = pose[lft + r].copy()
-                count += 1
-        ok = pose[:, 2] > 0
-        last[ok] = pose[ok]
+            for j, o in zip(idx, flip):
+                if pose[j, 2] > 0 and last[j, 2] > 0 and last[o, 2] > 0:
+                    keep += np.hypot(*(pose[j, :2] - last[j, :2]))
+                    swap += np.hypot(*(pose[j, :2] - last[o, :2]))
+                    n += 1
+            # last holds frame 0's labelling, so this says whether frame f is flipped relative to frame 0
+            parity[f] = bool(n) and keep > 0.15 * scale * n and swap < 0.5 * keep
+            relabelled = pose.copy()
+            if parity[f]:
+                relabelled[idx] = pose[flip]
+            ok = relabelled[:, 2] > 0
+            last[ok] = relabelled[ok]
+        shown = (seq[:, idx, 2] > 0).any(axis=1)
+        if parity[shown].sum() * 2 > shown.sum():
+            parity = ~parity  # frame 0 was the odd one out
+        for f in np.flatnonzero(parity & shown):
+            out[f, idx] = seq[f, flip]
+            count += 1
     return out, count
 
 
@@ -124,6 +137,13 @@ def repair_sequence(sequence, max_gap: int = 8, jump_fraction: float = 0.3, smoo
     the nearest person frame over up to ``max_gap`` empty frames at either end, then lightly smooth.
     Returns a new array; an unrepairable sequence (no body scale) is returned cleaned."""
     seq = as_sequence(sequence, "target")
+    if isinstance(max_gap, bool) or not isinstance(max_gap, (int, np.integer)) or max_gap < 0:
+        raise ValueError(f"max_gap: must be a whole number of frames >= 0, got {max_gap!r}. Fix: use 0 to fill "
+                         "no gaps, or the longest gap to fill (8 by default).")
+    if not (isinstance(jump_fraction, (int, float, np.floating)) and np.isfinite(jump_fraction)
+            and jump_fraction > 0):
+        raise ValueError(f"jump_fraction: must be a positive number (a fraction of the body scale), got "
+                         f"{jump_fraction!r}. Fix: use about 0.3; larger values reject fewer jumps.")
     scale = body_scale(seq)
     if scale <= 0 or len(seq) < 2:
         return seq

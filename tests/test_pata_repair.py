@@ -118,3 +118,23 @@ def test_jumps_in_the_first_and_last_frame_are_removed():
     assert (out[..., 2] > 0).sum() >= (seq[..., 2] > 0).sum() - 2  # dropped there (ends are not filled)
     assert out[0, 7, 2] == 0 or np.hypot(*(out[0, 7, :2] - seq[0, 7, :2])) < 0.05 * scale
     assert out[19, 12, 2] == 0 or np.hypot(*(out[19, 12, :2] - seq[19, 12, :2])) < 0.05 * scale
+
+
+def test_a_swapped_first_frame_does_not_flip_the_whole_sequence():
+    seq = walk(20)
+    bad = seq.copy()
+    r, l = [2, 3, 4], [5, 6, 7]
+    bad[0, r + l] = seq[0, l + r]  # the detector got the first frame's arms wrong
+    out = pata.repair_sequence(bad, smoothing=False)
+    assert _err(out, seq) < 1e-6
+
+
+def test_repair_options_are_checked():
+    for kwargs, name in (({"max_gap": -1}, "max_gap"), ({"max_gap": 1.5}, "max_gap"),
+                         ({"jump_fraction": 0}, "jump_fraction"), ({"jump_fraction": float("nan")}, "jump_fraction")):
+        try:
+            pata.repair_sequence(walk(5), **kwargs)
+        except ValueError as exc:
+            assert str(exc).startswith(f"{name}: ") and "Fix:" in str(exc)
+        else:
+            raise AssertionError(f"{kwargs} accepted")
