@@ -309,3 +309,12 @@ def test_example_pose_files_load_and_build():
         assert (out[..., 0][ok] > -0.25 * sw).all() and (out[..., 0][ok] < 1.25 * sw).all(), name
         img = pata.render_pose(out[:3], sw, sh)
         assert img.shape == (3, sh, sw, 3) and img.max() > 0.5
+
+
+def test_scale_falls_back_to_later_frames_when_the_first_share_no_length():
+    targets = walk(14)
+    targets[:9, [0, 2, 3, 4, 5, 6, 7, 14, 15, 16, 17]] = 0  # the first frames show only neck, hips and legs
+    source = scaled(walk(1), 0.7, np.array([30.0, 10.0]))[0]
+    source[8:14] = 0  # the source shows no hips or legs
+    scale, _ = pata.estimate_similarity(source, targets)
+    assert scale == pytest.approx(0.7, rel=1e-6)

@@ -134,3 +134,20 @@ def test_nan_in_the_sequence_is_named():
     seq[1, 2, 0] = np.inf
     with pytest.raises(ValueError, match=r"^sequence: NaN or infinite value at frame 1, keypoint 2"):
         pata.render_pose(seq, 64, 64)
+
+
+def test_far_off_canvas_points_do_not_crash():
+    pose = make_pose()
+    pose[4, :2] = [1e12, -1e12]
+    img = pata.render_pose(pose[None], 64, 64)
+    assert img.shape == (1, 64, 64, 3)
+
+
+def test_bad_parts_are_named():
+    seq = walk(2)
+    with pytest.raises(ValueError, match=r"^parts: hand_left must be keypoints of shape \(2, K, 3\).*Fix:"):
+        pata.render_pose(seq, 64, 64, parts={"hand_left": np.zeros((1, 21, 3))})
+    face = np.zeros((2, 70, 3))
+    face[1, 3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"^parts: face holds NaN"):
+        pata.render_pose(seq, 64, 64, parts={"face": face})
