@@ -318,3 +318,31 @@ def test_scale_falls_back_to_later_frames_when_the_first_share_no_length():
     source[8:14] = 0  # the source shows no hips or legs
     scale, _ = pata.estimate_similarity(source, targets)
     assert scale == pytest.approx(0.7, rel=1e-6)
+
+
+@pytest.mark.parametrize("missing", [[1], [8, 11], [1, 8, 11], [0, 14, 15, 16, 17]])
+@pytest.mark.parametrize("side", ["source", "target", "both"])
+def test_transition_is_continuous_with_anchors_missing(missing, side):
+    a = make_pose()
+    b = walk(9)[8]
+    b[:, :2] += [60, 20]
+    if side in ("source", "both"):
+        a[missing] = 0
+    if side in ("target", "both"):
+        b[missing] = 0
+    frames = [a, *pata.transition(a, b, 10), b]
+    straight = np.abs(a[:, :2] - b[:, :2]).max()
+    for x, y in zip(frames[:-1], frames[1:]):
+        ok = (x[:, 2] > 0) & (y[:, 2] > 0)
+        assert np.abs(x[ok, :2] - y[ok, :2]).max() < 0.35 * straight  # no jumps between frames
+        assert (y[y[:, 2] > 0, :2] > 80).all()  # nothing near (0, 0)
+
+
+def test_build_sequence_retarget_with_neck_missing_in_some_target_frames():
+    source = _character()
+    targets = walk(10)
+    targets[3:5, 1] = 0
+    out = pata.build_sequence(source, targets, 4, mode="retarget", repair=False)
+    assert np.isfinite(out).all() and out.shape == (15, 18, 3)
+    for f in (5, 6, 7, 10, 14):  # frames whose bones all have both ends
+        assert rel_bone_error(out[f], source).max() < 0.01, f
