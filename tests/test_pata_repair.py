@@ -93,6 +93,10 @@ def test_real_fast_motion_is_kept():
     out = pata.repair_sequence(seq, smoothing=False)
     assert (out[14:16, 4, 2] > 0).all()
     assert _err(out[14:16], seq[14:16]) < 1e-6
+    # with the light smoothing most of the punch's reach survives
+    smoothed = pata.repair_sequence(seq)
+    reach = (walk(30)[14:16, 4, 0] - smoothed[14:16, 4, 0]) / (0.7 * scale)
+    assert (reach > 0.75).all() and (reach < 1.1).all()
 
 
 def test_repair_validates_like_the_other_functions():
