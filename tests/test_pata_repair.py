@@ -142,3 +142,12 @@ def test_repair_options_are_checked():
             assert str(exc).startswith(f"{name}: ") and "Fix:" in str(exc)
         else:
             raise AssertionError(f"{kwargs} accepted")
+
+
+def test_single_joint_swaps_are_undone():
+    seq = walk(24)
+    bad = seq.copy()
+    bad[6, [4, 7]] = seq[6, [7, 4]]  # only the wrists swapped
+    bad[[12, 13], 10], bad[[12, 13], 13] = seq[[12, 13], 13], seq[[12, 13], 10]  # only the ankles, two frames
+    out = pata.repair_sequence(bad, smoothing=False)
+    assert _err(out, seq) < 1e-6
