@@ -346,3 +346,11 @@ def test_build_sequence_retarget_with_neck_missing_in_some_target_frames():
     assert np.isfinite(out).all() and out.shape == (15, 18, 3)
     for f in (5, 6, 7, 10, 14):  # frames whose bones all have both ends
         assert rel_bone_error(out[f], source).max() < 0.01, f
+
+
+def test_short_targets_and_plain_lists_are_accepted():
+    for m in (1, 2):
+        out = pata.build_sequence(make_pose().tolist(), walk(m).astype(np.float32), 3)
+        assert out.shape == (1 + 3 + m, 18, 3) and out.dtype == np.float64
+    out = pata.build_sequence(make_pose(), make_pose(), 2)  # one pose as the whole target
+    assert out.shape == (4, 18, 3)

@@ -151,3 +151,13 @@ def test_single_joint_swaps_are_undone():
     bad[[12, 13], 10], bad[[12, 13], 13] = seq[[12, 13], 13], seq[[12, 13], 10]  # only the ankles, two frames
     out = pata.repair_sequence(bad, smoothing=False)
     assert _err(out, seq) < 1e-6
+
+
+def test_smoothing_reduces_detector_jitter():
+    seq = walk(40)
+    noisy = seq.copy()
+    noisy[..., :2] += np.random.default_rng(3).normal(0, 2.0, noisy[..., :2].shape)
+    out = pata.repair_sequence(noisy)
+    rms = lambda a: float(np.sqrt(np.mean((a[2:-2, :, :2] - seq[2:-2, :, :2]) ** 2)))  # noqa: E731
+    assert rms(out) < 0.8 * rms(noisy)
+    assert (out[..., 2] > 0).all()  # jitter is not mistaken for jumps
