@@ -383,3 +383,11 @@ def test_transition_bone_lengths_move_between_the_two_ends():
         # monotone from one end's lengths to the other's
         assert np.all((lengths - prev)[differ] * np.sign(lb - la)[differ] > 0)
         prev = lengths
+
+
+def test_scale_is_robust_to_one_foreshortened_limb():
+    targets = walk(6)
+    targets[:, 10, :2] = targets[:, 9, :2] + 0.3 * (targets[:, 10, :2] - targets[:, 9, :2])  # right shin toward camera
+    source = scaled(walk(1), 1.7, np.array([5.0, -20.0]))[0]
+    scale, _ = pata.estimate_similarity(source, targets)
+    assert scale == pytest.approx(1.7, rel=1e-6)
