@@ -214,7 +214,17 @@ def to_pose_keypoint(sequence, width: int, height: int, parts: dict | None = Non
             raise ValueError(f"{label}: the canvas {label} must be a whole number of pixels > 0, got {v!r}. "
                              f"Fix: give the canvas {label} of the image the poses belong to.")
     sx, sy = (1.0 / width, 1.0 / height) if normalized else (1.0, 1.0)
-    parts = parts or {}
+    parts = dict(parts or {})
+    for key in PART_KEYS:
+        if parts.get(key) is None:
+            continue
+        arr = np.asarray(parts[key], dtype=np.float64)
+        if arr.ndim != 3 or arr.shape[0] != len(seq) or arr.shape[2] != 3:
+            raise ValueError(f"parts: {key} must be keypoints of shape ({len(seq)}, K, 3) for the {len(seq)} "
+                             f"frames, got shape {arr.shape}. Fix: pass the parts returned with the sequence.")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"parts: {key} holds NaN or infinite values. Fix: mark such points missing as [0, 0, 0].")
+        parts[key] = arr
     out = []
     for f, pose in enumerate(seq):
         person = {"pose_keypoints_2d": _flat(pose, sx, sy)}

@@ -216,3 +216,13 @@ def test_tracked_person_missing_in_a_frame_is_a_gap_not_the_other_person():
     seq, _, _ = pata.from_pose_keypoint(frames)
     np.testing.assert_allclose(seq[[0, 1, 3, 4]], a[[0, 1, 3, 4]], atol=1e-9)
     assert (seq[2] == 0).all()
+
+
+def test_to_pose_keypoint_checks_parts():
+    seq = walk(3)
+    with pytest.raises(ValueError, match=r"^parts: hand_left must be keypoints of shape \(3, K, 3\).*Fix:"):
+        pata.to_pose_keypoint(seq, 512, 512, parts={"hand_left": np.zeros((2, 21, 3))})
+    face = np.ones((3, 70, 3))
+    face[0, 0, 1] = np.inf
+    with pytest.raises(ValueError, match=r"^parts: face holds NaN or infinite"):
+        pata.to_pose_keypoint(seq, 512, 512, parts={"face": face})
