@@ -15,6 +15,8 @@ logger = logging.getLogger(__name__)
 PART_KEYS = {"face": "face_keypoints_2d", "hand_left": "hand_left_keypoints_2d",
              "hand_right": "hand_right_keypoints_2d"}
 DEFAULT_CANVAS = 512
+# OpenPose's BODY_25 (the OpenPose binary's default output) -> COCO-18: drop mid-hip (8) and the feet (19-24).
+BODY25_TO_COCO18 = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
 
 
 def _points(flat, name: str, where: str, expected: int | None = None) -> np.ndarray | None:
@@ -28,9 +30,11 @@ def _points(flat, name: str, where: str, expected: int | None = None) -> np.ndar
         raise ValueError(f"{name}: {where} has {arr.size} numbers, not a multiple of 3 (x, y, confidence). "
                          "Fix: give each keypoint as x, y, confidence.")
     pts = arr.reshape(-1, 3)
+    if expected == N_BODY and len(pts) == 25:
+        pts = pts[list(BODY25_TO_COCO18)]
     if expected is not None and len(pts) != expected:
         raise ValueError(f"{name}: {where} has {len(pts)} keypoints, expected {expected} (OpenPose body). "
-                         "Fix: use the 18-keypoint OpenPose/DWPose body format (COCO-18).")
+                         "Fix: use the 18-keypoint OpenPose/DWPose body format (COCO-18) or OpenPose BODY_25.")
     if not np.isfinite(pts).all():
         k = int(np.argwhere(~np.isfinite(pts))[0][0])
         label = f" ({KEYPOINT_NAMES[k]})" if expected == N_BODY else ""
@@ -70,13 +74,17 @@ def _canvas(frame: dict, name: str, i: int) -> tuple[float, float] | None:
     return w, h
 
 
-def _person_box(body: np.ndarray) -> tuple[np.ndarray, float, float] | None:
-    ok = body[:, 2] > 0
-    if not ok.any():
+def _person_box(body: np.ndarray, parts: dict | None = None) -> tuple[np.ndarray, float, float, float] | None:
+    """Centre, box area, mean confidence and box diagonal of a person's body keypoints (of its hands/face
+    when it has no body keypoints)."""
+    pts = body[body[:, 2] > 0]
+    if not len(pts) and parts:
+        found = [a[a[:, 2] > 0] for a in parts.values() if a is not None]
+        pts = np.concatenate(found) if found else pts
+    if not len(pts):
         return None
-    pts = body[ok, :2]
-    size = float(np.prod(pts.max(0) - pts.min(0)))
-    return pts.mean(0), size, float(body[ok, 2].mean())
+    extent = pts[:, :2].max(0) - pts[:, :2].min(0)
+    return pts[:, :2].mean(0), float(np.prod(extent)), float(pts[:, 2].mean()), float(np.hypot(*extent))
 
 
 def from_pose_keypoint(data, name: str = "data", with_parts: bool = False):
@@ -101,8 +109,8 @@ def from_pose_keypoint(data, name: str = "data", with_parts: bool = False):
             if not isinstance(person, dict):
                 continue
             body = _points(person.get("pose_keypoints_2d"), name, f"frame {i} person {p} pose_keypoints_2d", N_BODY)
-            if body is None:
-                continue
+            if body is None:  # no body keypoints: the person may still carry hands or a face
+                body = np.zeros((N_BODY, 3))
             parts = {k: _points(person.get(v), name, f"frame {i} person {p} {v}",
                                 N_HAND if k.startswith("hand") else None) for k, v in PART_KEYS.items()}
             cands.append((body, parts))
@@ -131,10 +139,13 @@ def from_pose_keypoint(data, name: str = "data", with_parts: bool = False):
     part_len = {}
     chosen_prev: np.ndarray | None = None
     chosen_idx = None
+    reach = 0.0  # the tracked person's largest box diagonal so far
+    boxes_per_frame = [[_person_box(b, parts) for b, parts in cands] for cands in people]
+    # in multi-person data, a frame whose nearest person is further than the tracked person's size from
+    # where it was is someone else: that frame becomes a gap rather than switching people
+    multi = any(sum(b is not None for b in boxes) > 1 for boxes in boxes_per_frame)
     for i, cands in enumerate(people):
-        if not cands:
-            continue
-        boxes = [_person_box(b) for b, _ in cands]
+        boxes = boxes_per_frame[i]
         valid = [k for k, b in enumerate(boxes) if b is not None]
         if not valid:
             continue
@@ -145,9 +156,14 @@ def from_pose_keypoint(data, name: str = "data", with_parts: bool = False):
                             name, len(cands), i, k)
         else:
             k = min(valid, key=lambda q: float(np.hypot(*(boxes[q][0] - chosen_prev))))
+            if multi and reach > 0 and float(np.hypot(*(boxes[k][0] - chosen_prev))) > reach:
+                logger.info("%s: frame %d: the tracked person is not there (nearest person too far); left as a "
+                            "gap", name, i)
+                continue
             if len(cands) > 1 and k != chosen_idx:
                 logger.info("%s: frame %d: tracked person is now entry %d of %d", name, i, k, len(cands))
         chosen_prev, chosen_idx = boxes[k][0], k
+        reach = max(reach, boxes[k][3])
         body, parts = cands[k]
         fw, fh = canvases[i] if canvases[i] is not None else (width, height)
         sx, sy = (width, height) if normalised else (width / fw, height / fh)
@@ -198,7 +214,17 @@ def to_pose_keypoint(sequence, width: int, height: int, parts: dict | None = Non
             raise ValueError(f"{label}: the canvas {label} must be a whole number of pixels > 0, got {v!r}. "
                              f"Fix: give the canvas {label} of the image the poses belong to.")
     sx, sy = (1.0 / width, 1.0 / height) if normalized else (1.0, 1.0)
-    parts = parts or {}
+    parts = dict(parts or {})
+    for key in PART_KEYS:
+        if parts.get(key) is None:
+            continue
+        arr = np.asarray(parts[key], dtype=np.float64)
+        if arr.ndim != 3 or arr.shape[0] != len(seq) or arr.shape[2] != 3:
+            raise ValueError(f"parts: {key} must be keypoints of shape ({len(seq)}, K, 3) for the {len(seq)} "
+                             f"frames, got shape {arr.shape}. Fix: pass the parts returned with the sequence.")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"parts: {key} holds NaN or infinite values. Fix: mark such points missing as [0, 0, 0].")
+        parts[key] = arr
     out = []
     for f, pose in enumerate(seq):
         person = {"pose_keypoints_2d": _flat(pose, sx, sy)}
