@@ -9,7 +9,7 @@ import pathlib
 from ._common import CATEGORY, input_error, node_errors
 
 DISPLAY_NAME = "Load Pose Sequence"
-EXAMPLES_DIR = pathlib.Path(__file__).resolve().parents[1] / "examples" / "poses"
+EXAMPLES_DIR = pathlib.Path(__file__).resolve().parents[1] / "assets" / "poses"
 EXAMPLE_PREFIX = "examples/"
 
 

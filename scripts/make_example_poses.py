@@ -1,6 +1,6 @@
-"""Generate the bundled example pose sequences in examples/poses/ (deterministic, no randomness).
+"""Generate the bundled example pose sequences in assets/poses/ (deterministic, no randomness).
 
-    python scripts/make_example_poses.py [--out examples/poses]
+    python scripts/make_example_poses.py [--out assets/poses]
 
 A small 3-D stick figure is posed by joint angles per frame, turned about the vertical axis and
 projected orthographically to an OpenPose 18-keypoint body, then written as POSE_KEYPOINT JSON in
@@ -140,7 +140,7 @@ def make_character() -> list[dict]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(ROOT / "examples" / "poses"), help="output folder")
+    ap.add_argument("--out", default=str(ROOT / "assets" / "poses"), help="output folder")
     args = ap.parse_args(argv)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Render a contact sheet PNG of a pose sequence before and after PATA.
 
-    python scripts/pose_contact_sheet.py examples/poses/walk.json --source examples/poses/character.json \
+    python scripts/pose_contact_sheet.py assets/poses/walk.json --source assets/poses/character.json \
         --transition 6 --mode retarget --out docs/pata_contact_sheet.png
 
 Top row ("before"): the source pose, then target frames as loaded, each on its own canvas.
@@ -91,8 +91,8 @@ def contact_sheet(target_path, source_path, transition: int = 6, mode: str = "si
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Contact sheet of a pose sequence before and after PATA.")
     ap.add_argument("target", help="target pose sequence (POSE_KEYPOINT / OpenPose JSON file or folder)")
-    ap.add_argument("--source", default=str(ROOT / "examples" / "poses" / "character.json"),
-                    help="source pose file (its first frame is used); default: examples/poses/character.json")
+    ap.add_argument("--source", default=str(ROOT / "assets" / "poses" / "character.json"),
+                    help="source pose file (its first frame is used); default: assets/poses/character.json")
     ap.add_argument("--transition", type=int, default=6, help="transition frames (default 6)")
     ap.add_argument("--mode", choices=("similarity", "retarget"), default="similarity")
     ap.add_argument("--no-repair", action="store_true", help="turn temporal repair off")

@@ -107,3 +107,11 @@ def test_node_mappings_are_literal_and_prefixed():
     keys = [ast.literal_eval(k) for k in classes.keys]
     assert keys == [ast.literal_eval(k) for k in names.keys]
     assert all(k.startswith("PoseAnimate") for k in keys)
+
+
+def test_only_workflows_is_a_template_folder():
+    """ComfyUI serves each of these folders at the same /api/workflow_templates/<pack> prefix, in this order;
+    any one of them before workflows/ would shadow the bundled workflows."""
+    names = ["example_workflows", "example", "examples", "workflow", "workflows"]
+    present = [n for n in names if (ROOT / n).is_dir()]
+    assert present == ["workflows"], present

@@ -295,7 +295,7 @@ def test_wrong_shapes_are_named():
 def test_example_pose_files_load_and_build():
     import pathlib
 
-    root = pathlib.Path(__file__).resolve().parents[1] / "examples" / "poses"
+    root = pathlib.Path(__file__).resolve().parents[1] / "assets" / "poses"
     src, sw, sh = pata.from_pose_keypoint(pata.load_pose_json(root / "character.json"))
     assert src.shape == (1, 18, 3) and (src[0, :, 2] > 0).sum() >= 12
     for name in ("wave", "walk", "turn", "dance"):

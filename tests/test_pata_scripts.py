@@ -23,15 +23,15 @@ def _script(name):
 
 def test_example_poses_are_what_the_script_makes(tmp_path, capsys):
     _script("make_example_poses").main(["--out", str(tmp_path)])
-    shipped = sorted(p.name for p in (ROOT / "examples" / "poses").glob("*.json"))
+    shipped = sorted(p.name for p in (ROOT / "assets" / "poses").glob("*.json"))
     assert shipped == sorted(p.name for p in tmp_path.glob("*.json"))
     for name in shipped:
-        assert (tmp_path / name).read_bytes() == (ROOT / "examples" / "poses" / name).read_bytes(), name
+        assert (tmp_path / name).read_bytes() == (ROOT / "assets" / "poses" / name).read_bytes(), name
 
 
 def test_contact_sheet_renders(tmp_path, capsys):
     mod = _script("pose_contact_sheet")
-    poses = ROOT / "examples" / "poses"
+    poses = ROOT / "assets" / "poses"
     sheet = mod.contact_sheet(poses / "wave.json", poses / "character.json", transition=3, mode="retarget",
                               columns=4, thumb_height=48)
     assert sheet.dtype == np.uint8 and sheet.ndim == 3 and sheet.shape[2] == 3
