@@ -10,18 +10,7 @@ import pytest
 import pata
 
 
-def _load_poses():
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).with_name("pata_poses.py")
-    spec = importlib.util.spec_from_file_location("pata_test_poses", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_poses = _load_poses()
+import pata_poses as _poses
 walk, make_pose = _poses.walk, _poses.make_pose
 
 # ControlNet 1.1 / controlnet_aux draw 17 limbs (1-based keypoint pairs), in this order and these colours.

@@ -6,18 +6,7 @@ import numpy as np
 import pata
 
 
-def _load_poses():
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).with_name("pata_poses.py")
-    spec = importlib.util.spec_from_file_location("pata_test_poses", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_poses = _load_poses()
+import pata_poses as _poses
 walk = _poses.walk
 
 
