@@ -30,3 +30,22 @@ class SharedState:
         self.applied.clear()
         self.warned.clear()
         self.cache.clear()
+
+
+class CountedPatch:
+    """Mixin for patch objects that keep a :class:`SharedState` in ``self.state`` (shared by deep copies)."""
+
+    state: SharedState
+
+    @property
+    def calls(self):
+        """Calls per (block_name, block_id, block_index)."""
+        return self.state.calls
+
+    @property
+    def applied(self):
+        """Calls per (block_name, block_id, block_index) where the patch's own work ran."""
+        return self.state.applied
+
+    def reset_counters(self) -> None:
+        self.state.reset()

@@ -7,7 +7,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ._shared import SharedState
+from ._shared import CountedPatch, SharedState
 from .blocks import block_selected, grid_factor, normalise_blocks, token_grid
 from .dca import sdpa_attention
 
@@ -91,7 +91,7 @@ class AttentionMapStore:
         return self.step
 
 
-class CrossAttentionCapture:
+class CrossAttentionCapture(CountedPatch):
     """ComfyUI ``attn2`` replace patch: normal cross-attention output, plus maps of chosen tokens.
 
     Records ``softmax(Q K^T / sqrt(d))`` restricted to ``token_positions`` (columns of the 77-token context),
@@ -135,15 +135,6 @@ class CrossAttentionCapture:
         self.sigma_range = sigma_range
         self.attention = attention
         self.state = SharedState()
-
-    @property
-    def calls(self):
-        return self.state.calls
-
-    @property
-    def applied(self):
-        """Calls per (block_name, block_id, block_index) that recorded maps."""
-        return self.state.applied
 
     def _attn(self, extra_options):
         if self.attention is None:

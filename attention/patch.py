@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ._shared import SharedState
+from ._shared import CountedPatch, SharedState
 from .blocks import attention_block_ids, block_selected, normalise_blocks, resize_masks, token_grid
 from .dca import DEFAULT_WEIGHTS, dca_chunk, sdpa_attention, validate_weights
 
@@ -28,7 +28,7 @@ def check_image_masks(masks, name: str = "masks") -> Optional[torch.Tensor]:
     return masks
 
 
-class DCAPatch:
+class DCAPatch(CountedPatch):
     """ComfyUI ``attn1`` replace patch running dual consistency attention (and MGDM when masks are given).
 
     Call signature (ComfyUI's): ``patch(q, k, v, extra_options) -> out`` with q, k, v (B, L, heads*d).
@@ -63,17 +63,6 @@ class DCAPatch:
         self.state = SharedState()
 
     # -- introspection -------------------------------------------------------------------------------------
-    @property
-    def calls(self):
-        return self.state.calls
-
-    @property
-    def applied(self):
-        return self.state.applied
-
-    def reset_counters(self) -> None:
-        self.state.reset()
-
     def applies_to(self, block, block_index: int = 0) -> bool:
         return block_selected(self.blocks, block, block_index)
 
