@@ -1,0 +1,226 @@
+"""Dual consistency attention (DCAM) with mask-guided decoupling (MGDM), exact to the paper's formulas.
+
+For one chunk of frames with the source frame 0 first::
+
+    out_0 = A(Q_0, K_0, V_0)
+    out_i = l1 * A(Q_i, K_0, V_0) + l2 * A(Q_i, K_{i-1}, V_{i-1}) + l3 * A(Q_i, K_i, V_i)      (i >= 1)
+
+``A`` is multi-head scaled-dot-product attention computed by a fused kernel (torch SDPA by default, or an
+injected ComfyUI-style attention function); no score matrix over all frames is ever built. The three
+attentions are batched: self- and previous-frame attention run as one batched call each, and every frame's
+queries against frame 0 run as *one* long query sequence against frame 0's keys (queries are independent,
+so concatenating them along the sequence is exact and needs no copy of K_0).
+
+MGDM (masks ``m`` in [0, 1], one per token): a reference frame's keys split into character keys
+(``m >= 0.5``) and background keys (``m < 0.5``); character queries attend only to character keys and
+background queries only to background keys (excluded keys get a ``-inf`` attention bias that depends on the
+key only, so it broadcasts and costs no score-sized memory). A query with a soft mask gets the paper's
+eq. (10) blend ``m * A_char + (1 - m) * A_background``. If a reference frame has no character (or no
+background) keys, that term falls back to unmasked attention for those queries, so no row is ever fully
+masked and no NaN can appear. To keep the cost near three attentions, queries are gathered per region
+(padded to the largest region across frames) instead of running both regions for every query; a soft query
+(0 < m < 1) simply belongs to both groups.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_WEIGHTS = (0.7, 0.15, 0.15)
+AttentionFn = Callable[..., torch.Tensor]
+KV = Tuple[torch.Tensor, torch.Tensor]
+
+
+def validate_weights(weights) -> Tuple[float, float, float]:
+    """Return ``weights`` as three floats ``(l1, l2, l3)``; raise ``ValueError`` naming ``weights`` if invalid."""
+    try:
+        values = tuple(float(w) for w in weights)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"weights: expected three numbers (first frame, previous frame, current frame), got {weights!r}; "
+            f"pass e.g. {DEFAULT_WEIGHTS}"
+        ) from None
+    if len(values) != 3:
+        raise ValueError(
+            f"weights: expected three numbers (first frame, previous frame, current frame), got {len(values)}; "
+            f"pass e.g. {DEFAULT_WEIGHTS}"
+        )
+    if not all(math.isfinite(w) for w in values) or min(values) < 0:
+        raise ValueError(f"weights: every weight must be a finite number >= 0, got {values}; "
+                         f"use non-negative weights that sum to 1, e.g. {DEFAULT_WEIGHTS}")
+    if abs(sum(values) - 1.0) > 1e-4:
+        raise ValueError(f"weights: the three weights must sum to 1, got {values} (sum {sum(values):.6g}); "
+                         f"divide them by their sum or use e.g. {DEFAULT_WEIGHTS}")
+    return values
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                   mask: Optional[torch.Tensor] = None, **_ignored) -> torch.Tensor:
+    """Multi-head attention with torch's fused SDPA, in ComfyUI's layout.
+
+    ``q`` (B, Lq, heads*d), ``k``/``v`` (B, Lk, heads*d); ``mask`` an additive bias broadcastable to
+    (B, Lq, Lk) (this module passes (B, 1, Lk)). Extra keywords (``attn_precision``) are accepted and ignored.
+    Same signature as ComfyUI's ``optimized_attention``, so either can be injected where an attention
+    function is taken.
+    """
+    b, lq, c = q.shape
+    d = c // heads
+    qh = q.reshape(b, lq, heads, d).transpose(1, 2)
+    kh = k.reshape(k.shape[0], k.shape[1], heads, d).transpose(1, 2)
+    vh = v.reshape(v.shape[0], v.shape[1], heads, d).transpose(1, 2)
+    if mask is not None:
+        mask = mask.to(q.dtype)
+        if mask.ndim == 3:
+            mask = mask.unsqueeze(1)  # heads
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
+    return out.transpose(1, 2).reshape(b, lq, c)
+
+
+def _key_bias(key_masks: torch.Tensor, character: bool, dtype: torch.dtype) -> torch.Tensor:
+    """(B, Lk) key masks -> (B, 1, Lk) additive bias keeping one region's keys (all keys if it is empty)."""
+    keep = key_masks >= 0.5 if character else key_masks < 0.5
+    keep = keep | ~keep.any(dim=1, keepdim=True)  # empty region in this reference frame: unmasked attention
+    bias = torch.zeros(keep.shape, dtype=dtype, device=key_masks.device)
+    return bias.masked_fill_(~keep, float("-inf")).unsqueeze(1)
+
+
+def _region_groups(query_masks: torch.Tensor):
+    """Yield (is_character, index (B, M), weight (B, M)) gathering each region's queries, selected first.
+
+    A query belongs to the character group when m > 0 (weight m) and to the background group when m < 1
+    (weight 1 - m); padding entries have weight 0.
+    """
+    for character in (True, False):
+        sel = query_masks > 0 if character else query_masks < 1
+        m = int(sel.sum(dim=1).max()) if sel.numel() else 0
+        if m == 0:
+            continue
+        order = torch.argsort((~sel).to(torch.uint8), dim=1, stable=True)[:, :m]
+        weight = torch.gather(query_masks if character else 1 - query_masks, 1, order)
+        weight = weight * torch.gather(sel, 1, order)
+        yield character, order, weight
+
+
+def dca_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+              weights: Sequence[float] = DEFAULT_WEIGHTS, *,
+              has_source: bool = True,
+              first_kv: Optional[KV] = None,
+              prev_kv: Optional[KV] = None,
+              masks: Optional[torch.Tensor] = None,
+              first_mask: Optional[torch.Tensor] = None,
+              prev_masks: Optional[torch.Tensor] = None,
+              attention: Optional[AttentionFn] = None,
+              attention_kwargs: Optional[dict] = None) -> torch.Tensor:
+    """The one DCA/MGDM core, for one chunk of ``n`` frames (used by the public function and the patch).
+
+    ``q, k, v`` (n, L, C). If ``has_source``, position 0 is frame 0 and gets plain self-attention; the other
+    positions ("targets", in order) get DCA. ``first_kv`` = frame 0's (K, V), each (1, L, C), required when
+    the chunk lacks frame 0 (default: position 0 of the chunk). ``prev_kv`` = each target's previous-frame
+    (K, V), each (n_targets, L, C) (default: the preceding chunk position, ``k[:-1]``, which needs
+    ``has_source``). ``masks`` (n, L) are the chunk frames' masks (queries and current-frame keys);
+    ``first_mask`` (1, L) and ``prev_masks`` (n_targets, L) are the reference frames' masks (defaults follow
+    the K/V defaults). Weights are taken as given (validate with :func:`validate_weights`).
+    """
+    attn = attention or sdpa_attention
+    kw = attention_kwargs or {}
+    l1, l2, l3 = (float(w) for w in weights)
+    n, L, C = q.shape
+    s = 1 if has_source else 0
+    nt = n - s
+    if first_kv is None:
+        if not has_source:
+            raise ValueError("first_kv: a chunk without frame 0 needs frame 0's keys/values; pass first_kv")
+        first_kv = (k[:1], v[:1])
+    if prev_kv is None:
+        if not has_source:
+            raise ValueError("prev_kv: a chunk without frame 0 needs its first frame's previous keys/values; "
+                             "pass prev_kv")
+        prev_kv = (k[:-1], v[:-1])
+    k0, v0 = first_kv
+    kp, vp = prev_kv
+    if nt == 0:
+        return attn(q, k, v, heads, **kw)
+    qt, kt, vt = q[s:], k[s:], v[s:]
+
+    if masks is None:
+        self_all = attn(q, k, v, heads, **kw)
+        first = attn(qt.reshape(1, nt * L, C), k0, v0, heads, **kw).reshape(nt, L, C)
+        prev = attn(qt, kp, vp, heads, **kw)
+        if self_all.requires_grad or first.requires_grad or prev.requires_grad:
+            mixed = l3 * self_all[s:] + l1 * first + l2 * prev
+            return torch.cat([self_all[:s], mixed]) if s else mixed
+        self_all[s:].mul_(l3).add_(first, alpha=l1).add_(prev, alpha=l2)
+        return self_all
+
+    masks = masks.to(device=q.device, dtype=torch.float32)
+    m0 = masks[:1] if first_mask is None else first_mask.to(masks)
+    mp = masks[s - 1:n - 1] if prev_masks is None else prev_masks.to(masks)
+    mt = masks[s:]
+    out = torch.zeros(nt, L, C, dtype=q.dtype, device=q.device)
+    for character, index, weight in _region_groups(mt):
+        m = index.shape[1]
+        gidx = index.unsqueeze(-1).expand(-1, -1, C)
+        qg = torch.gather(qt, 1, gidx)
+        o = attn(qg, kt, vt, heads, mask=_key_bias(mt, character, q.dtype), **kw) * l3
+        o = o + l2 * attn(qg, kp, vp, heads, mask=_key_bias(mp, character, q.dtype), **kw)
+        o = o + l1 * attn(qg.reshape(1, nt * m, C), k0, v0, heads,
+                          mask=_key_bias(m0, character, q.dtype), **kw).reshape(nt, m, C)
+        out = out.scatter_add(1, gidx, o * weight.to(o.dtype).unsqueeze(-1))
+    if s:
+        out = torch.cat([attn(q[:1], k[:1], v[:1], heads, **kw), out])
+    return out
+
+
+def _check_qkv(q, k, v, heads):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.ndim != 3:
+            raise ValueError(f"{name}: expected a tensor (F, L, heads*d), got "
+                             f"{getattr(t, 'shape', type(t).__name__)}; pass one chunk of frames, frame 0 first")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(f"k: q, k and v must have the same shape (F, L, heads*d), got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}; pass self-attention projections of one chunk")
+    if not isinstance(heads, int) or heads < 1 or q.shape[-1] % heads:
+        raise ValueError(f"heads: must be a positive integer dividing the channel count {q.shape[-1]}, got {heads!r}")
+
+
+def check_token_masks(masks, frames: int, tokens: int) -> torch.Tensor:
+    """Validate per-token masks (frames, tokens) in [0, 1]; raise ``ValueError`` naming ``masks``."""
+    if not isinstance(masks, torch.Tensor) or tuple(masks.shape) != (frames, tokens):
+        raise ValueError(f"masks: expected a tensor of shape (F, L) = ({frames}, {tokens}), got "
+                         f"{tuple(getattr(masks, 'shape', ())) or type(masks).__name__}; "
+                         "pass one mask value per frame and token, or None")
+    if masks.is_floating_point():
+        bad = not bool(torch.isfinite(masks).all()) or bool((masks < 0).any() or (masks > 1).any())
+    else:
+        masks = masks.float()
+        bad = bool((masks < 0).any() or (masks > 1).any())
+    if bad:
+        raise ValueError("masks: values must lie in [0, 1] (1 = character, 0 = background); clamp or normalise them")
+    return masks
+
+
+def dual_consistency_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                               weights: Sequence[float] = DEFAULT_WEIGHTS, masks: Optional[torch.Tensor] = None,
+                               *, attention: Optional[AttentionFn] = None) -> torch.Tensor:
+    """Dual consistency attention (DCAM) for one chunk of frames, frame 0 (the source) first.
+
+    Args:
+        q, k, v: (F, L, heads*d) projected queries/keys/values of the chunk's self-attention.
+        heads: number of attention heads.
+        weights: (l1, l2, l3) for the first-frame, previous-frame and own-frame attention; non-negative,
+            summing to 1. Default (0.7, 0.15, 0.15).
+        masks: optional (F, L) character masks in [0, 1] (MGDM); None for plain DCA.
+        attention: optional attention function ``fn(q, k, v, heads, mask=None)`` in the same (B, L, C)
+            layout (e.g. ComfyUI's ``optimized_attention``); default torch SDPA.
+
+    Returns (F, L, heads*d). Frame 0 gets plain self-attention, frame i >= 1
+    ``l1*A(Q_i,K_0,V_0) + l2*A(Q_i,K_{i-1},V_{i-1}) + l3*A(Q_i,K_i,V_i)``.
+    """
+    _check_qkv(q, k, v, heads)
+    w = validate_weights(weights)
+    if masks is not None:
+        masks = check_token_masks(masks, q.shape[0], q.shape[1])
+    return dca_chunk(q, k, v, heads, w, masks=masks, attention=attention)
