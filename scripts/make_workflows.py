@@ -389,7 +389,7 @@ def _bootstrap_comfy(path: str):
         import transformers  # noqa: F401
     except ImportError:
         pass
-    if importlib.util.find_spec("torchvision") is None:  # no CPU wheel on some machines; never used here
+    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:  # no CPU wheel on some machines; never used here
         tv = types.ModuleType("torchvision")
         tv.transforms = types.ModuleType("torchvision.transforms")
         tv.models = types.ModuleType("torchvision.models")
@@ -401,26 +401,42 @@ def _bootstrap_comfy(path: str):
     args.cpu = True
 
 
+def _is_custom(cls) -> bool:
+    """A class from a custom node pack (this one included) rather than ComfyUI's nodes.py / comfy_extras."""
+    module = getattr(cls, "RELATIVE_PYTHON_MODULE", None) or getattr(cls, "__module__", "")
+    return module.startswith("custom_nodes") or module.split(".")[0] in ("poseanimate",)
+
+
 def extract_core(path: str) -> dict:
     """Every core node id and the specs of CORE_SPEC_NODES from the ComfyUI at ``path`` (no models, no inputs)."""
     _bootstrap_comfy(path)
     import folder_paths
     import nodes
 
+    if not any(k.startswith("comfy_extras.") for k in sys.modules) or "SaveVideo" not in nodes.NODE_CLASS_MAPPINGS:
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    core = {k: v for k, v in nodes.NODE_CLASS_MAPPINGS.items() if not _is_custom(v)}
+    saved_input = folder_paths.get_input_directory()
+    saved_paths = {k: (list(v[0]), v[1]) for k, v in folder_paths.folder_names_and_paths.items()}
     empty = tempfile.mkdtemp(prefix="poseanimate_empty_")
-    folder_paths.set_input_directory(empty)
-    for key, (_, exts) in list(folder_paths.folder_names_and_paths.items()):
-        if key != "custom_nodes":
-            folder_paths.folder_names_and_paths[key] = ([empty], exts)
-    folder_paths.filename_list_cache.clear()
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-    ids = sorted(nodes.NODE_CLASS_MAPPINGS)
-    specs = {}
-    for key in CORE_SPEC_NODES:
-        if key in nodes.NODE_CLASS_MAPPINGS:
-            spec = node_info(key, nodes.NODE_CLASS_MAPPINGS[key])
-            spec["display_name"] = nodes.NODE_DISPLAY_NAME_MAPPINGS.get(key) or spec["display_name"] or key
-            specs[key] = spec
+    try:  # file lists come out empty: those combos are marked as run-time file lists
+        folder_paths.set_input_directory(empty)
+        for key, (_, exts) in saved_paths.items():
+            if key != "custom_nodes":
+                folder_paths.folder_names_and_paths[key] = ([empty], exts)
+        folder_paths.filename_list_cache.clear()
+        ids = sorted(core)
+        specs = {}
+        for key in CORE_SPEC_NODES:
+            if key in core:
+                spec = node_info(key, core[key])
+                spec["display_name"] = nodes.NODE_DISPLAY_NAME_MAPPINGS.get(key) or spec["display_name"] or key
+                specs[key] = spec
+    finally:
+        folder_paths.set_input_directory(saved_input)
+        folder_paths.folder_names_and_paths.update(saved_paths)
+        folder_paths.filename_list_cache.clear()
+        os.rmdir(empty)
     import comfyui_version
 
     return {"comfyui_version": comfyui_version.__version__,
