@@ -1,0 +1,156 @@
+"""The headless command against a real ComfyUI server on 127.0.0.1 (CPU) with this pack installed.
+
+The server is ComfyUI's own ``main.py`` in a subprocess with ``--cpu --listen 127.0.0.1 --port <free>
+--base-directory <tmp>``; the pack is symlinked into ``<tmp>/custom_nodes``. Where torchvision is missing, the
+launcher puts the same stand-in module in place as tests/host/conftest.py does, then runs main.py.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+COMFY = pathlib.Path(os.environ.get("COMFYUI_PATH", ".")).resolve()
+_spec = importlib.util.spec_from_file_location("poseanimate_run", ROOT / "scripts" / "poseanimate_run.py")
+cli = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cli)
+
+LAUNCHER = r"""
+import importlib.util, os, runpy, sys, types
+comfy = sys.argv[1]
+sys.argv = [os.path.join(comfy, "main.py")] + sys.argv[2:]
+sys.path.insert(0, comfy)
+os.chdir(comfy)
+try:
+    import transformers  # noqa
+except ImportError:
+    pass
+if importlib.util.find_spec("torchvision") is None:
+    tv = types.ModuleType("torchvision")
+    tv.transforms = types.ModuleType("torchvision.transforms")
+    tv.models = types.ModuleType("torchvision.models")
+    sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms, "torchvision.models": tv.models})
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def comfy_server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_base")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "ComfyUI-PoseAnimate").symlink_to(ROOT, target_is_directory=True)
+    for sub in ("input", "output", "temp", "user", "models"):
+        (base / sub).mkdir(exist_ok=True)
+    port = _free_port()
+    log = open(base / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, str(COMFY), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+         "--base-directory", str(base), "--disable-auto-launch", "--disable-metadata"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=str(COMFY))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/queue", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail(f"ComfyUI did not start:\n{(base / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url, base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+def _png(path: pathlib.Path, h=40, w=56):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+
+
+def _core_graph() -> dict:
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}, "_meta": {"title": "Source image"}},
+        "2": {"class_type": "ImageScale", "inputs": {"image": ["1", 0], "upscale_method": "bilinear", "width": 64,
+              "height": 64, "crop": "disabled"}, "_meta": {"title": "Resize source"}},
+        "3": {"class_type": "RepeatImageBatch", "inputs": {"image": ["2", 0], "amount": 3}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "PoseAnimate/frame"},
+              "_meta": {"title": "Save frames"}},
+        "5": {"class_type": "CreateVideo", "inputs": {"images": ["3", 0], "fps": 8.0}},
+        "6": {"class_type": "SaveVideo", "inputs": {"video": ["5", 0], "filename_prefix": "PoseAnimate/video",
+              "format": "mp4", "codec": "h264"}, "_meta": {"title": "Save video"}},
+    }
+
+
+def test_headless_against_real_comfyui(comfy_server, tmp_path, capsys):
+    url, base = comfy_server
+    wf = tmp_path / "core.json"
+    wf.write_text(json.dumps(_core_graph()))
+    image = tmp_path / "hero.png"
+    _png(image)
+    out = tmp_path / "out"
+    lines = []
+    code = cli.run(["--server", url, "--workflow", str(wf), "--image", str(image), "--width", "96", "--height", "80",
+                    "--set", "RepeatImageBatch.amount=4", "--out", str(out), "--timeout", "240", "--poll", "0.2"],
+                   log=lines.append)
+    assert code == 0, (lines, capsys.readouterr().err, (base / "server.log").read_text()[-3000:])
+    assert (base / "input" / "hero.png").read_bytes() == image.read_bytes()
+    from PIL import Image
+
+    frames = sorted((out / "PoseAnimate").glob("frame_*.png"))
+    assert len(frames) == 4 and Image.open(frames[0]).size == (96, 80)
+    videos = list((out / "PoseAnimate").glob("video_*.mp4"))
+    assert len(videos) == 1 and videos[0].stat().st_size > 0
+    manifest = json.loads((out / "poseanimate_run.json").read_text())
+    assert len(manifest["frames"]) == 4 and len(manifest["videos"]) == 1
+
+
+def test_headless_reports_real_validation_error(comfy_server, tmp_path, capsys):
+    url, _ = comfy_server
+    wf = tmp_path / "core.json"
+    wf.write_text(json.dumps(_core_graph()))
+    code = cli.run(["--server", url, "--workflow", str(wf), "--set", "Source image.image=not-there.png",
+                    "--out", str(tmp_path / "out"), "--timeout", "60"], log=lambda s: None)
+    assert code == cli.EXIT_REJECTED
+    err = capsys.readouterr().err
+    assert "node 1 (Source image)" in err and "not-there.png" in err
+
+
+def test_headless_reports_real_execution_error(comfy_server, tmp_path, capsys):
+    url, _ = comfy_server
+    wf = tmp_path / "core.json"
+    wf.write_text(json.dumps(_core_graph()))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is not a picture")
+    code = cli.run(["--server", url, "--workflow", str(wf), "--image", str(broken), "--out", str(tmp_path / "out"),
+                    "--timeout", "120", "--poll", "0.2"], log=lambda s: None)
+    assert code == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "the workflow failed at node 1 (Source image)" in err and "UnidentifiedImageError" in err
