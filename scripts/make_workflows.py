@@ -394,7 +394,14 @@ def _bootstrap_comfy(path: str):
         tv.transforms = types.ModuleType("torchvision.transforms")
         tv.models = types.ModuleType("torchvision.models")
         sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms, "torchvision.models": tv.models})
-    import utils.install_util  # noqa: F401  (ComfyUI's own utils package, before comfy/utils.py can shadow it)
+    utils = sys.modules.get("utils")
+    if utils is None or not hasattr(utils, "__path__"):  # ComfyUI's utils package, not comfy/utils.py
+        spec = importlib.util.spec_from_file_location("utils", os.path.join(path, "utils", "__init__.py"),
+                                                      submodule_search_locations=[os.path.join(path, "utils")])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["utils"] = module
+        spec.loader.exec_module(module)
+    import utils.install_util  # noqa: F401  (server.py, hence comfy_extras/nodes_images.py, needs it)
     import comfy.options  # noqa: F401
     from comfy.cli_args import args
 

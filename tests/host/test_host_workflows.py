@@ -5,6 +5,8 @@ import importlib.util
 import json
 import pathlib
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("make_workflows", ROOT / "scripts" / "make_workflows.py")
 mw = importlib.util.module_from_spec(_spec)
@@ -21,3 +23,67 @@ def test_checked_core_list_matches_comfyui():
     assert not missing, f"core node ids in the checked list that this ComfyUI lacks: {missing}"
     for key, spec in checked["nodes"].items():
         assert live["nodes"][key] == spec, f"{key}: INPUT_TYPES/outputs differ from ComfyUI; rerun --extract-core"
+
+
+# ------------------------------------------------------------------ ComfyUI's executor with tiny model files
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory):
+    from comfy_exec import ComfyRunner
+    from tiny_checkpoint import write_tiny_checkpoint, write_tiny_controlnet
+
+    base = tmp_path_factory.mktemp("comfy_models")
+    r = ComfyRunner(base)
+    write_tiny_checkpoint(base / "checkpoints" / "tiny-sd15.safetensors")
+    write_tiny_controlnet(base / "controlnet" / "tiny-openpose.safetensors")
+    import folder_paths
+
+    folder_paths.filename_list_cache.clear()
+    yield r
+    r.close()
+
+
+def _dca_graph(batch=3):
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd15.safetensors"}},
+        "2": {"class_type": "PoseAnimateDCAPatchModel", "inputs": {
+            "model": ["1", 0], "first_frame_weight": 0.7, "previous_frame_weight": 0.15, "own_frame_weight": 0.15,
+            "blocks": "all output blocks", "custom_blocks": "output 3-11"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a knight", "clip": ["1", 1]}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": batch}},
+        "6": {"class_type": "KSampler", "inputs": {
+            "model": ["2", 0], "seed": 1, "steps": 3, "cfg": 3.0, "sampler_name": "euler", "scheduler": "normal",
+            "positive": ["3", 0], "negative": ["4", 0], "latent_image": ["5", 0], "denoise": 1.0}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "dca/frame"}},
+    }
+
+
+def test_tiny_checkpoint_files_through_executor_with_dca(runner):
+    ok, history, messages, valid = runner.run(_dca_graph())
+    assert valid[0], valid
+    assert ok, [m for m in messages if m[0] == "execution_error"]
+    images = history["outputs"]["8"]["images"]
+    assert len(images) == 3
+    assert all((runner.base / "output" / i["subfolder"] / i["filename"]).is_file() for i in images)
+
+
+def test_interrupt_stops_cleanly(runner):
+    import nodes as comfy_nodes
+
+    def press_cancel(event, data):
+        if event == "executing" and data.get("node") == "6":
+            comfy_nodes.interrupt_processing(True)
+
+    runner.server.on_message = press_cancel
+    try:
+        ok, history, messages, _ = runner.run(_dca_graph())
+    finally:
+        runner.server.on_message = None
+    events = [m[0] for m in messages]
+    assert not ok and "execution_interrupted" in events and "execution_error" not in events
+    assert history["outputs"] == {}
+    ok, _, _, _ = runner.run(_dca_graph(batch=2))  # the next prompt runs normally
+    assert ok
