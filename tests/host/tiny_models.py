@@ -26,7 +26,7 @@ def init_weights_(module: torch.nn.Module, seed: int = 0) -> None:
                     p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
 
 
-def build_tiny_sd15(seed: int = 0):
+def build_tiny_sd15(seed: int = 0, dtype: torch.dtype = torch.float32):
     """Return (ModelPatcher, comfy.controlnet.ControlNet) for a tiny SD1.5-shaped UNet and ControlNet."""
     import comfy.cldm.cldm
     import comfy.controlnet
@@ -36,7 +36,8 @@ def build_tiny_sd15(seed: int = 0):
     import comfy.supported_models
 
     cfg = comfy.supported_models.SD15(dict(TINY_UNET))
-    cfg.set_inference_dtype(torch.float32, None)
+    cfg.set_inference_dtype(dtype, None)
+    cfg.unet_config["dtype"] = dtype
     model = cfg.get_model({}, "", device=torch.device("cpu"))
     init_weights_(model.diffusion_model, seed)
     patcher = comfy.model_patcher.ModelPatcher(
@@ -50,3 +51,41 @@ def build_tiny_sd15(seed: int = 0):
     init_weights_(control_model, seed + 1)
     control = comfy.controlnet.ControlNet(control_model, load_device=mm.get_torch_device(), manual_cast_dtype=None)
     return patcher, control
+
+
+TINY_SDXL = dict(
+    use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+    num_classes="sequential", adm_in_channels=2816, in_channels=4, model_channels=32, num_res_blocks=[2, 2],
+    transformer_depth=[0, 0, 1, 1], channel_mult=[1, 2], transformer_depth_middle=1,
+    use_linear_in_transformer=True, context_dim=2048, num_head_channels=16, transformer_depth_output=[0, 0, 0, 1, 1, 1],
+    use_temporal_attention=False, use_temporal_resblock=False,
+)
+
+
+def build_tiny_sdxl(seed: int = 0):
+    """A tiny SDXL-shaped ModelPatcher (2048-wide context, ADM conditioning) for refusal tests."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    cfg = comfy.supported_models.SDXL(dict(TINY_SDXL))
+    cfg.set_inference_dtype(torch.float32, None)
+    model = cfg.get_model({}, "", device=torch.device("cpu"))
+    init_weights_(model.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def build_tiny_sd2(seed: int = 0):
+    """A tiny SD2-shaped ModelPatcher (1024-wide context): same UNet family, wrong text width."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    unet = dict(TINY_UNET, context_dim=1024, use_linear_in_transformer=True, num_head_channels=16)
+    cfg = comfy.supported_models.SD20(unet)
+    cfg.set_inference_dtype(torch.float32, None)
+    model = cfg.get_model({}, "", device=torch.device("cpu"))
+    init_weights_(model.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())

@@ -1,0 +1,94 @@
+"""Pose Embedding Optimize node: per target pose, optimise the unconditional embeddings so that each frame
+keeps the source's appearance (PACM stage 3, the paper's Alg. 1), all frames batched."""
+from __future__ import annotations
+
+import logging
+
+from ._common import CATEGORY, input_error, node_errors
+from .host.types import PACMEmbeddings, check_same_prompt, image_to_hints
+
+log = logging.getLogger(__name__)
+
+DISPLAY_NAME = "Pose Embedding Optimize"
+
+
+def check_inversion(inversion, node: str, input_name: str = "inversion"):
+    """A POSEANIMATE_INVERSION from Pose-Aware Inversion, or a clear error."""
+    from ..pacm import InversionResult
+
+    if not isinstance(inversion, InversionResult):
+        raise input_error(node, input_name, f"expected a POSEANIMATE_INVERSION, got {type(inversion).__name__}",
+                          "connect the 'inversion' output of Pose-Aware Inversion")
+    return inversion
+
+
+def control_settings(inversion) -> dict:
+    return dict(inversion.settings.get("control") or {"strength": 1.0, "start": 0.0, "end": 1.0})
+
+
+class PoseAnimatePoseEmbeddingOptimize:
+    """PACM stage 3 over the user's MODEL and CONTROL_NET."""
+
+    DESCRIPTION = ("For every target pose, starts from the source's inversion and optimises that frame's "
+                   "unconditional embeddings step by step so that sampling under the new pose stays close to "
+                   "the source (pose-aware embedding optimisation). Frames run together in micro-batches; "
+                   "the result is the same as optimising each frame alone.")
+    CATEGORY = f"{CATEGORY}/PACM"
+    FUNCTION = "optimize"
+    RETURN_TYPES = ("POSEANIMATE_EMBEDDINGS",)
+    RETURN_NAMES = ("embeddings",)
+    OUTPUT_TOOLTIPS = ("Per-frame, per-step embeddings for the target poses, together with the inversion "
+                       "(everything Sample Frames needs).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "inversion": ("POSEANIMATE_INVERSION", {"tooltip": "Output of Pose-Aware Inversion."}),
+                "model": ("MODEL", {"tooltip": "The same SD1.5 model as for the inversion (unpatched)."}),
+                "control_net": ("CONTROL_NET", {"tooltip": "The same OpenPose ControlNet as for the inversion; "
+                                                           "its strength/start/end come from the inversion."}),
+                "positive": ("CONDITIONING", {"tooltip": "The same prompt as for the inversion."}),
+                "poses": ("IMAGE", {"tooltip": "Pose images from PATA Align: image 0 is the source pose, "
+                                               "images 1..N are the target frames."}),
+                "inner_steps": ("INT", {"default": 5, "min": 0, "max": 100,
+                                        "tooltip": "Adam iterations per step and frame."}),
+                "frames_per_batch": ("INT", {"default": 0, "min": 0, "max": 4096,
+                                             "tooltip": "Frames optimised together; 0 = choose from free GPU "
+                                                        "memory. Lower it if you run out of memory."}),
+            },
+        }
+
+    def optimize(self, inversion, model, control_net, positive, poses, inner_steps, frames_per_batch):
+        import comfy.model_management as mm
+
+        from ..pacm import optimize_pose_embeddings
+        from .host import ComfyDenoiser, ComfyProgress, conditioning_context, engine_mode, plain, plain_fields
+
+        node = DISPLAY_NAME
+        inversion = check_inversion(inversion, node)
+        hints = image_to_hints(poses, node, "poses", min_count=2)
+        ctx = conditioning_context(positive, node, "positive")
+        check_same_prompt(ctx, inversion.cond, node, "positive")
+        if inversion.uncond is None:
+            raise input_error(node, "inversion", "this inversion has no pose-aware embeddings",
+                              "use the output of Pose-Aware Inversion")
+        src = inversion.hint
+        if src is not None and (src.shape[-2:] != hints.shape[-2:]
+                                or (src.float().cpu() - hints[0]).abs().mean() > 0.05):
+            log.warning("%s: poses[0] differs from the inversion's source pose; PATA Align puts the source "
+                        "pose first, and frames 1..N are used as targets", node)
+        ctrl = control_settings(inversion)
+        den = ComfyDenoiser(model, control_net, strength=ctrl["strength"], start_percent=ctrl["start"],
+                            end_percent=ctrl["end"], node=node)
+        progress = ComfyProgress()
+        batch = int(frames_per_batch) or None
+        latent_shape = (1,) + tuple(inversion.trajectory.shape[1:])
+        den.load(den.memory_per_frame(latent_shape, grad=True) * (batch or 1))
+        with node_errors(node), engine_mode():
+            poses_emb = optimize_pose_embeddings(
+                den, plain_fields(inversion.to(den.device)), plain(hints[1:]), inner_steps=int(inner_steps),
+                lr=float(inversion.settings.get("lr", 1e-2)),
+                early_stop=float(inversion.settings.get("early_stop", 1e-5)), batch_size=batch, callback=progress)
+            result = PACMEmbeddings(inversion=inversion, poses=poses_emb.to(mm.intermediate_device()))
+        return (result,)

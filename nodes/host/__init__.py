@@ -1,0 +1,20 @@
+"""Host adapter: pacm's Denoiser protocol over ComfyUI's MODEL, CONTROL_NET and CONDITIONING.
+
+ComfyUI is imported lazily inside functions, so ``nodes.host`` imports without ComfyUI.
+"""
+from .adapter import ComfyDenoiser, install_out_of_place_control, merge_transformer_options, plain, engine_mode, plain_fields
+from .checks import check_control_net, check_sd15_model, conditioning_context
+from .progress import ComfyProgress
+
+__all__ = [
+    "ComfyDenoiser",
+    "ComfyProgress",
+    "check_control_net",
+    "check_sd15_model",
+    "conditioning_context",
+    "engine_mode",
+    "install_out_of_place_control",
+    "merge_transformer_options",
+    "plain",
+    "plain_fields",
+]

@@ -1,0 +1,318 @@
+"""The PACM "Denoiser" protocol over ComfyUI's MODEL + CONTROL_NET (see DEVELOPERS.md).
+
+``ComfyDenoiser(model, control_net, ...)`` is what the PoseAnimate PACM nodes hand to ``pacm``:
+
+* ``__call__(x, sigma, context, hint, transformer_options)`` returns the x0 prediction of the user's MODEL
+  (with its LoRAs and model patches, e.g. the DCA patch) through ``BaseModel.apply_model``, with the
+  ControlNet's residuals computed from ``hint`` exactly as ComfyUI's samplers do (hint resized by the
+  ControlNet itself, strength, start/end percent via sigma).
+* ``grad_context()`` makes backward into ``context`` work inside ComfyUI's ``torch.inference_mode()``:
+  it leaves inference mode, swaps every inference-tensor parameter/buffer of the UNet and ControlNet for a
+  non-inference clone *for the duration only* (the original Parameter objects go back in ``finally``), and
+  adds ControlNet residuals out of place through an ``output_block_patch`` (ComfyUI adds them in place,
+  which autograd rejects). The shared model other nodes see is never written to.
+
+Models are loaded through ``comfy.model_management.load_models_gpu`` and run in their own dtype:
+``apply_model`` casts inputs to the UNet's dtype (or its manual-cast dtype for fp8/bf16 storage); the
+returned x0 is float32 like everything ComfyUI's samplers see.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+
+from .checks import check_control_net, check_sd15_model
+
+log = logging.getLogger(__name__)
+
+_CONTROL_KEY = "poseanimate_control"   # transformer_options key of the out-of-place residual stacks
+_MERGED_KEYS = ("patches", "patches_replace")
+
+
+def merge_transformer_options(model_options: dict, engine_options: dict | None) -> dict:
+    """The transformer_options one model call sees: the MODEL's own (patches, patches_replace, wrappers...)
+    copied, then the engine's keys on top. Engine values go in by reference (``poseanimate.kv_carry`` is
+    written by the DCA patch and read back by the engine); engine patches are appended after the model's."""
+    import comfy.patcher_extension
+
+    base = comfy.patcher_extension.copy_nested_dicts(model_options.get("transformer_options", {}))
+    for key, value in (engine_options or {}).items():
+        if key in _MERGED_KEYS and isinstance(value, dict):
+            merged = base.setdefault(key, {})
+            for name, entry in value.items():
+                if isinstance(entry, list):
+                    merged[name] = list(merged.get(name, [])) + list(entry)
+                elif isinstance(entry, dict):
+                    merged[name] = {**merged.get(name, {}), **entry}
+                else:
+                    merged[name] = entry
+        else:
+            base[key] = value
+    return base
+
+
+def _pop_residual(stacks: dict, name: str):
+    lst = stacks.get(name)
+    if lst:
+        return lst.pop()
+    return None
+
+
+def _add(h, r):
+    """``h + r`` with the dtype semantics of ComfyUI's in-place ``h += r``; skip on shape mismatch as it does."""
+    if r is None:
+        return h
+    try:
+        return (h + r).to(h.dtype)
+    except RuntimeError:
+        log.warning("control could not be applied %s %s", tuple(h.shape), tuple(r.shape))
+        return h
+
+
+def _input_block_control(h, transformer_options):
+    stacks = transformer_options.get(_CONTROL_KEY)
+    if stacks is None:
+        return h
+    return _add(h, _pop_residual(stacks, "input"))
+
+
+def _output_block_control(h, hsp, transformer_options):
+    """Out-of-place twin of openaimodel.apply_control for 'middle' (before output block 0) and 'output'."""
+    stacks = transformer_options.get(_CONTROL_KEY)
+    if stacks is None:
+        return h, hsp
+    if not stacks.get("_middle_done"):
+        stacks["_middle_done"] = True
+        h = _add(h, _pop_residual(stacks, "middle"))
+    return h, _add(hsp, _pop_residual(stacks, "output"))
+
+
+def install_out_of_place_control(transformer_options: dict, control: dict | None) -> dict:
+    """Route ControlNet residuals through patches that add them out of place (autograd-safe).
+
+    The patches go first in their lists so that other input/output block patches (FreeU, ...) see the
+    controlled features exactly as with ComfyUI's in-place path. Returns ``transformer_options``."""
+    if control is None:
+        return transformer_options
+    transformer_options[_CONTROL_KEY] = {k: list(control.get(k, [])) for k in ("input", "middle", "output")}
+    patches = dict(transformer_options.get("patches", {}))
+    patches["input_block_patch"] = [_input_block_control] + list(patches.get("input_block_patch", []))
+    patches["output_block_patch"] = [_output_block_control] + list(patches.get("output_block_patch", []))
+    transformer_options["patches"] = patches
+    return transformer_options
+
+
+def _plain(t):
+    return t.clone() if t is not None and t.is_inference() else t
+
+
+def plain_fields(obj):
+    """A copy of a pacm result dataclass whose tensor fields went through :func:`plain`."""
+    import dataclasses
+
+    return dataclasses.replace(obj, **{f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
+
+
+@contextlib.contextmanager
+def engine_mode():
+    """Where nodes run pacm: outside inference mode (so tensors pacm creates, e.g. the inversion
+    trajectory it later uses as a loss target, are normal tensors) but without autograd, which only
+    ``ComfyDenoiser.grad_context()`` switches on. Pass node inputs through :func:`plain` first."""
+    with torch.inference_mode(False), torch.no_grad():
+        yield
+
+
+def plain(t):
+    """A normal (non-inference) copy of an inference tensor, usable in autograd; other values unchanged.
+
+    ComfyUI runs nodes under ``torch.inference_mode()``, so every tensor a node receives (latents,
+    conditioning, images) is an inference tensor: autograd refuses to save one for backward even outside
+    inference mode. Nodes pass their inputs through this before handing them to pacm."""
+    if isinstance(t, torch.Tensor) and t.is_inference():
+        with torch.inference_mode(False):
+            return t.clone()
+    return t
+
+
+def _swap_for_grad(modules) -> list:
+    """Replace inference-tensor params/buffers (and grad-requiring params) by private non-inference
+    copies; return the list of (module, kind, name, original) needed to put the originals back."""
+    saved = []
+    seen = set()
+    for root in modules:
+        for m in root.modules():
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            for name, p in list(m._parameters.items()):
+                if p is None:
+                    continue
+                if p.is_inference():
+                    new = torch.nn.Parameter(p.clone(), requires_grad=False)
+                elif p.requires_grad:
+                    new = torch.nn.Parameter(p.detach(), requires_grad=False)
+                else:
+                    continue
+                saved.append((m, "_parameters", name, p))
+                m._parameters[name] = new
+            for name, b in list(m._buffers.items()):
+                if b is not None and b.is_inference():
+                    saved.append((m, "_buffers", name, b))
+                    m._buffers[name] = b.clone()
+    return saved
+
+
+def _restore(saved) -> None:
+    for m, kind, name, original in reversed(saved):
+        getattr(m, kind)[name] = original
+
+
+class ComfyDenoiser:
+    """PACM's Denoiser over a ComfyUI MODEL (ModelPatcher) and an optional CONTROL_NET.
+
+    Args:
+        model: the MODEL (``comfy.model_patcher.ModelPatcher``), SD1.5-shaped; its ``model_options``
+            (transformer patches, wrappers, ``model_function_wrapper``) apply to every call.
+        control_net: a CONTROL_NET (``comfy.controlnet.ControlBase``) or None; it is copied per call and
+            never modified.
+        strength, start_percent, end_percent: as in ComfyUI's "Apply ControlNet" node.
+        node: display name of the calling node, for error messages.
+    """
+
+    def __init__(self, model, control_net=None, *, strength: float = 1.0, start_percent: float = 0.0,
+                 end_percent: float = 1.0, node: str = "PoseAnimate"):
+        self.node = node
+        self.patcher = model
+        self.model = check_sd15_model(model, node, "model")
+        self.control_net = check_control_net(control_net, node, "control_net")
+        self.strength = float(strength)
+        self.percent_range = (float(start_percent), float(end_percent))
+        self.device = model.load_device
+        self.dtype = torch.float32
+        self.sigmas = plain(self.model.model_sampling.sigmas.detach().float().cpu())
+        self._grad_depth = 0
+        self._loaded = False
+        self.calls = 0
+
+    # ---- memory -------------------------------------------------------------------------------------
+    def _models(self) -> list:
+        out = [self.patcher]
+        if self.control_net is not None:
+            out += self.control_net.get_models()
+        return out
+
+    def load(self, memory_required: int = 0) -> None:
+        """Load the UNet (+ LoRA patches) and the ControlNet through ComfyUI's memory manager."""
+        import comfy.model_management as mm
+
+        if self._grad_depth:
+            return  # never re-patch weights while clones are swapped in
+        mm.load_models_gpu(self._models(), memory_required=int(memory_required))
+        self._loaded = True
+
+    def _ensure_loaded(self) -> None:
+        import comfy.model_management as mm
+
+        if self._grad_depth:
+            return
+        loaded = mm.loaded_models()
+        if not self._loaded or any(all(m is not lm for lm in loaded) for m in self._models()):
+            self.load()
+
+    def free_memory(self) -> int:
+        """Bytes free on the model's device (for choosing frame batch sizes)."""
+        import comfy.model_management as mm
+
+        return int(mm.get_free_memory(self.device))
+
+    def memory_per_frame(self, latent_shape, grad: bool = False) -> int:
+        """Rough bytes one frame (one cond or uncond chunk) costs in a forward (x~4 more with backward)."""
+        shape = [1] + list(latent_shape[1:])
+        est = int(self.model.memory_required(shape))
+        return est * (4 if grad else 1)
+
+    # ---- the protocol -------------------------------------------------------------------------------
+    def _control_for(self, x, sigma, context, hint, n_chunks, transformer_options):
+        if self.control_net is None or hint is None:
+            return None
+        b = x.shape[0]
+        if hint.ndim != 4 or hint.shape[1] != 3:
+            raise ValueError(f"hint: expected pose images (B, 3, H, W), got {tuple(hint.shape)}")
+        if hint.shape[0] != b:
+            if hint.shape[0] == 1 or b % hint.shape[0] == 0:
+                hint = hint.repeat(b // hint.shape[0], 1, 1, 1)
+            else:
+                raise ValueError(f"hint: batch {hint.shape[0]} does not divide the latent batch {b}")
+        c = self.control_net.copy()
+        c.set_cond_hint(hint, self.strength, self.percent_range)
+        model = self.model
+        c.pre_run(model, lambda p: model.model_sampling.percent_to_sigma(p))
+        try:
+            return c.get_control(x, sigma, {"c_crossattn": context}, n_chunks, transformer_options)
+        finally:
+            c.cleanup()
+
+    def __call__(self, x, sigma, context, hint=None, transformer_options=None):
+        """x0 prediction (float32, shape of x); see the module docstring and DEVELOPERS.md."""
+        self._ensure_loaded()
+        self.calls += 1
+        dev = self.device
+        x = x.to(dev, torch.float32)
+        sigma = sigma.to(dev, torch.float32).reshape(-1)
+        if sigma.shape[0] == 1 and x.shape[0] > 1:
+            sigma = sigma.expand(x.shape[0])
+        context = context.to(dev)
+        if hint is not None:
+            hint = hint.to(dev)
+        if self._grad_depth:  # tensors from other nodes are inference tensors: autograd must not save them
+            x, sigma = _plain(x), _plain(sigma)
+            context = _plain(context)
+            hint = _plain(hint)
+        to = merge_transformer_options(self.patcher.model_options, transformer_options)
+        cond_or_uncond = list(to.get("cond_or_uncond") or [0])
+        to["cond_or_uncond"] = cond_or_uncond
+        n = len(cond_or_uncond)
+        if "sigmas" not in to:
+            to["sigmas"] = sigma[: x.shape[0] // n] if x.shape[0] % n == 0 else sigma
+        to.setdefault("uuids", [None] * n)
+        control = self._control_for(x, sigma, context, hint, n, to)
+        c = {"c_crossattn": context, "transformer_options": to}
+        if self._grad_depth:
+            install_out_of_place_control(to, control)
+        else:
+            c["control"] = control
+        model_options = self.patcher.model_options
+        if "model_function_wrapper" in model_options:
+            return model_options["model_function_wrapper"](
+                self.model.apply_model, {"input": x, "timestep": sigma, "c": c, "cond_or_uncond": cond_or_uncond})
+        return self.model.apply_model(x, sigma, **c)
+
+    @contextlib.contextmanager
+    def grad_context(self):
+        """Autograd through __call__ into ``context``, inside or outside ComfyUI's inference mode.
+
+        The shared weights are untouched: private clones are swapped in and the original Parameter and
+        buffer objects are put back on exit, whatever happens inside."""
+        if self._grad_depth:
+            with torch.inference_mode(False), torch.enable_grad():
+                yield self
+            return
+        self._ensure_loaded()
+        modules = [self.model]
+        if self.control_net is not None:
+            modules += [m.model for m in self.control_net.get_models()]
+        with torch.inference_mode(False), torch.enable_grad():
+            saved = []
+            entered = False
+            try:
+                saved = _swap_for_grad(modules)
+                self._grad_depth += 1
+                entered = True
+                yield self
+            finally:
+                if entered:
+                    self._grad_depth -= 1
+                _restore(saved)
+                del saved

@@ -1,0 +1,109 @@
+"""Input checks for the host models: refuse what the PACM engine cannot drive, with the node's own words.
+
+Everything here imports ComfyUI lazily, so the pack (and CI) imports without it.
+"""
+from __future__ import annotations
+
+from .._common import input_error
+
+SD15_CONTEXT_DIM = 768
+SD15_LATENT_CHANNELS = 4
+
+_SD15_FIX = ("load an SD1.5 checkpoint (or a fine-tune / merge of SD1.5; LoRAs on top are fine) with "
+             "'Load Checkpoint' and connect its MODEL here")
+
+
+def _describe(model) -> str:
+    cfg = getattr(model, "model_config", None)
+    name = type(cfg).__name__ if cfg is not None else type(model).__name__
+    return f"a {name} model"
+
+
+def check_sd15_model(model_patcher, node: str, input_name: str = "model"):
+    """Return the ``comfy.model_base.BaseModel`` inside a MODEL after checking that it is SD1.5-shaped.
+
+    SD1.5-shaped means: an ``openaimodel.UNetModel`` with 4 latent channels, 768-wide cross-attention,
+    no class/ADM conditioning, SD1.5 latent format and a discrete 1000-step EPS or v-prediction schedule.
+    Tiny or fine-tuned checkpoints that ComfyUI loads as SD1.5 pass (the width of the UNet is not checked).
+    """
+    import comfy.latent_formats
+    import comfy.model_base
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    model = getattr(model_patcher, "model", None)
+    if model is None or not hasattr(model_patcher, "model_options") or not isinstance(model, comfy.model_base.BaseModel):
+        raise input_error(node, input_name, f"expected a MODEL (a ComfyUI ModelPatcher), got {type(model_patcher).__name__}",
+                          "connect the MODEL output of 'Load Checkpoint' (optionally through LoRA or patch nodes)")
+    cfg = getattr(model, "model_config", None)
+    unet_cfg = dict(getattr(cfg, "unet_config", {}) or {})
+    problems = []
+    if not isinstance(model.diffusion_model, UNetModel):
+        problems.append(f"its denoiser is a {type(model.diffusion_model).__name__}, not an SD-style UNet")
+    else:
+        context_dim = unet_cfg.get("context_dim")
+        in_channels = unet_cfg.get("in_channels", SD15_LATENT_CHANNELS)
+        if context_dim != SD15_CONTEXT_DIM:
+            problems.append(f"its cross-attention width is {context_dim} (SD1.5: {SD15_CONTEXT_DIM})")
+        if in_channels != SD15_LATENT_CHANNELS:
+            problems.append(f"it takes {in_channels} input channels (SD1.5: {SD15_LATENT_CHANNELS})")
+        if unet_cfg.get("adm_in_channels") is not None or getattr(model.diffusion_model, "num_classes", None) is not None:
+            problems.append("it expects extra pooled/size conditioning (SDXL-style ADM)")
+    if not isinstance(getattr(model, "latent_format", None), comfy.latent_formats.SD15):
+        problems.append(f"its latent format is {type(getattr(model, 'latent_format', None)).__name__} (SD1.5: SD15)")
+    if getattr(model, "model_type", None) not in (comfy.model_base.ModelType.EPS, comfy.model_base.ModelType.V_PREDICTION):
+        problems.append(f"its prediction type is {getattr(model, 'model_type', None)} (SD1.5: EPS or V_PREDICTION)")
+    sigmas = getattr(getattr(model, "model_sampling", None), "sigmas", None)
+    if sigmas is None or sigmas.ndim != 1 or sigmas.shape[0] != 1000:
+        problems.append("its noise schedule is not SD1.5's discrete 1000-step schedule")
+    if problems:
+        raise input_error(node, input_name, f"{_describe(model)} is not SD1.5-shaped: " + "; ".join(problems),
+                          _SD15_FIX)
+    return model
+
+
+def check_control_net(control_net, node: str, input_name: str = "control_net"):
+    """Check that CONTROL_NET is an image-hint ControlNet usable with an SD1.5 UNet; return it."""
+    import comfy.controlnet
+
+    if control_net is None:
+        return None
+    if not isinstance(control_net, comfy.controlnet.ControlBase):
+        raise input_error(node, input_name, f"expected a CONTROL_NET, got {type(control_net).__name__}",
+                          "connect the CONTROL_NET output of 'Load ControlNet Model' (an SD1.5 OpenPose ControlNet)")
+    if getattr(control_net, "latent_format", None) is not None:
+        raise input_error(node, input_name, "this ControlNet needs a VAE-encoded hint (an SD3/Flux-style ControlNet)",
+                          "use an SD1.5 OpenPose ControlNet such as control_v11p_sd15_openpose")
+    cm = getattr(control_net, "control_model", None)
+    ctx = getattr(cm, "context_dim", None) if cm is not None else None
+    if ctx is None and cm is not None:
+        # comfy.cldm.cldm.ControlNet does not keep context_dim; read it off the first cross-attention.
+        for mod in cm.modules():
+            k = getattr(mod, "to_k", None)
+            if k is not None and getattr(mod, "to_q", None) is not None and k.in_features != mod.to_q.in_features:
+                ctx = k.in_features
+                break
+    if ctx is not None and ctx != SD15_CONTEXT_DIM:
+        raise input_error(node, input_name, f"this ControlNet was made for a model with {ctx}-wide text embeddings",
+                          "use an SD1.5 ControlNet (e.g. control_v11p_sd15_openpose)")
+    return control_net
+
+
+def conditioning_context(conditioning, node: str, input_name: str = "positive"):
+    """Return the text embedding (1, 77k, 768) of a CONDITIONING (its first entry), float32 on the CPU."""
+    import torch
+
+    if not isinstance(conditioning, (list, tuple)) or len(conditioning) == 0:
+        raise input_error(node, input_name, "the CONDITIONING is empty",
+                          "connect the output of 'CLIP Text Encode' with your prompt")
+    entry = conditioning[0]
+    ctx = entry[0] if isinstance(entry, (list, tuple)) and len(entry) >= 1 else None
+    if not isinstance(ctx, torch.Tensor) or ctx.ndim != 3:
+        raise input_error(node, input_name, "the CONDITIONING holds no text embedding tensor",
+                          "connect the output of 'CLIP Text Encode' with your prompt")
+    if ctx.shape[-1] != SD15_CONTEXT_DIM:
+        raise input_error(node, input_name, f"the text embedding is {ctx.shape[-1]} wide (SD1.5 CLIP: 768)",
+                          "encode the prompt with the CLIP of your SD1.5 checkpoint")
+    if ctx.shape[0] != 1:
+        ctx = ctx[:1]
+    with torch.inference_mode(False):  # a normal tensor: pacm may optimise embeddings started from it
+        return ctx.detach().to(device="cpu", dtype=torch.float32).clone()

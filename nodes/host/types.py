@@ -1,0 +1,95 @@
+"""Values of the PACM custom node types and the pure input checks the PACM nodes share.
+
+No ComfyUI import here: CI tests these helpers without the host.
+
+* ``POSEANIMATE_INVERSION`` is a :class:`pacm.InversionResult` after pose-aware inversion (trajectory,
+  per-step source embeddings, sigmas, source pose); ``settings["control"]`` holds the ControlNet
+  strength / start / end it was made with, and later stages reuse them.
+* ``POSEANIMATE_EMBEDDINGS`` is a :class:`PACMEmbeddings`: the inversion plus the per-frame
+  :class:`pacm.PoseEmbeddings` (everything Sample Frames needs). Frame 0 is the source; target frame ``f``
+  (1..N) has ``poses.uncond[f - 1]`` and ``poses.hints[f - 1]``. Latents are in the model's internal
+  latent space (after ``process_latent_in``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .._common import input_error
+
+
+@dataclass
+class PACMEmbeddings:
+    """The value of a POSEANIMATE_EMBEDDINGS output."""
+
+    inversion: object          # pacm.InversionResult (pose-aware)
+    poses: object              # pacm.PoseEmbeddings for target frames 1..N
+
+    @property
+    def frames(self) -> int:
+        """N + 1: the source frame plus the target frames."""
+        return int(self.poses.uncond.shape[0]) + 1
+
+    def to(self, device=None):
+        return PACMEmbeddings(self.inversion.to(device), self.poses.to(device))
+
+
+def latent_samples(latent, node: str, input_name: str = "latent") -> torch.Tensor:
+    """The (1, 4, h, w) samples of a single-image LATENT, or a clear error."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
+        raise input_error(node, input_name, "expected a LATENT with a (B, 4, h, w) 'samples' tensor",
+                          "connect the LATENT output of 'VAE Encode' applied to the source image")
+    if samples.shape[0] != 1:
+        raise input_error(node, input_name, f"the latent batch holds {samples.shape[0]} images; "
+                          "PoseAnimate animates one source image",
+                          "encode a single source image, or pick one with 'Latent From Batch'")
+    if samples.shape[1] != 4:
+        raise input_error(node, input_name, f"the latent has {samples.shape[1]} channels (SD1.5: 4)",
+                          "encode the source image with the VAE of your SD1.5 checkpoint")
+    return samples
+
+
+def image_to_hints(image, node: str, input_name: str, min_count: int = 1) -> torch.Tensor:
+    """ComfyUI IMAGE (B, H, W, C) in 0..1 -> pose hints (B, 3, H, W) float32; alpha is dropped."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (3, 4):
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise input_error(node, input_name, f"expected an IMAGE batch (B, H, W, 3), got {shape}",
+                          "connect a pose IMAGE (e.g. the 'poses' output of PATA Align)")
+    if image.shape[0] < min_count:
+        raise input_error(node, input_name, f"got {image.shape[0]} pose image(s), need at least {min_count} "
+                          "(frame 0 is the source pose, then one pose per target frame)",
+                          "connect the full pose batch from PATA Align (source pose first)")
+    return image[..., :3].movedim(-1, 1).float().clamp(0.0, 1.0)
+
+
+def frame_masks(mask, frames: int, node: str, input_name: str = "masks") -> torch.Tensor | None:
+    """Optional MASK batch -> (frames, H, W) in [0, 1], one per frame (frame 0 = source), or a clear error."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
+        raise input_error(node, input_name, "expected a MASK batch (B, H, W)",
+                          "connect the 'masks' output of Cross-Attention Mask Extract, or leave it empty")
+    if mask.ndim == 2:
+        mask = mask[None]
+    if mask.shape[0] != frames:
+        raise input_error(node, input_name, f"got {mask.shape[0]} masks for {frames} frames "
+                          f"(the source plus {frames - 1} target poses)",
+                          "use the mask batch made from these embeddings (one mask per frame, source first)")
+    return mask.float().clamp(0.0, 1.0)
+
+
+def check_same_prompt(context: torch.Tensor, reference: torch.Tensor, node: str, input_name: str = "positive"):
+    """The embeddings of a later stage only make sense with the prompt the inversion was made with."""
+    ref = reference.detach().float().cpu().reshape(-1, reference.shape[-1])
+    ctx = context.detach().float().cpu().reshape(-1, context.shape[-1])
+    if ctx.shape != ref.shape or not torch.allclose(ctx, ref, rtol=1e-3, atol=1e-4):
+        raise input_error(node, input_name, "this conditioning is not the prompt the inversion was made with",
+                          "connect the same positive CONDITIONING as on Pose-Aware Inversion")
+
+
+def window_size(value: int, frames: int) -> int:
+    """0 means all frames at once."""
+    value = int(value)
+    return frames if value <= 0 else min(value, frames)

@@ -1,0 +1,103 @@
+"""Pose-Aware Inversion node: DDIM-invert the source latent under its pose, then optimise one unconditional
+embedding per step so that CFG sampling reproduces the source (PACM stages 1 and 2)."""
+from __future__ import annotations
+
+import logging
+
+from ._common import CATEGORY, node_errors
+from .host.types import image_to_hints, latent_samples
+
+log = logging.getLogger(__name__)
+
+DISPLAY_NAME = "Pose-Aware Inversion"
+
+
+def control_inputs() -> dict:
+    """The ControlNet strength / start / end widgets (as in ComfyUI's 'Apply ControlNet')."""
+    return {
+        "control_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01,
+                                       "tooltip": "Strength of the pose ControlNet, as in 'Apply ControlNet'. "
+                                                  "Later PACM nodes reuse this value."}),
+        "control_start": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
+                                    "tooltip": "Fraction of the schedule (0 = first, noisiest step) where the "
+                                               "ControlNet starts acting."}),
+        "control_end": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
+                                  "tooltip": "Fraction of the schedule where the ControlNet stops acting."}),
+    }
+
+
+class PoseAnimatePoseAwareInversion:
+    """PACM stages 1 + 2 on the user's SD1.5 MODEL and OpenPose CONTROL_NET."""
+
+    DESCRIPTION = ("Inverts the source image's latent with DDIM under its own pose (guidance 1), then runs "
+                   "pose-aware null-text inversion: per step, a few Adam iterations on the unconditional "
+                   "embedding so that CFG sampling with the pose ControlNet lands back on the source. Outputs "
+                   "the inversion for Pose Embedding Optimize / Sample Frames and a reconstruction to preview.")
+    CATEGORY = f"{CATEGORY}/PACM"
+    FUNCTION = "invert"
+    RETURN_TYPES = ("POSEANIMATE_INVERSION", "LATENT")
+    RETURN_NAMES = ("inversion", "reconstruction")
+    OUTPUT_TOOLTIPS = (
+        "Inverted trajectory Z_0..Z_T, per-step source embeddings, sampling sigmas and the source pose.",
+        "The source re-sampled from Z_T with CFG and the optimised embeddings (decode it to check the "
+        "inversion: it should look like the source).",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "An SD1.5 model (LoRAs welcome). Use the unpatched model here, "
+                                               "not the output of DCA Patch Model."}),
+                "control_net": ("CONTROL_NET", {"tooltip": "An SD1.5 OpenPose ControlNet "
+                                                           "(e.g. control_v11p_sd15_openpose)."}),
+                "latent": ("LATENT", {"tooltip": "The source image encoded with 'VAE Encode' (one image)."}),
+                "positive": ("CONDITIONING", {"tooltip": "The prompt describing the source image "
+                                                         "('CLIP Text Encode')."}),
+                "source_pose": ("IMAGE", {"tooltip": "The source image's pose, rendered as an OpenPose image. "
+                                                     "With a batch, image 0 is used (PATA Align puts the "
+                                                     "source pose first)."}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 1000,
+                                  "tooltip": "DDIM steps (ComfyUI 'ddim_uniform' schedule); every later PACM "
+                                             "stage uses the same timesteps."}),
+                "cfg": ("FLOAT", {"default": 7.5, "min": 1.0, "max": 30.0, "step": 0.1,
+                                  "tooltip": "Classifier-free guidance scale the embeddings are optimised for "
+                                             "and that sampling will use."}),
+                "inner_steps": ("INT", {"default": 5, "min": 0, "max": 100,
+                                        "tooltip": "Adam iterations per step on the unconditional embedding "
+                                                   "(0 = plain inversion, much faster, worse reconstruction)."}),
+                "early_stop": ("FLOAT", {"default": 1e-5, "min": 0.0, "max": 1.0, "step": 1e-6,
+                                         "tooltip": "Stop a step's iterations once the loss is under "
+                                                    "early_stop + step * 2e-5 (null-text inversion's rule)."}),
+                **control_inputs(),
+            },
+        }
+
+    def invert(self, model, control_net, latent, positive, source_pose, steps, cfg, inner_steps, early_stop,
+               control_strength=1.0, control_start=0.0, control_end=1.0):
+        import comfy.model_management as mm
+
+        from ..pacm import ddim_invert, pose_aware_inversion, sample_frames
+        from .host import ComfyDenoiser, ComfyProgress, conditioning_context, engine_mode, plain
+
+        node = DISPLAY_NAME
+        samples = latent_samples(latent, node, "latent")
+        hints = image_to_hints(source_pose, node, "source_pose")
+        if hints.shape[0] > 1:
+            log.info("%s: source_pose holds %d images; using image 0 as the source pose", node, hints.shape[0])
+        ctx = conditioning_context(positive, node, "positive")
+        den = ComfyDenoiser(model, control_net, strength=control_strength, start_percent=control_start,
+                            end_percent=control_end, node=node)
+        progress = ComfyProgress()
+        den.load(den.memory_per_frame(samples.shape, grad=True) * 2)
+        with node_errors(node), engine_mode():
+            z0 = plain(den.model.process_latent_in(samples.to(den.device, den.dtype)))
+            inv = ddim_invert(den, z0, plain(ctx), plain(hints[:1]), steps=int(steps), callback=progress)
+            inv = pose_aware_inversion(den, inv, cfg=float(cfg), inner_steps=int(inner_steps),
+                                       early_stop=float(early_stop), callback=progress)
+            inv.settings["control"] = {"strength": float(control_strength), "start": float(control_start),
+                                       "end": float(control_end)}
+            rec = sample_frames(den, inv, callback=progress)
+            out = den.model.process_latent_out(rec[:1]).to(mm.intermediate_device())
+            inv = inv.to(mm.intermediate_device())
+        return (inv, {"samples": out})

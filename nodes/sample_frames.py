@@ -1,0 +1,74 @@
+"""Sample Frames node: DDIM-sample the source frame and every target frame from Z_T with their pose-aware
+embeddings, through the (DCA-patched) MODEL, in windows (PACM stage 4)."""
+from __future__ import annotations
+
+from ._common import CATEGORY, input_error, node_errors
+from .embedding_optimize import control_settings
+from .host.types import PACMEmbeddings, check_same_prompt, frame_masks
+from .host.types import window_size as resolve_window
+
+DISPLAY_NAME = "Sample Frames"
+
+
+class PoseAnimateSampleFrames:
+    """PACM stage 4 over the user's (DCA-patched) MODEL and CONTROL_NET."""
+
+    DESCRIPTION = ("Samples every frame from the inverted noise Z_T with its pose and its optimised "
+                   "embeddings, on the same timesteps as the inversion. Frame 0 is the source "
+                   "(reconstructed); frames 1..N follow the target poses. Connect the MODEL from DCA Patch "
+                   "Model so frames attend to the source and the previous frame. Long sequences run in "
+                   "windows with the same result and flat memory.")
+    CATEGORY = f"{CATEGORY}/PACM"
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("frames",)
+    OUTPUT_TOOLTIPS = ("N + 1 latents, frame 0 = source, ready for 'VAE Decode'.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The SD1.5 model patched by DCA Patch Model (the unpatched model "
+                                               "also works, without cross-frame attention)."}),
+                "control_net": ("CONTROL_NET", {"tooltip": "The same OpenPose ControlNet as for the inversion; "
+                                                           "its strength/start/end come from the inversion."}),
+                "positive": ("CONDITIONING", {"tooltip": "The same prompt as for the inversion."}),
+                "embeddings": ("POSEANIMATE_EMBEDDINGS", {"tooltip": "Output of Pose Embedding Optimize."}),
+                "window_size": ("INT", {"default": 0, "min": 0, "max": 4096,
+                                        "tooltip": "Frames per model call; 0 = all frames at once. Smaller "
+                                                   "windows use less memory and give the same frames."}),
+            },
+            "optional": {
+                "masks": ("MASK", {"tooltip": "Optional character masks, one per frame (source first), e.g. "
+                                              "from Cross-Attention Mask Extract; they override the DCA "
+                                              "patch's own masks."}),
+            },
+        }
+
+    def sample(self, model, control_net, positive, embeddings, window_size=0, masks=None):
+        import comfy.model_management as mm
+
+        from ..pacm import sample_frames
+        from .host import ComfyDenoiser, ComfyProgress, conditioning_context, engine_mode, plain, plain_fields
+
+        node = DISPLAY_NAME
+        if not isinstance(embeddings, PACMEmbeddings):
+            raise input_error(node, "embeddings", f"expected POSEANIMATE_EMBEDDINGS, got {type(embeddings).__name__}",
+                              "connect the output of Pose Embedding Optimize")
+        inversion, poses = embeddings.inversion, embeddings.poses
+        frames = embeddings.frames
+        ctx = conditioning_context(positive, node, "positive")
+        check_same_prompt(ctx, inversion.cond, node, "positive")
+        mask = frame_masks(masks, frames, node, "masks")
+        ctrl = control_settings(inversion)
+        den = ComfyDenoiser(model, control_net, strength=ctrl["strength"], start_percent=ctrl["start"],
+                            end_percent=ctrl["end"], node=node)
+        w = resolve_window(window_size, frames)
+        progress = ComfyProgress()
+        latent_shape = (1,) + tuple(inversion.trajectory.shape[1:])
+        den.load(den.memory_per_frame(latent_shape) * 2 * w)
+        with node_errors(node), engine_mode():
+            out = sample_frames(den, plain_fields(inversion.to(den.device)), plain_fields(poses.to(den.device)),
+                                window=w, masks=plain(mask), callback=progress)
+            out = den.model.process_latent_out(out).to(mm.intermediate_device())
+        return ({"samples": out},)

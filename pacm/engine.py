@@ -1,0 +1,512 @@
+"""PACM engine: DDIM inversion, pose-aware inversion, pose-aware embedding optimisation, frame sampling.
+
+Parametrisation (ComfyUI's sigma space, SD1.5): a latent at noise level ``sigma`` is ``x = x0 + sigma * eps``
+(not pre-scaled); the model (a ``Denoiser``, see DEVELOPERS.md) takes ``(x, sigma)`` and returns the x0
+prediction; ``alphas_cumprod = 1 / (1 + sigma**2)``. DDIM with eta 0 in this space is
+``eps = (x - x0) / sigma; x_next = x0 + sigma_next * eps`` (ComfyUI's "ddim" sampler, Euler in sigma space).
+CFG combines x0 predictions: ``x0 = x0_uncond + cfg * (x0_cond - x0_uncond)`` (as ComfyUI does).
+
+Shapes: latents ``(C, h, w)`` per frame, embeddings ``(L, D)`` per frame (e.g. ``(77, 768)``), pose hints
+``(3, H, W)`` in 0..1 with ``H, W`` the image size (8 x the latent size for SD1.5). Batched inputs with a
+leading batch dimension of 1 are accepted where one item is expected.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable
+
+import torch
+
+from .results import InversionResult, PoseEmbeddings
+from .schedule import ddim_uniform_sigmas, vp_scale
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[str, int, int], None]
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _work_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _one(name: str, t: torch.Tensor | None, ndim: int, allow_none: bool = False) -> torch.Tensor | None:
+    if t is None:
+        if allow_none:
+            return None
+        raise ValueError(f"{name}: a tensor is required")
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.ndim == ndim + 1 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions (or a leading batch of 1), got shape {tuple(t.shape)}")
+    return t
+
+
+def _check_hints(name: str, hints: torch.Tensor | None) -> torch.Tensor | None:
+    if hints is None:
+        return None
+    if not isinstance(hints, torch.Tensor) or hints.ndim != 4 or hints.shape[1] != 3:
+        shape = tuple(hints.shape) if isinstance(hints, torch.Tensor) else type(hints).__name__
+        raise ValueError(f"{name}: expected pose images (N, 3, H, W) in 0..1, got {shape}")
+    return hints
+
+
+def _sigmas_for(model, steps: int, sigmas: torch.Tensor | None) -> torch.Tensor:
+    if sigmas is None:
+        return ddim_uniform_sigmas(model.sigmas, steps)
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float32).flatten().cpu()
+    if sigmas.numel() < 2 or float(sigmas[-1]) != 0.0 or not bool((sigmas[:-1] > sigmas[1:]).all()):
+        raise ValueError("sigmas: expected a descending 1-D schedule ending with 0 (ComfyUI SIGMAS)")
+    return sigmas
+
+
+def _options(transformer_options: dict | None, cond_or_uncond: list[int], poseanimate: dict | None) -> dict:
+    """A fresh per-call transformer_options: the caller's passthrough (shallow copy) + the engine's keys."""
+    to = dict(transformer_options or {})
+    to["cond_or_uncond"] = list(cond_or_uncond)
+    if poseanimate is not None:
+        pa = dict(to.get("poseanimate") or {})
+        pa.update(poseanimate)
+        to["poseanimate"] = pa
+    return to
+
+
+def _call(model, x, sigma: float, context, hint, cond_or_uncond, transformer_options, poseanimate=None):
+    """One model evaluation. x (B, C, h, w) work dtype; returns x0 (B, C, h, w) in x's dtype."""
+    mdt = model.dtype
+    b = x.shape[0]
+    sig = torch.full((b,), float(sigma), device=model.device, dtype=mdt)
+    h = None if hint is None else hint.to(device=model.device, dtype=mdt)
+    out = model(x.to(mdt), sig, context.to(mdt), h, _options(transformer_options, cond_or_uncond, poseanimate))
+    return out.to(x.dtype)
+
+
+def _ddim(x, x0, sigma: float, sigma_next: float):
+    """DDIM (eta 0) in sigma space: x_next = x0 + sigma_next * (x - x0) / sigma."""
+    return x0 + (x - x0) * (sigma_next / sigma)
+
+
+def _report(callback: Callback | None, stage: str, done: int, total: int) -> None:
+    if callback is not None:
+        callback(stage, done, total)
+
+
+def _adam_update(p, g, m, v, step: int, lr: float):
+    """torch.optim.Adam's update (defaults betas (0.9, 0.999), eps 1e-8, no weight decay), element-wise on the
+    given rows; returns the new (p, m, v). Same operation order as torch's single-tensor implementation."""
+    b1, b2 = ADAM_BETAS
+    m = m.lerp(g, 1 - b1)
+    v = v.mul(b2).addcmul(g, g, value=1 - b2)
+    bc1 = 1 - b1 ** step
+    bc2 = 1 - b2 ** step
+    denom = (v.sqrt() / math.sqrt(bc2)).add(ADAM_EPS)
+    p = p.addcdiv(m, denom, value=-(lr / bc1))
+    return p, m, v
+
+
+def _optimise_step(model, x, sigma, sigma_next, x0_cond, emb_init, hints, target, cfg, lr, threshold, inner_steps,
+                   transformer_options):
+    """Null-text-style optimisation of the uncond-slot embedding of B independent frames for one DDIM step.
+
+    x, x0_cond, target: (B, C, h, w); emb_init (B, L, D); hints (B, 3, H, W) or None. Every frame is its own
+    CFG chunk (cond_or_uncond = [1] * B), so cross-frame attention patches see B separate single-frame chunks.
+    Per frame: loss = mean((vp(x_next) - vp(target))**2) in alpha space; loss summed over frames, so each
+    frame's gradient is its own; Adam per element with per-frame early stopping (a frame stops after the
+    iteration whose pre-update loss fell under ``threshold``, as null-text inversion). Returns
+    (emb (B, L, D), x_next (B, C, h, w), loss_before (B,), loss_after (B,), iters (B,)).
+    """
+    b = x.shape[0]
+    scale = vp_scale(float(sigma_next))
+    emb = emb_init.detach().clone()
+    m = torch.zeros_like(emb)
+    v = torch.zeros_like(emb)
+    active = torch.ones(b, dtype=torch.bool)
+    iters = torch.zeros(b, dtype=torch.long)
+    loss_before = None
+    for j in range(inner_steps):
+        idx = active.nonzero().flatten()
+        if idx.numel() == 0:
+            break
+        sel = idx.to(emb.device)
+        e = emb[sel].detach().requires_grad_(True)
+        with model.grad_context(), torch.enable_grad():
+            x0_u = _call(model, x[sel], sigma, e, None if hints is None else hints[sel], [1] * len(idx),
+                         transformer_options)
+            x0 = x0_u + cfg * (x0_cond[sel] - x0_u)
+            xn = _ddim(x[sel], x0, sigma, sigma_next)
+            per = ((xn - target[sel]) * scale).pow(2).flatten(1).mean(1)
+            (grad,) = torch.autograd.grad(per.sum(), e)
+        per = per.detach()
+        if loss_before is None:
+            loss_before = per.float().cpu()
+        p, mm, vv = _adam_update(e.detach(), grad, m[sel], v[sel], j + 1, lr)
+        emb[sel], m[sel], v[sel] = p, mm, vv
+        iters[idx] += 1
+        stop = (per < threshold).cpu()
+        active[idx[stop]] = False
+    with torch.no_grad():
+        x0_u = _call(model, x, sigma, emb, hints, [1] * b, transformer_options)
+        x0 = x0_u + cfg * (x0_cond - x0_u)
+        x_next = _ddim(x, x0, sigma, sigma_next)
+        loss_after = ((x_next - target) * scale).pow(2).flatten(1).mean(1).float().cpu()
+    if loss_before is None:
+        loss_before = loss_after.clone()
+    return emb, x_next, loss_before, loss_after, iters
+
+
+# --------------------------------------------------------------------------------------------- stage 1
+def ddim_invert(model, latent: torch.Tensor, cond: torch.Tensor, hint: torch.Tensor | None = None, *,
+                steps: int = 50, sigmas: torch.Tensor | None = None, callback: Callback | None = None,
+                transformer_options: dict | None = None) -> InversionResult:
+    """DDIM inversion (eta 0) of the source latent under its pose at guidance 1 (stage 1).
+
+    Args:
+        model: a ``Denoiser`` (DEVELOPERS.md): ``model(x, sigma, context, hint, transformer_options) -> x0``.
+        latent: ``(C, h, w)`` or ``(1, C, h, w)`` source latent Z_0 (VAE latent, sigma space at sigma 0, i.e. as
+            ComfyUI's LATENT "samples" after the model's latent format processing).
+        cond: ``(L, D)`` or ``(1, L, D)`` prompt embedding.
+        hint: ``(3, H, W)`` or ``(1, 3, H, W)`` source pose image in 0..1, or None for no pose control.
+        steps: number of DDIM steps T (default 50); the schedule is ComfyUI's "ddim_uniform" over
+            ``model.sigmas`` (``pacm.ddim_uniform_sigmas``) unless ``sigmas`` is given.
+        sigmas: optional explicit ``(T + 1,)`` descending schedule ending with 0 (ComfyUI SIGMAS).
+        callback: ``callback("invert", done, total)`` after every model call; an exception stops the run.
+        transformer_options: passthrough dict merged into every model call's transformer_options.
+
+    Each step t = 1..T goes from Z_{t-1} (noise level s = sigmas[T-t+1]) to Z_t (s' = sigmas[T-t]) with the
+    model evaluated at s' on Z_{t-1} re-scaled so the network sees the alpha-space latent Z_{t-1}/sqrt(1+s^2)
+    (exactly the diffusers/null-text DDIM inversion): ``eps = (x - x0) / s'`` with
+    ``x = Z_{t-1} * sqrt((1+s'^2)/(1+s^2))``, ``Z_t = Z_{t-1} + (s' - s) * eps``. cond_or_uncond is ``[0]``.
+
+    Returns an ``InversionResult`` with ``trajectory`` ``(T + 1, C, h, w)`` (Z_0..Z_T), ``uncond`` None, cfg 1.
+    """
+    z0 = _one("latent", latent, 3)
+    cond = _one("cond", cond, 2)
+    hint = _one("hint", hint, 3, allow_none=True)
+    sig = _sigmas_for(model, steps, sigmas)
+    T = sig.shape[0] - 1
+    wd = _work_dtype(z0)
+    z = z0.to(device=model.device, dtype=wd)[None]
+    ctx = cond.to(device=model.device)[None]
+    hb = None if hint is None else hint.to(model.device)[None]
+    traj = [z[0].clone()]
+    with torch.no_grad():
+        for t in range(1, T + 1):
+            s, s_up = float(sig[T - t + 1]), float(sig[T - t])
+            x = z * math.sqrt((1 + s_up ** 2) / (1 + s ** 2))
+            x0 = _call(model, x, s_up, ctx, hb, [0], transformer_options)
+            eps = (x - x0) / s_up
+            z = z + (s_up - s) * eps
+            traj.append(z[0].clone())
+            _report(callback, "invert", t, T)
+    return InversionResult(
+        sigmas=sig, trajectory=torch.stack(traj), cond=cond.detach().to(model.device, wd).clone(),
+        uncond=None, hint=None if hint is None else hint.detach().to(model.device).clone(), cfg=1.0,
+        settings={"steps": T, "scheduler": "ddim_uniform" if sigmas is None else "custom"})
+
+
+# --------------------------------------------------------------------------------------------- stage 2
+def pose_aware_inversion(model, inversion: InversionResult, *, cfg: float = 7.5, inner_steps: int = 5,
+                         lr: float = 1e-2, early_stop: float = 1e-5, init: torch.Tensor | None = None,
+                         callback: Callback | None = None,
+                         transformer_options: dict | None = None) -> InversionResult:
+    """Pose-aware inversion (stage 2): null-text inversion of the source under its own pose.
+
+    Args:
+        model: a ``Denoiser``.
+        inversion: the ``InversionResult`` of ``ddim_invert`` (its sigmas, trajectory Z_0..Z_T, cond, hint).
+        cfg: guidance scale of the CFG the embeddings are optimised for (default 7.5).
+        inner_steps: Adam iterations per step (default 5).
+        lr: base learning rate; step i uses ``lr * (1 - i / 100)`` (null-text inversion's schedule).
+        early_stop: step i stops its inner loop after the iteration whose loss is under
+            ``early_stop + i * 2e-5`` (null-text inversion).
+        init: ``(L, D)`` initial uncond-slot embedding; default the prompt embedding ``inversion.cond`` (the
+            paper's choice). Pass the negative-prompt embedding for classic null-text inversion.
+        callback: ``callback("pose_aware_inversion", done, total)`` once per step (between model calls).
+        transformer_options: passthrough dict merged into every model call's transformer_options.
+
+    For step i = 0..T-1 (from sigmas[i] to sigmas[i+1], i.e. from Z_t to Z_{t-1} with t = T - i), starting at
+    x = Z_T: the cond branch x0_c = model(x, sigmas[i], cond, hint) is computed once without gradients; the
+    embedding (carried over from the previous step) gets up to ``inner_steps`` Adam updates minimising the
+    alpha-space MSE ``mean((x_next - Z_{t-1})**2) / (1 + sigmas[i+1]**2)`` with
+    ``x_next = DDIM(x, x0_u + cfg * (x0_c - x0_u))``; then the step is taken with the optimised embedding and
+    the next step continues from that latent. Gradients flow only into the embedding (``model.grad_context()``).
+
+    Returns a copy of ``inversion`` with ``uncond`` ``(T, L, D)`` (one embedding per step), ``cfg``,
+    ``losses`` ``(T, 2)``, ``inner_iters`` ``(T,)`` and the settings filled in.
+    """
+    if not isinstance(inversion, InversionResult):
+        raise ValueError("inversion: expected the InversionResult of ddim_invert")
+    if not isinstance(inner_steps, int) or inner_steps < 0:
+        raise ValueError(f"inner_steps must be a non-negative integer, got {inner_steps!r}")
+    sig = inversion.sigmas
+    T = inversion.steps
+    traj = inversion.trajectory.to(model.device)
+    wd = _work_dtype(traj)
+    traj = traj.to(wd)
+    cond = inversion.cond.to(model.device, wd)[None]
+    emb = cond.clone() if init is None else _one("init", init, 2).to(model.device, wd)[None].clone()
+    hb = None if inversion.hint is None else inversion.hint.to(model.device)[None]
+    x = traj[T][None].clone()
+    embs, losses, iters = [], [], []
+    for i in range(T):
+        s, s_next = float(sig[i]), float(sig[i + 1])
+        with torch.no_grad():
+            x0_c = _call(model, x, s, cond, hb, [0], transformer_options)
+        emb, x, lb, la, it = _optimise_step(
+            model, x, s, s_next, x0_c, emb, hb, traj[T - i - 1][None], cfg, lr * (1 - i / 100),
+            early_stop + i * 2e-5, inner_steps, transformer_options)
+        embs.append(emb[0].detach().clone())
+        losses.append(torch.stack([lb[0], la[0]]))
+        iters.append(it[0])
+        _report(callback, "pose_aware_inversion", i + 1, T)
+    settings = dict(inversion.settings)
+    settings.update(inner_steps=inner_steps, lr=lr, early_stop=early_stop,
+                    init="prompt" if init is None else "given")
+    return InversionResult(
+        sigmas=sig, trajectory=inversion.trajectory, cond=inversion.cond, uncond=torch.stack(embs),
+        hint=inversion.hint, cfg=float(cfg), settings=settings, losses=torch.stack(losses),
+        inner_iters=torch.stack(iters))
+
+
+# --------------------------------------------------------------------------------------------- stage 3
+def _auto_batch_size(model, n: int, probe: Callable[[int], None]) -> int:
+    dev = torch.device(model.device)
+    if dev.type != "cuda":
+        return max(1, min(n, 8))
+    torch.cuda.synchronize(dev)
+    base = torch.cuda.memory_allocated(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    probe(1)
+    torch.cuda.synchronize(dev)
+    per_frame = max(torch.cuda.max_memory_allocated(dev) - base, 1)
+    free, _total = torch.cuda.mem_get_info(dev)
+    free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+    bs = int(0.8 * free // per_frame)
+    log.info("PACM: %.1f MiB per frame, %.1f MiB free -> micro-batch %d", per_frame / 2**20, free / 2**20, bs)
+    return max(1, min(n, bs))
+
+
+def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Tensor | None, *,
+                             frames: int | None = None, cfg: float | None = None, inner_steps: int = 5,
+                             lr: float = 1e-2, early_stop: float = 1e-5, batch_size: int | None = None,
+                             callback: Callback | None = None,
+                             transformer_options: dict | None = None) -> PoseEmbeddings:
+    """Pose-aware embedding optimisation (stage 3, the paper's Alg. 1), all frames batched.
+
+    Args:
+        model: a ``Denoiser``.
+        inversion: ``InversionResult`` of ``pose_aware_inversion`` (its per-step ``uncond`` are the source
+            embeddings each frame starts from; after plain ``ddim_invert`` the prompt embedding is used).
+        hints: ``(N, 3, H, W)`` target pose images in 0..1 (target frame j + 1 uses ``hints[j]``), or None for
+            no pose control (then ``frames`` gives N).
+        frames: N when ``hints`` is None.
+        cfg: guidance scale (default ``inversion.cfg``, 7.5 after pose-aware inversion).
+        inner_steps, lr, early_stop: as ``pose_aware_inversion`` (Adam iterations per step, lr schedule
+            ``lr * (1 - i / 100)``, per-frame early stop under ``early_stop + i * 2e-5``).
+        batch_size: frames per micro-batch; default: all frames up to 8 on CPU, or from free CUDA memory (a
+            one-frame probe measures the per-frame cost).
+        callback: ``callback("optimize", done, total)`` once per step and micro-batch (total = T * batches).
+        transformer_options: passthrough dict merged into every model call's transformer_options.
+
+    For every target frame: x starts at Z_T; at step i (sigmas[i] -> sigmas[i+1], t = T - i) the frame's
+    embedding starts from the source embedding ``inversion.uncond[i]``, the cond branch (prompt, target pose)
+    is computed once without gradients, and up to ``inner_steps`` Adam iterations minimise the alpha-space MSE
+    between the CFG DDIM step's result and the source trajectory's Z_{t-1}; the frame then takes the step
+    with its optimised embedding. Frames are independent: each is its own CFG chunk (cond_or_uncond
+    ``[1] * B`` / ``[0] * B``, so cross-frame attention patches see single-frame chunks), the loss is summed
+    over frames, Adam is element-wise and early stopping is per frame — so any ``batch_size`` gives the same
+    embeddings as optimising each frame alone (``batch_size=1``).
+
+    Returns ``PoseEmbeddings`` with ``uncond`` ``(N, T, L, D)``.
+    """
+    if not isinstance(inversion, InversionResult):
+        raise ValueError("inversion: expected the InversionResult of pose_aware_inversion")
+    hints = _check_hints("hints", hints)
+    n = int(hints.shape[0]) if hints is not None else frames
+    if n is None or n < 1:
+        raise ValueError("hints: give at least one target pose (or frames >= 1 without pose control)")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or None (auto), got {batch_size!r}")
+    if not isinstance(inner_steps, int) or inner_steps < 0:
+        raise ValueError(f"inner_steps must be a non-negative integer, got {inner_steps!r}")
+    cfg = float(inversion.cfg if cfg is None else cfg)
+    sig = inversion.sigmas
+    T = inversion.steps
+    traj = inversion.trajectory.to(model.device)
+    wd = _work_dtype(traj)
+    traj = traj.to(wd)
+    cond = inversion.cond.to(model.device, wd)
+    src = (inversion.uncond if inversion.uncond is not None else inversion.cond[None].expand(T, -1, -1))
+    src = src.to(model.device, wd)
+    hints_dev = None if hints is None else hints.to(model.device)
+
+    def run_batch(frames_idx: list[int], record: bool, report_base: int = 0, report_total: int = 0):
+        b = len(frames_idx)
+        hb = None if hints_dev is None else hints_dev[frames_idx]
+        x = traj[T][None].expand(b, -1, -1, -1).clone()
+        cb = cond[None].expand(b, -1, -1)
+        out = []
+        for i in range(T):
+            s, s_next = float(sig[i]), float(sig[i + 1])
+            with torch.no_grad():
+                x0_c = _call(model, x, s, cb, hb, [0] * b, transformer_options)
+            target = traj[T - i - 1][None].expand(b, -1, -1, -1)
+            emb, x, lb, la, it = _optimise_step(
+                model, x, s, s_next, x0_c, src[i][None].expand(b, -1, -1), hb, target, cfg,
+                lr * (1 - i / 100), early_stop + i * 2e-5, inner_steps if record else 1, transformer_options)
+            if not record:
+                return None
+            out.append((emb.detach(), lb, la, it))
+            _report(callback, "optimize", report_base + i + 1, report_total)
+        return out
+
+    if batch_size is None:
+        batch_size = _auto_batch_size(model, n, lambda b: run_batch(list(range(b)), record=False))
+    batches = [list(range(k, min(n, k + batch_size))) for k in range(0, n, batch_size)]
+    total = T * len(batches)
+    uncond = torch.empty((n, T) + tuple(cond.shape), dtype=wd, device=model.device)
+    losses = torch.empty((n, T, 2), dtype=torch.float32)
+    iters = torch.empty((n, T), dtype=torch.long)
+    for k, fr in enumerate(batches):
+        res = run_batch(fr, record=True, report_base=k * T, report_total=total)
+        for i, (emb, lb, la, it) in enumerate(res):
+            uncond[fr[0]:fr[-1] + 1, i] = emb
+            losses[fr[0]:fr[-1] + 1, i, 0] = lb
+            losses[fr[0]:fr[-1] + 1, i, 1] = la
+            iters[fr[0]:fr[-1] + 1, i] = it
+    return PoseEmbeddings(
+        uncond=uncond, hints=None if hints is None else hints.detach().clone(), sigmas=sig, cfg=cfg,
+        settings={"inner_steps": inner_steps, "lr": lr, "early_stop": early_stop, "batch_size": batch_size,
+                  "steps": T},
+        losses=losses, inner_iters=iters)
+
+
+# --------------------------------------------------------------------------------------------- stage 4
+def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings | None = None, *,
+                  hints: torch.Tensor | None = None, uncond: torch.Tensor | None = None, cfg: float | None = None,
+                  window: int | None = None, masks: torch.Tensor | None = None,
+                  callback: Callback | None = None, transformer_options: dict | None = None) -> torch.Tensor:
+    """Final sampling (stage 4): DDIM from Z_T for the source frame 0 and target frames 1..N, with CFG.
+
+    Args:
+        model: a ``Denoiser``; the DCAM/MGDM attention patches it carries read
+            ``transformer_options["poseanimate"]`` (DEVELOPERS.md, "DCAM windows").
+        inversion: ``InversionResult`` (sigmas, Z_T, cond, source hint, per-step source ``uncond``).
+        embeddings: ``PoseEmbeddings`` for frames 1..N (their ``uncond`` ``(N, T, L, D)`` and ``hints``), or None:
+            then frames 1..N (from ``hints``) use the source's embeddings, and with no ``hints`` either only frame
+            0 is sampled (the source reconstruction).
+        hints: ``(N, 3, H, W)`` target poses; default ``embeddings.hints``.
+        uncond: ``(L, D)`` fallback unconditional embedding (e.g. the negative prompt) for every frame and step
+            without a per-step embedding (plain ``ddim_invert`` results).
+        cfg: guidance scale; default ``embeddings.cfg``, else ``inversion.cfg``. At 1 only the cond branch runs.
+        window: W, frames per model evaluation (default all N + 1). Each step loops the windows in frame order
+            with one fresh ``kv_carry`` dict shared by that step's windows, so windowed sampling equals
+            all-at-once sampling while peak memory stays flat in N.
+        masks: optional ``(N + 1, H', W')`` character masks in [0, 1] by global frame id, passed to the patches.
+        callback: ``callback("sample", done, total)`` after every model evaluation (total = T * windows).
+        transformer_options: passthrough dict (e.g. an attn2 capture patch) merged into every model call.
+
+    Every model call gets the batch ``[uncond frames..., cond frames...]`` of one window with
+    ``cond_or_uncond = [1, 0]`` (``[0]`` at cfg 1) and ``poseanimate = {"frame_ids": [...], "kv_carry": {...},
+    "masks": masks}``. Frame 0 uses the source pose and ``inversion.uncond[i]``; frame f >= 1 uses
+    ``hints[f-1]`` and ``embeddings.uncond[f-1, i]``.
+
+    Returns ``(N + 1, C, h, w)`` latents (sigma 0, same dtype as the trajectory); row 0 is the source frame.
+    """
+    if not isinstance(inversion, InversionResult):
+        raise ValueError("inversion: expected an InversionResult")
+    if embeddings is not None and not isinstance(embeddings, PoseEmbeddings):
+        raise ValueError("embeddings: expected the PoseEmbeddings of optimize_pose_embeddings or None")
+    if hints is None and embeddings is not None:
+        hints = embeddings.hints
+    hints = _check_hints("hints", hints)
+    sig = inversion.sigmas
+    T = inversion.steps
+    if embeddings is not None:
+        if embeddings.uncond.shape[1] != T or not torch.equal(embeddings.sigmas.cpu(), sig.cpu()):
+            raise ValueError("embeddings: they were optimised for other sigmas than this inversion's")
+        n = embeddings.frames
+        if hints is not None and hints.shape[0] != n:
+            raise ValueError(f"hints: {hints.shape[0]} poses for {n} optimised frames")
+    else:
+        n = 0 if hints is None else int(hints.shape[0])
+    if (hints is None) != (inversion.hint is None) and n > 0:
+        raise ValueError("hints: give target poses exactly when the source has a pose hint")
+    F = n + 1
+    if window is None:
+        window = F
+    if not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be a positive integer or None (all frames), got {window!r}")
+    if cfg is None:
+        cfg = embeddings.cfg if embeddings is not None else inversion.cfg
+    cfg = float(cfg)
+    traj = inversion.trajectory.to(model.device)
+    wd = _work_dtype(traj)
+    cond = inversion.cond.to(model.device, wd)
+    fallback = None if uncond is None else _one("uncond", uncond, 2).to(model.device, wd)
+    if cfg != 1.0 and inversion.uncond is None and fallback is None:
+        raise ValueError("uncond: this inversion has no per-step embeddings; give an unconditional embedding "
+                         "(negative prompt) or run pose_aware_inversion first")
+    src_emb = None if inversion.uncond is None else inversion.uncond.to(model.device, wd)
+    frame_emb = None if embeddings is None else embeddings.uncond
+    if masks is not None:
+        if not isinstance(masks, torch.Tensor) or masks.ndim != 3 or masks.shape[0] != F:
+            raise ValueError(f"masks: expected ({F}, H, W) masks by global frame id, got "
+                             f"{tuple(masks.shape) if isinstance(masks, torch.Tensor) else masks!r}")
+        masks = masks.to(model.device)
+    src_hint = None if inversion.hint is None else inversion.hint.to(model.device)
+    hints_dev = None if hints is None else hints.to(model.device)
+
+    def window_uncond(lo: int, hi: int, i: int) -> torch.Tensor:
+        parts = []
+        for f in range(lo, hi):
+            if f > 0 and frame_emb is not None:
+                parts.append(frame_emb[f - 1, i].to(model.device, wd))
+            elif src_emb is not None:
+                parts.append(src_emb[i])
+            else:
+                parts.append(fallback)
+        return torch.stack(parts)
+
+    def window_hint(lo: int, hi: int):
+        if src_hint is None:
+            return None
+        parts = [src_hint[None]] if lo == 0 else []
+        if hi > 1:
+            parts.append(hints_dev[max(lo, 1) - 1:hi - 1])
+        return torch.cat(parts)
+
+    x = traj[T][None].expand(F, -1, -1, -1).clone()
+    starts = list(range(0, F, window))
+    total = T * len(starts)
+    done = 0
+    with torch.no_grad():
+        for i in range(T):
+            s, s_next = float(sig[i]), float(sig[i + 1])
+            kv_carry: dict = {}
+            for lo in starts:
+                hi = min(F, lo + window)
+                xb = x[lo:hi]
+                b = hi - lo
+                hb = window_hint(lo, hi)
+                pa = {"frame_ids": list(range(lo, hi)), "kv_carry": kv_carry}
+                if masks is not None:
+                    pa["masks"] = masks
+                if cfg == 1.0:
+                    x0 = _call(model, xb, s, cond[None].expand(b, -1, -1), hb, [0], transformer_options, pa)
+                else:
+                    ctx = torch.cat([window_uncond(lo, hi, i), cond[None].expand(b, -1, -1)])
+                    hh = None if hb is None else torch.cat([hb, hb])
+                    out = _call(model, torch.cat([xb, xb]), s, ctx, hh, [1, 0], transformer_options, pa)
+                    x0_u, x0_c = out[:b], out[b:]
+                    x0 = x0_u + cfg * (x0_c - x0_u)
+                x[lo:hi] = _ddim(xb, x0, s, s_next)
+                done += 1
+                _report(callback, "sample", done, total)
+    return x

@@ -1,0 +1,125 @@
+"""Result types of the PACM engine (become the POSEANIMATE_INVERSION / POSEANIMATE_EMBEDDINGS node types).
+
+All tensors are stored without a batch dimension where one is implied, in the sigma-space parametrisation
+(``x = x0 + sigma * eps``, not pre-scaled; SD1.5 ``alphas_cumprod = 1 / (1 + sigma**2)``). Step index ``i``
+(0-based) always means the DDIM step from ``sigmas[i]`` down to ``sigmas[i + 1]``; ``T = len(sigmas) - 1``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+def _move(value, device=None, dtype=None):
+    if isinstance(value, torch.Tensor):
+        if dtype is not None and value.is_floating_point():
+            return value.to(device=device, dtype=dtype)
+        return value.to(device=device)
+    return value
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{tuple(value.shape)} {str(value.dtype).replace('torch.', '')} {value.device}"
+    return repr(value)
+
+
+class _Movable:
+    def to(self, device=None, dtype=None):
+        """A copy with every tensor moved to ``device`` (and floating tensors cast to ``dtype`` when given;
+        ``sigmas`` stay float32)."""
+        changes = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name == "sigmas":
+                changes[f.name] = _move(v, device)
+            else:
+                changes[f.name] = _move(v, device, dtype)
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> str:
+        """One line per field: name, shape, dtype, device (or value)."""
+        lines = [type(self).__name__]
+        for f in dataclasses.fields(self):
+            lines.append(f"  {f.name}: {_describe(getattr(self, f.name))}")
+        return "\n".join(lines)
+
+
+@dataclass
+class InversionResult(_Movable):
+    """Source inversion (stage 1) and, once ``pose_aware_inversion`` has run, its per-step embeddings (stage 2).
+
+    Fields:
+        sigmas:      ``(T + 1,)`` float32, descending, last entry 0 — the sampling noise levels (ComfyUI
+                     "ddim_uniform" by default). Step ``i`` goes from ``sigmas[i]`` to ``sigmas[i + 1]``.
+        trajectory:  ``(T + 1, C, h, w)`` — ``trajectory[t]`` is Z_t, the inverted latent at noise level
+                     ``sigmas[T - t]``: ``trajectory[0]`` is the source latent Z_0, ``trajectory[T]`` is Z_T.
+                     Sigma space (x = x0 + sigma * eps).
+        cond:        ``(L, D)`` the prompt embedding (cond branch of CFG; used for the inversion at guidance 1).
+        uncond:      ``(T, L, D)`` or None — per-step unconditional-slot embeddings from pose-aware inversion;
+                     ``uncond[i]`` is used at step i. None after plain ``ddim_invert``.
+        hint:        ``(3, H, W)`` source pose image in 0..1, or None (no pose control).
+        cfg:         guidance scale the ``uncond`` embeddings were optimised for (1.0 after plain inversion).
+        settings:    dict of the settings used (steps, inner_steps, lr, early_stop, init, ...).
+        losses:      ``(T, 2)`` float32 or None — per step, the alpha-space MSE to Z_{t-1} before the first
+                     and after the last inner Adam iteration (diagnostics of pose-aware inversion).
+        inner_iters: ``(T,)`` int64 or None — inner Adam iterations actually run per step (early stopping).
+    """
+
+    sigmas: torch.Tensor
+    trajectory: torch.Tensor
+    cond: torch.Tensor
+    uncond: torch.Tensor | None = None
+    hint: torch.Tensor | None = None
+    cfg: float = 1.0
+    settings: dict[str, Any] = field(default_factory=dict)
+    losses: torch.Tensor | None = None
+    inner_iters: torch.Tensor | None = None
+
+    @property
+    def steps(self) -> int:
+        """T, the number of DDIM steps."""
+        return int(self.sigmas.shape[0]) - 1
+
+    @property
+    def source(self) -> torch.Tensor:
+        """Z_0, the source latent ``(C, h, w)``."""
+        return self.trajectory[0]
+
+    @property
+    def z_T(self) -> torch.Tensor:
+        """Z_T, the fully inverted latent ``(C, h, w)`` at ``sigmas[0]``."""
+        return self.trajectory[-1]
+
+
+@dataclass
+class PoseEmbeddings(_Movable):
+    """Per-frame pose-aware unconditional embeddings (stage 3, Alg. 1).
+
+    Fields:
+        uncond:      ``(N, T, L, D)`` — ``uncond[j, i]`` is target frame ``j + 1``'s (global frame id ``j + 1``;
+                     frame 0 is the source) unconditional-slot embedding at step i.
+        hints:       ``(N, 3, H, W)`` target pose images in 0..1 (frame ``j + 1`` uses ``hints[j]``), or None.
+        sigmas:      ``(T + 1,)`` the sampling sigmas these embeddings belong to (same as the inversion's).
+        cfg:         guidance scale the embeddings were optimised for.
+        settings:    dict of the settings used (inner_steps, lr, early_stop, batch_size, ...).
+        losses:      ``(N, T, 2)`` float32 — per frame and step, the alpha-space MSE to the source trajectory
+                     before the first and after the last inner iteration.
+        inner_iters: ``(N, T)`` int64 — inner Adam iterations actually run (per-frame early stopping).
+    """
+
+    uncond: torch.Tensor
+    hints: torch.Tensor | None
+    sigmas: torch.Tensor
+    cfg: float
+    settings: dict[str, Any] = field(default_factory=dict)
+    losses: torch.Tensor | None = None
+    inner_iters: torch.Tensor | None = None
+
+    @property
+    def frames(self) -> int:
+        """N, the number of target frames."""
+        return int(self.uncond.shape[0])

@@ -1,0 +1,204 @@
+"""The three PACM nodes run every pacm stage on ComfyUI's tiny SD1.5 UNet + ControlNet under inference_mode
+(as ComfyUI runs nodes), and leave the shared MODEL / CONTROL_NET exactly as they found them."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tiny_models import build_tiny_sd15, build_tiny_sdxl
+
+from poseanimate.nodes._common import PoseAnimateError
+from poseanimate.nodes.embedding_optimize import PoseAnimatePoseEmbeddingOptimize
+from poseanimate.nodes.host.types import PACMEmbeddings
+from poseanimate.nodes.inversion import PoseAnimatePoseAwareInversion
+from poseanimate.nodes.sample_frames import PoseAnimateSampleFrames
+
+STEPS = 2
+
+
+def _scene(n_targets=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    latent = {"samples": torch.randn(1, 4, 8, 8, generator=g) * 5}  # raw VAE latents are ~5x the model's
+    positive = [[torch.randn(1, 77, 768, generator=g), {"pooled_output": None}]]
+    poses = torch.rand(n_targets + 1, 64, 64, 3, generator=g)       # IMAGE: (B, H, W, C)
+    return latent, positive, poses
+
+
+def _ksample(patcher, cnet, positive, steps=3, seed=0):
+    import comfy.sample
+
+    hint = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    c = cnet.copy().set_cond_hint(hint, 1.0, (0.0, 1.0))
+    ctx = positive[0][0]
+    pos = [[ctx, {"control": c}]]
+    neg = [[torch.zeros_like(ctx), {"control": c}]]
+    latent = torch.zeros(1, 4, 8, 8)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+    return comfy.sample.sample(patcher, noise, steps, 7.5, "ddim", "ddim_uniform", pos, neg, latent,
+                               disable_pbar=True, seed=seed)
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def _snapshot(module):
+    return {k: (v, v.detach().clone()) for k, v in module.state_dict(keep_vars=True).items()}
+
+
+def _assert_same(module, snap):
+    now = module.state_dict(keep_vars=True)
+    assert set(now) == set(snap)
+    for k, (obj, val) in snap.items():
+        assert now[k] is obj and torch.equal(now[k], val) and now[k].grad is None, k
+
+
+def _invert(patcher, cnet, latent, positive, poses, inner=2, **kw):
+    return PoseAnimatePoseAwareInversion().invert(patcher, cnet, latent, positive, poses[:1], STEPS, 7.5, inner,
+                                                  1e-5, **kw)
+
+
+def _frame_counter(patcher):
+    """A patched clone (stand-in for DCA Patch Model) whose attn1 replace records the frame ids it sees."""
+    from comfy.ldm.modules.attention import optimized_attention
+
+    seen = []
+
+    def attn1(q, k, v, extra_options):
+        seen.append(list(extra_options.get("poseanimate", {}).get("frame_ids", [])))
+        return optimized_attention(q, k, v, extra_options["n_heads"])
+
+    m = patcher.clone()
+    m.set_model_attn1_replace(attn1, "output", 3)
+    return m, seen
+
+
+def test_every_stage_runs_and_shared_model_is_unchanged():
+    import comfy.model_management as mm
+    import comfy.utils
+
+    patcher, cnet = build_tiny_sd15()
+    latent, positive, poses = _scene()
+    before = _ksample(patcher, cnet, positive)
+    snap_unet, snap_cn = _snapshot(patcher.model), _snapshot(cnet.control_model)
+    options = repr(patcher.model_options)
+    bars = []
+    old = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda v, t, preview, node_id=None: bars.append((v, t)))
+    try:
+        assert torch.is_inference_mode_enabled()
+        inv, rec = _invert(patcher, cnet, latent, positive, poses)
+        assert inv.uncond.shape == (STEPS, 77, 768) and inv.trajectory.shape == (STEPS + 1, 4, 8, 8)
+        assert inv.settings["control"] == {"strength": 1.0, "start": 0.0, "end": 1.0}
+        assert rec["samples"].shape == (1, 4, 8, 8) and rec["samples"].device == mm.intermediate_device()
+        # trajectory is in the model's latent space (process_latent_in), the outputs in VAE space
+        assert torch.allclose(inv.trajectory[0], latent["samples"][0] * 0.18215, atol=1e-6)
+
+        (emb,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, positive, poses, 2, 0)
+        assert isinstance(emb, PACMEmbeddings) and emb.frames == 3
+        assert emb.poses.uncond.shape == (2, STEPS, 77, 768)
+        assert torch.equal(emb.poses.hints, poses[1:].movedim(-1, 1))
+
+        patched, seen = _frame_counter(patcher)
+        (frames,) = PoseAnimateSampleFrames().sample(patched, cnet, positive, emb, 0)
+        (windowed,) = PoseAnimateSampleFrames().sample(patched, cnet, positive, emb, 2)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(old)
+    out = frames["samples"]
+    assert out.shape == (3, 4, 8, 8) and torch.isfinite(out).all()
+    assert _rel(out[0], rec["samples"][0]) < 1e-5      # frame 0 = the reconstruction (batching rounding only)
+    assert _rel(windowed["samples"], out) < 1e-5
+    assert [0, 1, 2] in seen and [0, 1] in seen and [2] in seen             # the patch ran, windows in order
+    assert bars and all(0 < v <= t for v, t in bars) and (STEPS, STEPS) in bars
+
+    _assert_same(patcher.model, snap_unet)
+    _assert_same(cnet.control_model, snap_cn)
+    assert repr(patcher.model_options) == options and cnet.cond_hint_original is None
+    assert torch.equal(_ksample(patcher, cnet, positive), before)
+
+
+def test_pose_aware_inversion_beats_plain_inversion():
+    patcher, cnet = build_tiny_sd15()
+    latent, positive, poses = _scene()
+    _, plain = _invert(patcher, cnet, latent, positive, poses, inner=0)
+    inv, opt = _invert(patcher, cnet, latent, positive, poses, inner=5)
+    err_plain = (plain["samples"] - latent["samples"]).norm()
+    err_opt = (opt["samples"] - latent["samples"]).norm()
+    assert inv.inner_iters.sum() > 0
+    assert err_opt < err_plain
+
+
+def test_lora_model_through_every_stage_still_unpatches():
+    import comfy.model_management as mm
+
+    patcher, cnet = build_tiny_sd15()
+    latent, positive, poses = _scene(n_targets=1)
+    key = "diffusion_model.output_blocks.4.1.transformer_blocks.0.attn1.to_q.weight"
+    original = patcher.model.state_dict()[key].clone()
+    lora = patcher.clone()
+    lora.add_patches({key: ("diff", (torch.full_like(original, 0.02),))}, 1.0)
+    inv, _ = _invert(lora, cnet, latent, positive, poses, inner=1)
+    (emb,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv, lora, cnet, positive, poses, 1, 1)
+    PoseAnimateSampleFrames().sample(lora, cnet, positive, emb, 1)
+    assert torch.allclose(lora.model.state_dict()[key], original + 0.02)
+    mm.unload_all_models()
+    lora.unpatch_model()
+    assert torch.equal(patcher.model.state_dict()[key], original)
+
+
+def test_interrupt_stops_cleanly_and_restores_the_model():
+    import comfy.model_management as mm
+    import comfy.utils
+
+    patcher, cnet = build_tiny_sd15()
+    latent, positive, poses = _scene()
+    before = _ksample(patcher, cnet, positive)
+    snap = _snapshot(patcher.model)
+    calls = []
+
+    def press_cancel(value, total, preview, node_id=None):
+        calls.append(value)
+        if len(calls) == STEPS + 1:  # during pose-aware inversion, i.e. between gradient steps
+            mm.interrupt_current_processing(True)
+
+    old = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(press_cancel)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            _invert(patcher, cnet, latent, positive, poses)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(old)
+        mm.interrupt_current_processing(False)
+    assert len(calls) == STEPS + 1
+    _assert_same(patcher.model, snap)
+    assert torch.equal(_ksample(patcher, cnet, positive), before)
+
+
+def test_user_mistakes_get_the_nodes_own_message():
+    patcher, cnet = build_tiny_sd15()
+    latent, positive, poses = _scene()
+    inv_node = PoseAnimatePoseAwareInversion()
+    with pytest.raises(PoseAnimateError, match=r"^Pose-Aware Inversion: input 'latent': the latent batch holds 2"):
+        inv_node.invert(patcher, cnet, {"samples": torch.zeros(2, 4, 8, 8)}, positive, poses, 2, 7.5, 1, 1e-5)
+    with pytest.raises(PoseAnimateError, match=r"^Pose-Aware Inversion: input 'model': .*not SD1.5-shaped.*Fix:"):
+        inv_node.invert(build_tiny_sdxl(), cnet, latent, positive, poses, 2, 7.5, 1, 1e-5)
+    inv, _ = _invert(patcher, cnet, latent, positive, poses, inner=0)
+
+    opt = PoseAnimatePoseEmbeddingOptimize()
+    with pytest.raises(PoseAnimateError, match=r"^Pose Embedding Optimize: input 'poses': got 1 pose"):
+        opt.optimize(inv, patcher, cnet, positive, poses[:1], 1, 0)
+    other = [[positive[0][0] + 1, {}]]
+    with pytest.raises(PoseAnimateError, match=r"^Pose Embedding Optimize: input 'positive': .*not the prompt"):
+        opt.optimize(inv, patcher, cnet, other, poses, 1, 0)
+    with pytest.raises(PoseAnimateError, match=r"^Pose Embedding Optimize: input 'inversion'"):
+        opt.optimize(rec_like := {"samples": torch.zeros(1, 4, 8, 8)}, patcher, cnet, positive, poses, 1, 0)
+    del rec_like
+    (emb,) = opt.optimize(inv, patcher, cnet, positive, poses, 0, 0)
+
+    sample = PoseAnimateSampleFrames()
+    with pytest.raises(PoseAnimateError, match=r"^Sample Frames: input 'masks': got 2 masks for 3 frames"):
+        sample.sample(patcher, cnet, positive, emb, 0, masks=torch.ones(2, 8, 8))
+    with pytest.raises(PoseAnimateError, match=r"^Sample Frames: input 'embeddings'"):
+        sample.sample(patcher, cnet, positive, inv, 0)
+    (ok,) = sample.sample(patcher, cnet, positive, emb, 0, masks=torch.ones(3, 8, 8))
+    assert ok["samples"].shape[0] == 3

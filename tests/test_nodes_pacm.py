@@ -1,0 +1,99 @@
+"""CI (no ComfyUI): the PACM nodes' pure parts — input checks, custom types, and signatures."""
+from __future__ import annotations
+
+import inspect
+import sys
+
+import pytest
+import torch
+
+from poseanimate.nodes._common import PoseAnimateError
+from poseanimate.nodes.embedding_optimize import PoseAnimatePoseEmbeddingOptimize
+from poseanimate.nodes.host import types as T
+from poseanimate.nodes.inversion import PoseAnimatePoseAwareInversion
+from poseanimate.nodes.sample_frames import PoseAnimateSampleFrames
+
+NODES = [PoseAnimatePoseAwareInversion, PoseAnimatePoseEmbeddingOptimize, PoseAnimateSampleFrames]
+
+
+def test_host_adapter_imports_without_comfyui():
+    import poseanimate.nodes.host  # noqa: F401
+
+    if "comfy" not in sys.modules:  # CI: importing the adapter must not pull ComfyUI in
+        assert not any(name == "comfy" or name.startswith("comfy.") for name in sys.modules)
+
+
+@pytest.mark.parametrize("cls", NODES, ids=lambda c: c.__name__)
+def test_every_input_is_a_parameter_of_the_function(cls):
+    spec = cls.INPUT_TYPES()
+    params = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
+    names = list(spec["required"]) + list(spec.get("optional", {}))
+    assert set(names) == set(params) - {"self"}
+    for name in spec.get("optional", {}):
+        assert params[name].default is None or params[name].default is not inspect.Parameter.empty
+    assert cls.CATEGORY == "PoseAnimate/PACM"
+
+
+def test_custom_types_chain_between_the_nodes():
+    inv_out = dict(zip(PoseAnimatePoseAwareInversion.RETURN_NAMES, PoseAnimatePoseAwareInversion.RETURN_TYPES))
+    assert inv_out == {"inversion": "POSEANIMATE_INVERSION", "reconstruction": "LATENT"}
+    opt_in = PoseAnimatePoseEmbeddingOptimize.INPUT_TYPES()["required"]
+    assert opt_in["inversion"][0] == "POSEANIMATE_INVERSION" and opt_in["poses"][0] == "IMAGE"
+    assert PoseAnimatePoseEmbeddingOptimize.RETURN_TYPES == ("POSEANIMATE_EMBEDDINGS",)
+    smp_in = PoseAnimateSampleFrames.INPUT_TYPES()
+    assert smp_in["required"]["embeddings"][0] == "POSEANIMATE_EMBEDDINGS"
+    assert smp_in["optional"]["masks"][0] == "MASK"
+    assert PoseAnimateSampleFrames.RETURN_TYPES == ("LATENT",)
+    for cls in NODES:
+        spec = cls.INPUT_TYPES()["required"]
+        assert spec["model"][0] == "MODEL" and spec["control_net"][0] == "CONTROL_NET"
+        assert spec["positive"][0] == "CONDITIONING"
+
+
+def test_latent_samples():
+    x = torch.zeros(1, 4, 8, 8)
+    assert T.latent_samples({"samples": x}, "N") is x
+    with pytest.raises(PoseAnimateError, match=r"^N: input 'latent': the latent batch holds 3 images.*Fix:"):
+        T.latent_samples({"samples": torch.zeros(3, 4, 8, 8)}, "N")
+    with pytest.raises(PoseAnimateError, match="16 channels"):
+        T.latent_samples({"samples": torch.zeros(1, 16, 8, 8)}, "N")
+    with pytest.raises(PoseAnimateError, match="VAE Encode"):
+        T.latent_samples(torch.zeros(1, 4, 8, 8), "N")
+
+
+def test_image_to_hints():
+    img = torch.rand(3, 16, 12, 4)
+    hints = T.image_to_hints(img, "N", "poses", min_count=2)
+    assert hints.shape == (3, 3, 16, 12)
+    assert torch.equal(hints[1, 2], img[1, :, :, 2])
+    with pytest.raises(PoseAnimateError, match=r"^N: input 'poses': got 1 pose image\(s\), need at least 2"):
+        T.image_to_hints(img[:1], "N", "poses", min_count=2)
+    with pytest.raises(PoseAnimateError, match=r"input 'poses': expected an IMAGE"):
+        T.image_to_hints(torch.rand(3, 16, 12), "N", "poses")
+
+
+def test_frame_masks():
+    assert T.frame_masks(None, 3, "N") is None
+    m = T.frame_masks(torch.full((3, 4, 4), 2.0), 3, "N")
+    assert m.shape == (3, 4, 4) and m.max() == 1.0
+    assert T.frame_masks(torch.ones(4, 4), 1, "N").shape == (1, 4, 4)
+    with pytest.raises(PoseAnimateError, match=r"^N: input 'masks': got 2 masks for 3 frames"):
+        T.frame_masks(torch.ones(2, 4, 4), 3, "N")
+
+
+def test_check_same_prompt():
+    ref = torch.randn(77, 768)
+    T.check_same_prompt(ref[None].clone(), ref, "N")
+    with pytest.raises(PoseAnimateError, match=r"^N: input 'positive': this conditioning is not the prompt"):
+        T.check_same_prompt(ref[None] + 0.1, ref, "N")
+    with pytest.raises(PoseAnimateError):
+        T.check_same_prompt(torch.randn(1, 154, 768), ref, "N")
+
+
+def test_window_size_and_embeddings_frames():
+    assert T.window_size(0, 5) == 5 and T.window_size(2, 5) == 2 and T.window_size(9, 5) == 5
+
+    class _Poses:
+        uncond = torch.zeros(4, 2, 77, 768)
+
+    assert T.PACMEmbeddings(inversion=None, poses=_Poses()).frames == 5
