@@ -38,15 +38,24 @@ Installing on a ComfyUI model (in a node)::
 ``set_model_attn1_replace`` / ``set_model_attn2_replace`` for every block with attention that the patch's
 ``blocks`` cover. Errors for bad arguments are ``ValueError`` whose message starts with the argument name.
 """
+from .capture import AttentionMapStore, CrossAttentionCapture, token_maps
 from .dca import DEFAULT_WEIGHTS, dca_chunk, dual_consistency_attention, sdpa_attention, validate_weights
+from .masks import masks_from_attention_maps, otsu_threshold
 from .patch import DCAPatch, install_patches
+from .tokens import find_token_positions
 
 __all__ = [
     "DEFAULT_WEIGHTS",
+    "AttentionMapStore",
+    "CrossAttentionCapture",
     "DCAPatch",
     "dca_chunk",
     "dual_consistency_attention",
+    "find_token_positions",
     "install_patches",
+    "masks_from_attention_maps",
+    "otsu_threshold",
     "sdpa_attention",
+    "token_maps",
     "validate_weights",
 ]

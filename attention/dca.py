@@ -88,20 +88,43 @@ def _key_bias(key_masks: torch.Tensor, character: bool, dtype: torch.dtype) -> t
 
 
 def _region_groups(query_masks: torch.Tensor):
-    """Yield (is_character, index (B, M), weight (B, M)) gathering each region's queries, selected first.
+    """Yield (is_character, index (B, M), valid (B, M), weight (B, M)) gathering each region's queries.
 
     A query belongs to the character group when m > 0 (weight m) and to the background group when m < 1
-    (weight 1 - m); padding entries have weight 0.
+    (weight 1 - m). Rows are padded to the largest group size; padding entries have valid False, weight 0.
     """
     for character in (True, False):
         sel = query_masks > 0 if character else query_masks < 1
         m = int(sel.sum(dim=1).max()) if sel.numel() else 0
         if m == 0:
             continue
-        order = torch.argsort((~sel).to(torch.uint8), dim=1, stable=True)[:, :m]
-        weight = torch.gather(query_masks if character else 1 - query_masks, 1, order)
-        weight = weight * torch.gather(sel, 1, order)
-        yield character, order, weight
+        order = torch.argsort((~sel).to(torch.uint8), dim=1, stable=True)[:, :m]  # selected first
+        valid = torch.gather(sel, 1, order)
+        weight = torch.gather(query_masks if character else 1 - query_masks, 1, order) * valid
+        yield character, order, valid, weight
+
+
+def _dense_bias(query_char: torch.Tensor, key_masks: torch.Tensor, dtype) -> torch.Tensor:
+    """(B, Lq) bool character queries, (B or 1, Lk) key masks -> (B, Lq, Lk) additive region bias."""
+    return torch.where(query_char.unsqueeze(-1), _key_bias(key_masks, True, dtype),
+                       _key_bias(key_masks, False, dtype))
+
+
+def _dense_binary(q, k, v, heads, weights, s, k0, v0, kp, vp, masks, m0, mp, attn, kw):
+    l1, l2, l3 = weights
+    n, L, C = q.shape
+    nt = n - s
+    char = masks >= 0.5
+    bias = _dense_bias(char, masks, q.dtype)
+    if s:
+        bias[0] = 0  # the source frame keeps plain self-attention
+    out = attn(q, k, v, heads, mask=bias, **kw)
+    out_t = out[s:].mul_(l3)
+    bias = _dense_bias(char[s:], mp, q.dtype)
+    out_t.add_(attn(q[s:], kp, vp, heads, mask=bias, **kw), alpha=l2)
+    bias = _dense_bias(char[s:].reshape(1, nt * L), m0, q.dtype)
+    out_t.add_(attn(q[s:].reshape(1, nt * L, C), k0, v0, heads, mask=bias, **kw).reshape(nt, L, C), alpha=l1)
+    return out
 
 
 def dca_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
@@ -147,32 +170,60 @@ def dca_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
 
     if masks is None:
         self_all = attn(q, k, v, heads, **kw)
-        first = attn(qt.reshape(1, nt * L, C), k0, v0, heads, **kw).reshape(nt, L, C)
-        prev = attn(qt, kp, vp, heads, **kw)
-        if self_all.requires_grad or first.requires_grad or prev.requires_grad:
-            mixed = l3 * self_all[s:] + l1 * first + l2 * prev
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, k0, v0, kp, vp)):
+            first = attn(qt.reshape(1, nt * L, C), k0, v0, heads, **kw).reshape(nt, L, C)
+            mixed = l3 * self_all[s:] + l1 * first + l2 * attn(qt, kp, vp, heads, **kw)
             return torch.cat([self_all[:s], mixed]) if s else mixed
-        self_all[s:].mul_(l3).add_(first, alpha=l1).add_(prev, alpha=l2)
+        # in place, one extra term alive at a time
+        self_t = self_all[s:].mul_(l3)
+        self_t.add_(attn(qt.reshape(1, nt * L, C), k0, v0, heads, **kw).reshape(nt, L, C), alpha=l1)
+        self_t.add_(attn(qt, kp, vp, heads, **kw), alpha=l2)
         return self_all
 
     masks = masks.to(device=q.device, dtype=torch.float32)
     m0 = masks[:1] if first_mask is None else first_mask.to(masks)
     mp = masks[s - 1:n - 1] if prev_masks is None else prev_masks.to(masks)
     mt = masks[s:]
-    out = torch.zeros(nt, L, C, dtype=q.dtype, device=q.device)
-    for character, index, weight in _region_groups(mt):
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, k0, v0, kp, vp))
+    binary = not grad and bool(((mt == 0) | (mt == 1)).all())
+    if binary and L <= C:
+        # short sequences: a dense (query, key) region bias costs no more memory than the output and keeps
+        # the fused kernel at full query length (the grouped path below pays for short, padded groups)
+        return _dense_binary(q, k, v, heads, (l1, l2, l3), s, k0, v0, kp, vp, masks, m0, mp, attn, kw)
+    flat_q = qt.reshape(nt * L, C)
+    rows = torch.arange(nt, device=q.device).unsqueeze(1) * L
+    # flat output buffer with one spare row that absorbs the padding entries of the binary fast path
+    if binary:
+        out = torch.empty(n * L + 1, C, dtype=q.dtype, device=q.device)
+    else:
+        out = torch.zeros(n * L + (0 if grad else 1), C, dtype=q.dtype, device=q.device)
+    for character, index, valid, weight in _region_groups(mt):
         m = index.shape[1]
-        gidx = index.unsqueeze(-1).expand(-1, -1, C)
-        qg = torch.gather(qt, 1, gidx)
-        o = attn(qg, kt, vt, heads, mask=_key_bias(mt, character, q.dtype), **kw) * l3
-        o = o + l2 * attn(qg, kp, vp, heads, mask=_key_bias(mp, character, q.dtype), **kw)
-        o = o + l1 * attn(qg.reshape(1, nt * m, C), k0, v0, heads,
-                          mask=_key_bias(m0, character, q.dtype), **kw).reshape(nt, m, C)
-        out = out.scatter_add(1, gidx, o * weight.to(o.dtype).unsqueeze(-1))
+        flat = index + rows  # (nt, m) token index into flat_q
+        qg = flat_q.index_select(0, flat.reshape(-1)).reshape(nt, m, C)
+        t3 = attn(qg, kt, vt, heads, mask=_key_bias(mt, character, q.dtype), **kw)
+        t2 = attn(qg, kp, vp, heads, mask=_key_bias(mp, character, q.dtype), **kw)
+        t1 = attn(qg.reshape(1, nt * m, C), k0, v0, heads, mask=_key_bias(m0, character, q.dtype), **kw)
+        t1 = t1.reshape(nt, m, C)
+        del qg
+        if grad:
+            o = (l3 * t3 + l2 * t2 + l1 * t1) * weight.to(q.dtype).unsqueeze(-1)
+            out = out.index_add(0, (flat + s * L).reshape(-1), o.reshape(-1, C))
+            continue
+        o = t3.mul_(l3).add_(t2, alpha=l2).add_(t1, alpha=l1)
+        del t1, t2
+        if binary:  # every query lies in exactly one group: copy, pads go to the spare row
+            dst = torch.where(valid, flat + s * L, n * L)
+            out.index_copy_(0, dst.reshape(-1), o.reshape(-1, C))
+        else:
+            out.index_add_(0, (flat + s * L).reshape(-1), o.mul_(weight.to(q.dtype).unsqueeze(-1)).reshape(-1, C))
+    if grad:
+        out = out.reshape(n, L, C)
+        return torch.cat([attn(q[:1], k[:1], v[:1], heads, **kw), out[1:]]) if s else out
+    out = out[:n * L].view(n, L, C)
     if s:
-        out = torch.cat([attn(q[:1], k[:1], v[:1], heads, **kw), out])
+        out[:1] = attn(q[:1], k[:1], v[:1], heads, **kw)
     return out
-
 
 def _check_qkv(q, k, v, heads):
     for name, t in (("q", q), ("k", k), ("v", v)):

@@ -102,8 +102,13 @@ def test_bad_masks_raise():
         dual_consistency_attention(q, k, v, HEADS, masks=torch.full((2, q.shape[1]), 1.5))
 
 
-def test_mgdm_matches_reference_binary_and_soft():
-    q, k, v = _qkv(frames=5, tokens=48, scale=2.0)
+# binary masks with L > C take the grouped-query path, with L <= C the dense-bias path
+PATHS = pytest.mark.parametrize("channels", [32, 64], ids=["grouped", "dense"])
+
+
+@PATHS
+def test_mgdm_matches_reference_binary_and_soft(channels):
+    q, k, v = _qkv(frames=5, tokens=48, channels=channels, scale=2.0)
     masks = _blob_masks(5, 6, 8).reshape(5, 48)
     out = dual_consistency_attention(q, k, v, HEADS, masks=masks)
     assert _rel(out, reference(q, k, v, HEADS, masks=masks)) < 1e-5
@@ -113,8 +118,9 @@ def test_mgdm_matches_reference_binary_and_soft():
     assert _rel(out, reference(q, k, v, HEADS, (0.5, 0.2, 0.3), masks=soft)) < 1e-5
 
 
-def test_mgdm_exclusion_background_keys_do_not_reach_character_queries():
-    q, k, v = _qkv(frames=4, tokens=48)
+@PATHS
+def test_mgdm_exclusion_background_keys_do_not_reach_character_queries(channels):
+    q, k, v = _qkv(frames=4, tokens=48, channels=channels)
     masks = _blob_masks(4, 6, 8).reshape(4, 48)
     out = dual_consistency_attention(q, k, v, HEADS, masks=masks)
     bg = masks < 0.5
@@ -132,8 +138,9 @@ def test_mgdm_exclusion_background_keys_do_not_reach_character_queries():
     assert not torch.allclose(a[char], b[char], atol=1e-3)
 
 
-def test_mgdm_empty_region_falls_back_and_never_nan():
-    q, k, v = _qkv(frames=4, tokens=48)
+@PATHS
+def test_mgdm_empty_region_falls_back_and_never_nan(channels):
+    q, k, v = _qkv(frames=4, tokens=48, channels=channels)
     masks = _blob_masks(4, 6, 8).reshape(4, 48)
     masks[0] = 0.0  # no character in the source frame
     masks[2] = 1.0  # no background in frame 2
@@ -147,8 +154,9 @@ def test_mgdm_empty_region_falls_back_and_never_nan():
     assert _rel(zeros, plain.double()) < 1e-5 and _rel(ones, plain.double()) < 1e-5
 
 
-def test_large_logits_no_nan():
-    q, k, v = _qkv(frames=3, scale=60.0)
+@PATHS
+def test_large_logits_no_nan(channels):
+    q, k, v = _qkv(frames=3, channels=channels, scale=60.0)
     masks = _blob_masks(3, 6, 8).reshape(3, 48)
     out = dual_consistency_attention(q, k, v, HEADS, masks=masks)
     assert torch.isfinite(out).all()
@@ -169,6 +177,10 @@ def test_injected_attention_function_is_used():
     masks = _blob_masks(3, 6, 8).reshape(3, 48)
     out = dual_consistency_attention(q, k, v, HEADS, masks=masks, attention=attn)
     assert all(calls[:6]) and len(calls) == 7 and _rel(out, reference(q, k, v, HEADS, masks=masks)) < 1e-5
+    calls.clear()  # dense path: three masked calls
+    q, k, v = _qkv(frames=3, channels=64)
+    out = dual_consistency_attention(q, k, v, HEADS, masks=masks, attention=attn)
+    assert calls == [True] * 3 and _rel(out, reference(q, k, v, HEADS, masks=masks)) < 1e-5
 
 
 def test_gradients_match_reference():
