@@ -380,6 +380,90 @@ def render(graphs: dict) -> dict[pathlib.Path, str]:
     return files
 
 
+# ------------------------------------------------------------------------------------------- picture
+
+LINK_COLORS = {"MODEL": (178, 157, 255), "CLIP": (255, 214, 0), "VAE": (255, 99, 99), "CONDITIONING": (255, 169, 0),
+               "LATENT": (255, 156, 249), "IMAGE": (100, 181, 246), "MASK": (129, 199, 132),
+               "CONTROL_NET": (0, 214, 163), "STRING": (170, 170, 170), "VIDEO": (240, 240, 240)}
+
+
+def render_picture(ui: dict, path: pathlib.Path, scale: float = 0.5) -> None:
+    """A PNG of a UI workflow as ComfyUI lays it out: notes, nodes with their titles, inputs, widget values
+    and outputs, and links coloured by type (needs Pillow, which ComfyUI installs)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    x1 = max(n["pos"][0] + n["size"][0] for n in nodes.values()) + 40
+    y1 = max(n["pos"][1] + n["size"][1] for n in nodes.values()) + 40
+    img = Image.new("RGB", (int(x1 * scale), int(y1 * scale)), (32, 32, 32))
+    d = ImageDraw.Draw(img)
+    try:
+        font = ImageFont.load_default(size=max(9, int(22 * scale)))
+        small = ImageFont.load_default(size=max(8, int(17 * scale)))
+    except TypeError:  # Pillow < 10.1
+        font = small = ImageFont.load_default()
+
+    def xy(x, y):
+        return (x * scale, y * scale)
+
+    def in_slot(node, i):
+        return xy(node["pos"][0], node["pos"][1] + 46 + 24 * i)
+
+    def out_slot(node, i):
+        return xy(node["pos"][0] + node["size"][0], node["pos"][1] + 46 + 24 * i)
+
+    for link in ui["links"]:
+        _, a, sa, b, sb, kind = link
+        (ax, ay), (bx, by) = out_slot(nodes[a], sa), in_slot(nodes[b], sb)
+        pts = []
+        for t in (i / 24 for i in range(25)):  # a cubic like LiteGraph's splines
+            cx = (1 - t) ** 3 * ax + 3 * (1 - t) ** 2 * t * (ax + 60 * scale) + 3 * (1 - t) * t * t * (bx - 60 * scale)
+            cx += t ** 3 * bx
+            cy = (1 - t) ** 3 * ay + 3 * (1 - t) ** 2 * t * ay + 3 * (1 - t) * t * t * by + t ** 3 * by
+            pts.append((cx, cy))
+        d.line(pts, fill=LINK_COLORS.get(kind, (200, 200, 200)), width=max(1, int(4 * scale)))
+    for n in nodes.values():
+        x, y = n["pos"]
+        w, h = n["size"]
+        note = n["type"] in FRONTEND_ONLY
+        d.rounded_rectangle([xy(x, y - 30), xy(x + w, y + h)], radius=8 * scale,
+                            fill=(85, 68, 51) if note else (53, 53, 53), outline=(20, 20, 20))
+        d.rectangle([xy(x, y - 30), xy(x + w, y)], fill=(68, 51, 34) if note else (34, 34, 34))
+        d.text(xy(x + 10, y - 26), n.get("title") or n["type"], fill=(230, 230, 230), font=font)
+        if note:
+            text = n["widgets_values"][0].replace("**", "").replace("### ", "").replace("\u2192", "->")
+            lines = []
+            for para in text.splitlines():
+                while len(para) > int(w / 9.5):
+                    cut = para.rfind(" ", 0, int(w / 9.5)) or int(w / 9.5)
+                    lines.append(para[:cut])
+                    para = para[cut:].lstrip()
+                lines.append(para)
+            for i, line in enumerate(lines[: int(h / 20)]):
+                d.text(xy(x + 10, y + 8 + 19 * i), line, fill=(220, 210, 190), font=small)
+            continue
+        for i, slot in enumerate(n["inputs"]):
+            cx, cy = in_slot(n, i)
+            d.ellipse([cx - 4 * scale, cy - 4 * scale, cx + 4 * scale, cy + 4 * scale],
+                      fill=LINK_COLORS.get(slot["type"], (200, 200, 200)))
+            d.text((cx + 10 * scale, cy - 9 * scale), slot["name"], fill=(190, 190, 190), font=small)
+        for i, slot in enumerate(n["outputs"]):
+            cx, cy = out_slot(n, i)
+            d.ellipse([cx - 4 * scale, cy - 4 * scale, cx + 4 * scale, cy + 4 * scale],
+                      fill=LINK_COLORS.get(slot["type"], (200, 200, 200)))
+            d.text((cx - 10 * scale, cy - 9 * scale), slot["name"], fill=(190, 190, 190), font=small, anchor="ra")
+        rows = max(len(n["inputs"]), len(n["outputs"]))
+        for i, value in enumerate(n.get("widgets_values", [])):
+            wy = y + 46 + 24 * (rows + i) - 10
+            if wy + 20 > y + h:
+                break
+            d.rounded_rectangle([xy(x + 10, wy), xy(x + w - 10, wy + 20)], radius=6 * scale, fill=(34, 34, 34))
+            label = str(value).replace("\n", " ")
+            d.text(xy(x + 18, wy + 2), label[: int(w / 9)], fill=(200, 200, 200), font=small)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, optimize=True)
+
+
 # ------------------------------------------------------------------------------------ core extraction
 
 
@@ -457,6 +541,7 @@ def main(argv=None) -> int:
     p.add_argument("--check", action="store_true", help="exit 1 when a bundled workflow file is out of date")
     p.add_argument("--extract-core", action="store_true", help="refresh tests/data/comfy_core_nodes.json")
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI checkout (--extract-core)")
+    p.add_argument("--picture", metavar="PNG", help="also draw workflow 'full' into this PNG (needs Pillow)")
     args = p.parse_args(argv)
     if args.extract_core:
         if not args.comfyui:
@@ -466,7 +551,11 @@ def main(argv=None) -> int:
         CORE_SPECS.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         print(f"wrote {CORE_SPECS} ({len(data['ids'])} ids, {len(data['nodes'])} specs)")
         return 0
-    files = render(build_all())
+    graphs = build_all()
+    files = render(graphs)
+    if args.picture:
+        render_picture(graphs["full"].ui(), pathlib.Path(args.picture))
+        print(f"drew {args.picture}")
     stale = [path for path, text in files.items() if not path.is_file() or path.read_text() != text]
     if args.check:
         for path in stale:
