@@ -436,3 +436,15 @@ def test_bundled_workflow_runs_headless(server, files, path):
     assert any(n["class_type"] == "PoseAnimateLoadPoseSequence" for n in g.values())
     assert len(list(out.rglob("*.png"))) == server.frames
     assert any("width ->" in x for x in lines) and any("height ->" in x for x in lines)
+
+
+def test_dry_run_prints_the_edited_graph_without_a_server(files, capsys):
+    wf, image, pose, _ = files
+    code = cli.run(["--server", "127.0.0.1:9", "--workflow", str(wf), "--image", str(image), "--pose", "run.json",
+                    "--prompt", "a cat", "--seed", "9", "--dry-run"])
+    assert code == 0
+    captured = capsys.readouterr()
+    graph = json.loads(captured.out)
+    assert graph["1"]["inputs"]["image"] == "hero.png" and graph["2"]["inputs"]["pose_file"] == "run.json"
+    assert graph["3"]["inputs"]["text"] == "a cat" and graph["6"]["inputs"]["seed"] == 9
+    assert "set prompt -> node 3 (Positive prompt).text" in captured.err

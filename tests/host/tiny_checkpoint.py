@@ -24,16 +24,26 @@ CKPT_UNET = dict(
 )
 
 
-def write_tiny_checkpoint(path, seed: int = 0) -> None:
+def write_tiny_checkpoint(path, seed: int = 0, in_channels: int = 4, reuse_from=None) -> None:
+    """``in_channels=8`` gives an SD1.5 InstructPix2Pix-shaped checkpoint (ComfyUI loads it as
+    ``SD15_instructpix2pix``: not an SD1.5 text-to-image model). ``reuse_from``: copy the CLIP and VAE
+    tensors of an earlier tiny checkpoint instead of building new ones (saves seconds)."""
     import comfy.sd
     import comfy.supported_models
     import comfy.taesd.taesd
     import comfy.utils
 
-    cfg = comfy.supported_models.SD15(dict(CKPT_UNET))
+    config_cls = comfy.supported_models.SD15 if in_channels == 4 else comfy.supported_models.SD15_instructpix2pix
+    cfg = config_cls(dict(CKPT_UNET, in_channels=in_channels))
     cfg.set_inference_dtype(torch.float32, None)
     model = cfg.get_model({}, "", device=torch.device("cpu"))
     init_weights_(model.diffusion_model, seed)
+    if reuse_from is not None:
+        old = comfy.utils.load_torch_file(str(reuse_from))
+        sd = {k: v for k, v in old.items() if not k.startswith("model.diffusion_model.")}
+        sd.update({f"model.diffusion_model.{k}": v.contiguous() for k, v in model.diffusion_model.state_dict().items()})
+        comfy.utils.save_torch_file(sd, str(path))
+        return
     clip = comfy.sd.CLIP(cfg.clip_target(), embedding_directory=None)
     init_weights_(clip.cond_stage_model, seed + 2)
     with torch.no_grad():  # keep CLIP's embeddings sane so the text features stay finite
