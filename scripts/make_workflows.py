@@ -461,7 +461,10 @@ def render_picture(ui: dict, path: pathlib.Path, scale: float = 0.5) -> None:
             label = str(value).replace("\n", " ")
             d.text(xy(x + 18, wy + 2), label[: int(w / 9)], fill=(200, 200, 200), font=small)
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, optimize=True)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        img.save(path, quality=80, optimize=True)
+    else:
+        img.save(path, optimize=True)
 
 
 # ------------------------------------------------------------------------------------ core extraction
@@ -541,7 +544,8 @@ def main(argv=None) -> int:
     p.add_argument("--check", action="store_true", help="exit 1 when a bundled workflow file is out of date")
     p.add_argument("--extract-core", action="store_true", help="refresh tests/data/comfy_core_nodes.json")
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI checkout (--extract-core)")
-    p.add_argument("--picture", metavar="PNG", help="also draw workflow 'full' into this PNG (needs Pillow)")
+    p.add_argument("--picture", metavar="PNG", help="also draw workflow 'full' into this PNG and every workflow "
+                   "as workflows/<name>.jpg (template browser thumbnails; needs Pillow)")
     args = p.parse_args(argv)
     if args.extract_core:
         if not args.comfyui:
@@ -555,7 +559,9 @@ def main(argv=None) -> int:
     files = render(graphs)
     if args.picture:
         render_picture(graphs["full"].ui(), pathlib.Path(args.picture))
-        print(f"drew {args.picture}")
+        for name, graph in graphs.items():  # thumbnails for ComfyUI's template browser
+            render_picture(graph.ui(), WORKFLOWS / f"{name}.jpg", scale=0.25)
+        print(f"drew {args.picture} and workflows/<name>.jpg thumbnails")
     stale = [path for path, text in files.items() if not path.is_file() or path.read_text() != text]
     if args.check:
         for path in stale:
