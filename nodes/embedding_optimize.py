@@ -63,7 +63,7 @@ class PoseAnimatePoseEmbeddingOptimize:
         import comfy.model_management as mm
 
         from ..pacm import optimize_pose_embeddings
-        from .host import ComfyDenoiser, ComfyProgress, conditioning_context, engine_mode, plain, plain_fields
+        from .host import ComfyDenoiser, ComfyProgress, conditioning_context, conditioning_control, engine_mode, plain, plain_fields
 
         node = DISPLAY_NAME
         inversion = check_inversion(inversion, node)
@@ -80,12 +80,13 @@ class PoseAnimatePoseEmbeddingOptimize:
                         "pose first, and frames 1..N are used as targets", node)
         ctrl = control_settings(inversion)
         den = ComfyDenoiser(model, control_net, strength=ctrl["strength"], start_percent=ctrl["start"],
-                            end_percent=ctrl["end"], node=node)
+                            end_percent=ctrl["end"], extra_control=conditioning_control(positive),
+                            node=node)
         progress = ComfyProgress()
         batch = int(frames_per_batch) or None
         latent_shape = (1,) + tuple(inversion.trajectory.shape[1:])
         den.load(den.memory_per_frame(latent_shape, grad=True) * (batch or 1))
-        with node_errors(node), engine_mode():
+        with node_errors(node), engine_mode(), den.session():
             poses_emb = optimize_pose_embeddings(
                 den, plain_fields(inversion.to(den.device)), plain(hints[1:]), inner_steps=int(inner_steps),
                 lr=float(inversion.settings.get("lr", 1e-2)),

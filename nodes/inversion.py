@@ -78,7 +78,7 @@ class PoseAnimatePoseAwareInversion:
         import comfy.model_management as mm
 
         from ..pacm import ddim_invert, pose_aware_inversion, sample_frames
-        from .host import ComfyDenoiser, ComfyProgress, conditioning_context, engine_mode, plain
+        from .host import ComfyDenoiser, ComfyProgress, conditioning_context, conditioning_control, engine_mode, plain
 
         node = DISPLAY_NAME
         samples = latent_samples(latent, node, "latent")
@@ -87,10 +87,10 @@ class PoseAnimatePoseAwareInversion:
             log.info("%s: source_pose holds %d images; using image 0 as the source pose", node, hints.shape[0])
         ctx = conditioning_context(positive, node, "positive")
         den = ComfyDenoiser(model, control_net, strength=control_strength, start_percent=control_start,
-                            end_percent=control_end, node=node)
+                            end_percent=control_end, extra_control=conditioning_control(positive), node=node)
         progress = ComfyProgress()
         den.load(den.memory_per_frame(samples.shape, grad=True) * 2)
-        with node_errors(node), engine_mode():
+        with node_errors(node), engine_mode(), den.session():
             z0 = plain(den.model.process_latent_in(samples.to(den.device, den.dtype)))
             inv = ddim_invert(den, z0, plain(ctx), plain(hints[:1]), steps=int(steps), callback=progress)
             inv = pose_aware_inversion(den, inv, cfg=float(cfg), inner_steps=int(inner_steps),

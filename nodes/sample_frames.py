@@ -49,7 +49,7 @@ class PoseAnimateSampleFrames:
         import comfy.model_management as mm
 
         from ..pacm import sample_frames
-        from .host import ComfyDenoiser, ComfyProgress, conditioning_context, engine_mode, plain, plain_fields
+        from .host import ComfyDenoiser, ComfyProgress, conditioning_context, conditioning_control, engine_mode, plain, plain_fields
 
         node = DISPLAY_NAME
         if not isinstance(embeddings, PACMEmbeddings):
@@ -62,12 +62,13 @@ class PoseAnimateSampleFrames:
         mask = frame_masks(masks, frames, node, "masks")
         ctrl = control_settings(inversion)
         den = ComfyDenoiser(model, control_net, strength=ctrl["strength"], start_percent=ctrl["start"],
-                            end_percent=ctrl["end"], node=node)
+                            end_percent=ctrl["end"], extra_control=conditioning_control(positive),
+                            node=node)
         w = resolve_window(window_size, frames)
         progress = ComfyProgress()
         latent_shape = (1,) + tuple(inversion.trajectory.shape[1:])
         den.load(den.memory_per_frame(latent_shape) * 2 * w)
-        with node_errors(node), engine_mode():
+        with node_errors(node), engine_mode(), den.session():
             out = sample_frames(den, plain_fields(inversion.to(den.device)), plain_fields(poses.to(den.device)),
                                 window=w, masks=plain(mask), callback=progress)
             out = den.model.process_latent_out(out).to(mm.intermediate_device())

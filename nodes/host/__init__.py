@@ -3,7 +3,7 @@
 ComfyUI is imported lazily inside functions, so ``nodes.host`` imports without ComfyUI.
 """
 from .adapter import ComfyDenoiser, install_out_of_place_control, merge_transformer_options, plain, engine_mode, plain_fields
-from .checks import check_control_net, check_sd15_model, conditioning_context
+from .checks import check_control_net, check_sd15_model, conditioning_context, conditioning_control
 from .progress import ComfyProgress
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "check_control_net",
     "check_sd15_model",
     "conditioning_context",
+    "conditioning_control",
     "engine_mode",
     "install_out_of_place_control",
     "merge_transformer_options",

@@ -136,11 +136,26 @@ def plain(t):
     return t
 
 
-def _swap_for_grad(modules) -> list:
+def _swap_for_grad(modules, cache: dict | None = None, saved: list | None = None) -> list:
     """Replace inference-tensor params/buffers (and grad-requiring params) by private non-inference
-    copies; return the list of (module, kind, name, original) needed to put the originals back."""
-    saved = []
+    copies; append to ``saved`` (and return it) the (module, kind, name, original) entries needed to put
+    the originals back — entry by entry, so a failure half-way still restores everything swapped so far.
+
+    ``cache`` maps (id(module), kind, name) -> (original, copy); a copy is reused only while the module
+    still holds the very same original object (ComfyUI replaces Parameter objects when it re-patches)."""
+    saved = [] if saved is None else saved
     seen = set()
+    cache = {} if cache is None else cache
+
+    def copy_of(m, kind, name, t, make):
+        key = (id(m), kind, name)
+        hit = cache.get(key)
+        if hit is not None and hit[0] is t:
+            return hit[1]
+        new = make(t)
+        cache[key] = (t, new)
+        return new
+
     for root in modules:
         for m in root.modules():
             if id(m) in seen:
@@ -150,9 +165,11 @@ def _swap_for_grad(modules) -> list:
                 if p is None:
                     continue
                 if p.is_inference():
-                    new = torch.nn.Parameter(p.clone(), requires_grad=False)
+                    new = copy_of(m, "_parameters", name, p,
+                                  lambda t: torch.nn.Parameter(t.clone(), requires_grad=False))
                 elif p.requires_grad:
-                    new = torch.nn.Parameter(p.detach(), requires_grad=False)
+                    new = copy_of(m, "_parameters", name, p,
+                                  lambda t: torch.nn.Parameter(t.detach(), requires_grad=False))
                 else:
                     continue
                 saved.append((m, "_parameters", name, p))
@@ -160,7 +177,7 @@ def _swap_for_grad(modules) -> list:
             for name, b in list(m._buffers.items()):
                 if b is not None and b.is_inference():
                     saved.append((m, "_buffers", name, b))
-                    m._buffers[name] = b.clone()
+                    m._buffers[name] = copy_of(m, "_buffers", name, b, lambda t: t.clone())
     return saved
 
 
@@ -182,11 +199,17 @@ class ComfyDenoiser:
     """
 
     def __init__(self, model, control_net=None, *, strength: float = 1.0, start_percent: float = 0.0,
-                 end_percent: float = 1.0, node: str = "PoseAnimate"):
+                 end_percent: float = 1.0, extra_control=None, node: str = "PoseAnimate"):
         self.node = node
         self.patcher = model
         self.model = check_sd15_model(model, node, "model")
         self.control_net = check_control_net(control_net, node, "control_net")
+        self.extra_control = extra_control
+        link = extra_control
+        while link is not None:
+            check_control_net(link, node, "positive")
+            link = getattr(link, "previous_controlnet", None)
+        self._warned_broadcast = False
         self.strength = float(strength)
         self.percent_range = (float(start_percent), float(end_percent))
         self.device = model.load_device
@@ -194,6 +217,8 @@ class ComfyDenoiser:
         self.sigmas = plain(self.model.model_sampling.sigmas.detach().float().cpu())
         self._grad_depth = 0
         self._loaded = False
+        self._grad_weights: dict = {}
+        self.keep_grad_weights = True
         self.calls = 0
 
     # ---- memory -------------------------------------------------------------------------------------
@@ -201,6 +226,8 @@ class ComfyDenoiser:
         out = [self.patcher]
         if self.control_net is not None:
             out += self.control_net.get_models()
+        if self.extra_control is not None:
+            out += self.extra_control.get_models()
         return out
 
     def load(self, memory_required: int = 0) -> None:
@@ -211,6 +238,19 @@ class ComfyDenoiser:
             return  # never re-patch weights while clones are swapped in
         mm.load_models_gpu(self._models(), memory_required=int(memory_required))
         self._loaded = True
+        self._grad_weights.clear()  # weights may have been re-patched: copy them afresh
+
+    @contextlib.contextmanager
+    def session(self):
+        """Scope of one node run: the private weight copies live until it ends (even on errors)."""
+        try:
+            yield self
+        finally:
+            self.release_grad_weights()
+
+    def release_grad_weights(self) -> None:
+        """Free the private weight copies kept between ``grad_context`` entries."""
+        self._grad_weights.clear()
 
     def _ensure_loaded(self) -> None:
         import comfy.model_management as mm
@@ -234,25 +274,65 @@ class ComfyDenoiser:
         return est * (4 if grad else 1)
 
     # ---- the protocol -------------------------------------------------------------------------------
-    def _control_for(self, x, sigma, context, hint, n_chunks, transformer_options):
-        if self.control_net is None or hint is None:
+    def _extra_chain(self, b: int, n_chunks: int, transformer_options: dict):
+        """Per-call copies of the ControlNets applied to the positive CONDITIONING ('Apply ControlNet').
+
+        A one-image hint applies to every frame. A hint batch is one image per frame (source first): the
+        rows of the frames in this call are picked by ``poseanimate.frame_ids``; without frame ids, ComfyUI's
+        own batch broadcasting applies (with a warning)."""
+        if self.extra_control is None:
             return None
+        frame_ids = (transformer_options.get("poseanimate") or {}).get("frame_ids")
+        copies = []
+        link = self.extra_control
+        while link is not None:
+            hint = link.cond_hint_original
+            if isinstance(hint, torch.Tensor) and hint.shape[0] > 1:
+                if frame_ids is not None:
+                    ids = [int(f) for f in frame_ids]
+                    if max(ids) >= hint.shape[0]:
+                        raise ValueError(
+                            f"positive: the ControlNet applied to this conditioning has {hint.shape[0]} images "
+                            f"but frame {max(ids)} is being sampled; give it one image, or one per frame "
+                            "(source first)")
+                    hint = hint[ids].repeat(n_chunks, 1, 1, 1)
+                elif not self._warned_broadcast:
+                    self._warned_broadcast = True
+                    log.warning("%s: the ControlNet on the conditioning has %d images; without frame ids they "
+                                "are broadcast over the batch as ComfyUI does", self.node, hint.shape[0])
+            c = link.copy()
+            c.set_cond_hint(hint, link.strength, link.timestep_percent_range, vae=link.vae,
+                            extra_concat=list(link.extra_concat_orig))
+            copies.append(c)
+            link = link.previous_controlnet
+        for c, prev in zip(copies, copies[1:]):
+            c.set_previous_controlnet(prev)
+        return copies[0]
+
+    def _control_for(self, x, sigma, context, hint, n_chunks, transformer_options):
         b = x.shape[0]
-        if hint.ndim != 4 or hint.shape[1] != 3:
-            raise ValueError(f"hint: expected pose images (B, 3, H, W), got {tuple(hint.shape)}")
-        if hint.shape[0] != b:
-            if hint.shape[0] == 1 or b % hint.shape[0] == 0:
-                hint = hint.repeat(b // hint.shape[0], 1, 1, 1)
-            else:
-                raise ValueError(f"hint: batch {hint.shape[0]} does not divide the latent batch {b}")
-        c = self.control_net.copy()
-        c.set_cond_hint(hint, self.strength, self.percent_range)
+        head = self._extra_chain(b, n_chunks, transformer_options)
+        if self.control_net is not None and hint is not None:
+            if hint.ndim != 4 or hint.shape[1] != 3:
+                raise ValueError(f"hint: expected pose images (B, 3, H, W), got {tuple(hint.shape)}")
+            if hint.shape[0] != b:
+                if b % hint.shape[0] == 0:
+                    hint = hint.repeat(b // hint.shape[0], 1, 1, 1)
+                else:
+                    raise ValueError(f"hint: batch {hint.shape[0]} does not divide the latent batch {b}")
+            c = self.control_net.copy()
+            c.set_cond_hint(hint, self.strength, self.percent_range)
+            if head is not None:
+                c.set_previous_controlnet(head)
+            head = c
+        if head is None:
+            return None
         model = self.model
-        c.pre_run(model, lambda p: model.model_sampling.percent_to_sigma(p))
+        head.pre_run(model, lambda p: model.model_sampling.percent_to_sigma(p))
         try:
-            return c.get_control(x, sigma, {"c_crossattn": context}, n_chunks, transformer_options)
+            return head.get_control(x, sigma, {"c_crossattn": context}, n_chunks, transformer_options)
         finally:
-            c.cleanup()
+            head.cleanup()
 
     def __call__(self, x, sigma, context, hint=None, transformer_options=None):
         """x0 prediction (float32, shape of x); see the module docstring and DEVELOPERS.md."""
@@ -300,14 +380,12 @@ class ComfyDenoiser:
                 yield self
             return
         self._ensure_loaded()
-        modules = [self.model]
-        if self.control_net is not None:
-            modules += [m.model for m in self.control_net.get_models()]
+        modules = [self.model] + [m.model for m in self._models()[1:]]
         with torch.inference_mode(False), torch.enable_grad():
             saved = []
             entered = False
             try:
-                saved = _swap_for_grad(modules)
+                _swap_for_grad(modules, self._grad_weights, saved)
                 self._grad_depth += 1
                 entered = True
                 yield self
@@ -316,3 +394,5 @@ class ComfyDenoiser:
                     self._grad_depth -= 1
                 _restore(saved)
                 del saved
+                if not self.keep_grad_weights:
+                    self._grad_weights.clear()

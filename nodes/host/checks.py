@@ -107,3 +107,12 @@ def conditioning_context(conditioning, node: str, input_name: str = "positive"):
         ctx = ctx[:1]
     with torch.inference_mode(False):  # a normal tensor: pacm may optimise embeddings started from it
         return ctx.detach().to(device="cpu", dtype=torch.float32).clone()
+
+
+def conditioning_control(conditioning):
+    """The ControlNet chain a CONDITIONING carries from 'Apply ControlNet' (first entry), or None."""
+    if isinstance(conditioning, (list, tuple)) and conditioning:
+        entry = conditioning[0]
+        if isinstance(entry, (list, tuple)) and len(entry) > 1 and isinstance(entry[1], dict):
+            return entry[1].get("control")
+    return None

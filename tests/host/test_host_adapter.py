@@ -291,3 +291,64 @@ def test_progress_and_interrupt_bridge():
     finally:
         comfy.utils.set_progress_bar_global_hook(old)
         mm.interrupt_current_processing(False)
+
+
+def test_weight_copies_are_reused_between_grad_entries_and_dropped_after():
+    patcher, cnet = build_tiny_sd15()
+    x0, eps, ctx, hint = _inputs(n=1)
+    den = ComfyDenoiser(patcher, cnet)
+    w = patcher.model.diffusion_model.out[2]
+    original = w.weight
+    with den.session():
+        with den.grad_context():
+            first = w.weight
+            assert first is not original and not first.is_inference() and torch.equal(first, original)
+        assert w.weight is original
+        with den.grad_context():
+            assert w.weight is first  # no second copy of the whole model per inner iteration
+        den.load()  # a (re)load may re-patch weights: copies are made afresh
+        with den.grad_context():
+            assert w.weight is not first and torch.equal(w.weight, original)
+        assert den._grad_weights
+    assert not den._grad_weights and w.weight is original
+
+
+def _second_controlnet(seed=5):
+    _, cnet2 = build_tiny_sd15(seed=seed)
+    return cnet2
+
+
+def test_controlnet_on_the_conditioning_is_chained_like_comfyui():
+    """A second ControlNet applied to the positive CONDITIONING ('Apply ControlNet') joins the pose one."""
+    patcher, cnet = build_tiny_sd15()
+    cnet2 = _second_controlnet()
+    x0, eps, ctx, hint = _inputs(n=2)
+    depth = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(3))  # one image per frame 0..2
+    on_cond = cnet2.copy().set_cond_hint(depth, 0.6, (0.0, 1.0))
+    den = ComfyDenoiser(patcher, cnet, extra_control=on_cond, strength=0.9)
+    sigma = den.sigmas[[500, 500]]
+    x = x0 + sigma.view(-1, 1, 1, 1) * eps
+    out = den(x, sigma, ctx.expand(2, -1, -1), hint, {"cond_or_uncond": [0], "poseanimate": {"frame_ids": [1, 2]}})
+
+    model = patcher.model
+    prev = cnet2.copy().set_cond_hint(depth[1:3], 0.6, (0.0, 1.0))
+    c = cnet.copy().set_cond_hint(hint, 0.9, (0.0, 1.0)).set_previous_controlnet(prev)
+    c.pre_run(model, lambda p: model.model_sampling.percent_to_sigma(p))
+    to = {"cond_or_uncond": [0], "sigmas": sigma}
+    ctrl = c.get_control(x, sigma, {"c_crossattn": ctx.expand(2, -1, -1)}, 1, to)
+    ref = model.apply_model(x, sigma, c_crossattn=ctx.expand(2, -1, -1), control=ctrl, transformer_options=to)
+    assert torch.equal(out, ref)
+    without = ComfyDenoiser(patcher, cnet, strength=0.9)(x, sigma, ctx.expand(2, -1, -1), hint,
+                                                        {"cond_or_uncond": [0]})
+    assert not torch.allclose(out, without)
+    assert on_cond.cond_hint is None and on_cond.previous_controlnet is None  # the user's object is untouched
+
+    with den.grad_context():  # gradients flow through both ControlNets, out of place
+        emb = ctx.clone().requires_grad_(True)
+        g = den(x, sigma, emb.expand(2, -1, -1), hint, {"poseanimate": {"frame_ids": [1, 2]}})
+        assert torch.equal(g.detach(), out)
+        g.sum().backward()
+    assert emb.grad is not None and emb.grad.abs().sum() > 0
+
+    with pytest.raises(ValueError, match=r"^positive: the ControlNet applied to this conditioning has 3 images"):
+        den(x, sigma, ctx.expand(2, -1, -1), hint, {"poseanimate": {"frame_ids": [2, 3]}})

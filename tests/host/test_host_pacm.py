@@ -202,3 +202,17 @@ def test_user_mistakes_get_the_nodes_own_message():
         sample.sample(patcher, cnet, positive, inv, 0)
     (ok,) = sample.sample(patcher, cnet, positive, emb, 0, masks=torch.ones(3, 8, 8))
     assert ok["samples"].shape[0] == 3
+
+
+def test_second_controlnet_on_the_positive_conditioning_is_used_by_every_stage():
+    patcher, cnet = build_tiny_sd15()
+    _, cnet2 = build_tiny_sd15(seed=5)
+    latent, positive, poses = _scene(n_targets=1)
+    depth = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    remix = [[positive[0][0], {"control": cnet2.copy().set_cond_hint(depth, 0.8, (0.0, 1.0))}]]
+    inv, rec = _invert(patcher, cnet, latent, remix, poses, inner=1)
+    inv0, rec0 = _invert(patcher, cnet, latent, positive, poses, inner=1)
+    assert not torch.allclose(rec["samples"], rec0["samples"])
+    (emb,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, remix, poses, 1, 0)
+    (frames,) = PoseAnimateSampleFrames().sample(patcher, cnet, remix, emb, 0)
+    assert _rel(frames["samples"][0], rec["samples"][0]) < 1e-5
