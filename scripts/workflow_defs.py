@@ -192,6 +192,9 @@ def remix(g):
   and **Canny** (`{CANNY}`) of the PoseAnimate frames, which keeps their structure while the LoRA restyles
   details. Swap Canny for a depth ControlNet + depth preprocessor if you prefer.
 - Raise denoise for a stronger restyle (identity drifts more); lower the Canny strength to allow more change.
+- Extra ControlNets can also act inside PoseAnimate itself: put **Apply ControlNet** on the positive
+  conditioning that feeds the PACM nodes, with one image for every frame or one image per frame (source
+  first); they run under the OpenPose ControlNet in every stage.
 """, title="Remix: LoRA + second ControlNet")
     g.note(MODELS_NOTE, title="Models")
     return g
