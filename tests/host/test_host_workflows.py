@@ -87,3 +87,53 @@ def test_interrupt_stops_cleanly(runner):
     assert history["outputs"] == {}
     ok, _, _, _ = runner.run(_dca_graph(batch=2))  # the next prompt runs normally
     assert ok
+
+
+# ------------------------------------------------------------ workflow (d): flat memory as the sequence grows
+
+
+def test_long_workflow_keeps_model_calls_flat_as_the_sequence_grows():
+    """With workflow 'long''s window settings, the UNet never sees more frames per call however long the
+    sequence is (activation memory is flat); only the small per-frame latents and embeddings grow."""
+    import torch
+
+    from tiny_models import build_tiny_sd15
+
+    from poseanimate.nodes.dca_patch import PoseAnimateDCAPatchModel
+    from poseanimate.nodes.embedding_optimize import PoseAnimatePoseEmbeddingOptimize
+    from poseanimate.nodes.inversion import PoseAnimatePoseAwareInversion
+    from poseanimate.nodes.sample_frames import PoseAnimateSampleFrames
+
+    api = json.loads((ROOT / "workflows" / "api" / "long.json").read_text())
+    sampler = next(n for n in api.values() if n["class_type"] == "PoseAnimateSampleFrames")
+    optimizer = next(n for n in api.values() if n["class_type"] == "PoseAnimatePoseEmbeddingOptimize")
+    window = sampler["inputs"]["window_size"]
+    per_batch = optimizer["inputs"]["frames_per_batch"]
+    assert 0 < window <= 16 and 0 < per_batch <= 16, "workflow 'long' must sample and optimise in windows"
+
+    patcher, cnet = build_tiny_sd15()
+    batches = []
+    hook = patcher.model.diffusion_model.input_blocks[0].register_forward_pre_hook(
+        lambda mod, args: batches.append(int(args[0].shape[0])))
+    g = torch.Generator().manual_seed(0)
+    latent = {"samples": torch.randn(1, 4, 8, 8, generator=g) * 5}
+    positive = [[torch.randn(1, 77, 768, generator=g), {"pooled_output": None}]]
+    try:
+        peaks = {}
+        for n in (window + 1, 2 * window + 3):
+            poses = torch.rand(n + 1, 64, 64, 3, generator=g)
+            inv, _ = PoseAnimatePoseAwareInversion().invert(patcher, cnet, latent, positive, poses[:1], 2, 7.5, 0,
+                                                            1e-5)
+            batches.clear()
+            emb, = PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, positive, poses, 1, per_batch)
+            opt_peak = max(batches)
+            dca, = PoseAnimateDCAPatchModel().patch(patcher, 0.7, 0.15, 0.15, "all output blocks", "", None)
+            batches.clear()
+            out, = PoseAnimateSampleFrames().sample(dca, cnet, positive, emb, window, None)
+            assert out["samples"].shape[0] == n + 1
+            peaks[n] = (opt_peak, max(batches))
+    finally:
+        hook.remove()
+    (small_opt, small_sample), (big_opt, big_sample) = peaks.values()
+    assert big_sample == small_sample <= 2 * window, peaks  # CFG: uncond + cond chunks of one window
+    assert big_opt == small_opt <= 2 * per_batch, peaks
