@@ -113,7 +113,7 @@ def test_long_workflow_keeps_model_calls_flat_as_the_sequence_grows():
 
     patcher, cnet = build_tiny_sd15()
     batches = []
-    hook = patcher.model.diffusion_model.input_blocks[0].register_forward_pre_hook(
+    hook = patcher.model.diffusion_model.input_blocks[0][0].register_forward_pre_hook(  # the first conv
         lambda mod, args: batches.append(int(args[0].shape[0])))
     g = torch.Generator().manual_seed(0)
     latent = {"samples": torch.randn(1, 4, 8, 8, generator=g) * 5}
