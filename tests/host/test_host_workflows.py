@@ -221,6 +221,35 @@ def test_full_workflow_refuses_a_model_that_is_not_sd15(runner):
     assert errors and "is not SD1.5-shaped" in errors[0] and "8 input channels" in errors[0], errors
 
 
+@pytest.mark.parametrize("name", ["full", "fast", "remix", "long"])
+def test_every_api_twin_passes_comfyui_validation(runner, name):
+    """ComfyUI's own validate_prompt accepts each API twin once the model file names exist."""
+    import shutil
+
+    import comfy.utils
+    import folder_paths
+    import torch
+
+    lora = runner.base / "loras" / "tiny-lora.safetensors"
+    if not lora.exists():
+        comfy.utils.save_torch_file({"unused": torch.zeros(1)}, str(lora))
+        shutil.copy(runner.base / "controlnet" / "tiny-openpose.safetensors",
+                    runner.base / "controlnet" / "tiny-canny.safetensors")
+        folder_paths.filename_list_cache.clear()
+    graph = _tiny_api(name)
+    for node in graph.values():
+        if node["class_type"] == "LoraLoader":
+            node["inputs"]["lora_name"] = "tiny-lora.safetensors"
+        if node["class_type"] == "ControlNetLoader" and "canny" in node["_meta"]["title"].lower():
+            node["inputs"]["control_net_name"] = "tiny-canny.safetensors"
+    _source_image(runner, graph)
+    _prepare_poses(runner, graph)
+    valid = runner.validate(graph)
+    assert valid[0], (valid[1], valid[3])
+    assert sorted(valid[2]) == sorted(i for i, n in graph.items()
+                                      if n["class_type"] in ("SaveImage", "SaveVideo", "PreviewImage"))
+
+
 def _prepare_poses(runner, graph) -> int:
     """Put the pose file the graph names where the pose loader finds it; return the number of target poses."""
     pytest.fail("PATA pose nodes are not merged into this branch yet")
