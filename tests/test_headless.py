@@ -30,10 +30,12 @@ OUTPUT_NODES = {"SaveImage", "SaveAnimatedWEBP", "SaveVideo", "PreviewImage"}
 
 
 def _core_and_pack_classes() -> set[str]:
-    names = set(json.loads((ROOT / "tests" / "data" / "comfy_core_nodes.json").read_text())["nodes"])
-    from poseanimate import NODE_CLASS_MAPPINGS
-
-    return names | set(NODE_CLASS_MAPPINGS) | {"PoseAnimateLoadPoseSequence"}
+    """Ids a ComfyUI with this pack knows: the checked core ids and this pack's node ids."""
+    names = set(json.loads((ROOT / "tests" / "data" / "comfy_core_nodes.json").read_text())["ids"])
+    spec = importlib.util.spec_from_file_location("make_workflows", ROOT / "scripts" / "make_workflows.py")
+    mw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mw)
+    return names | set(mw.pack_classes())
 
 
 class FakeComfy:
