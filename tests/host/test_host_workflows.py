@@ -221,6 +221,21 @@ def test_full_workflow_refuses_a_model_that_is_not_sd15(runner):
     assert errors and "is not SD1.5-shaped" in errors[0] and "8 input channels" in errors[0], errors
 
 
+def test_full_workflow_mask_and_frame_counts_that_disagree(runner):
+    """One mask for a whole sequence wired into Sample Frames fails with that node's own message."""
+    graph = _tiny_api("full")
+    _source_image(runner, graph)
+    targets = _prepare_poses(runner, graph)
+    graph["900"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 64},
+                    "_meta": {"title": "One mask"}}
+    graph[_node_id(graph, "PoseAnimateSampleFrames")]["inputs"]["masks"] = ["900", 0]
+    ok, _, messages, valid = runner.run(graph)
+    assert valid[0] and not ok
+    errors = _errors(messages)
+    assert errors and errors[0].startswith("Sample Frames: input 'masks'"), errors
+    assert f"got 1 masks for {targets + 1} frames" in errors[0], errors
+
+
 @pytest.mark.parametrize("name", ["full", "fast", "remix", "long"])
 def test_every_api_twin_passes_comfyui_validation(runner, name):
     """ComfyUI's own validate_prompt accepts each API twin once the model file names exist."""
