@@ -22,11 +22,14 @@ printed per node); 3 the graph failed while running (the node's own message is p
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
 import json
 import mimetypes
 import os
 import pathlib
+import socket
+import struct
 import sys
 import time
 import urllib.error
@@ -148,6 +151,95 @@ def format_rejection(answer, status: int, raw: bytes, graph: dict) -> str:
             det = e.get("details", "")
             lines.append(f"  {_node_label(graph, node_id, info.get('class_type'))}: {msg}" + (f": {det}" if det else ""))
     return "\n".join(lines)
+
+
+class Progress:
+    """Optional live progress from ComfyUI's ``/ws?clientId=...`` websocket (standard library only).
+
+    Reads the JSON text messages ComfyUI sends to this client (``executing``, ``progress``); binary preview
+    frames are skipped. Any failure just turns it off: polling /history still finishes the run.
+    """
+
+    def __init__(self, base: str, client_id: str, timeout: float = 5.0):
+        url = urllib.parse.urlsplit(base)
+        if url.scheme != "http":
+            raise OSError("live progress needs plain http")
+        self.sock = socket.create_connection((url.hostname, url.port or 80), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        path = (url.path.rstrip("/") or "") + f"/ws?clientId={urllib.parse.quote(client_id)}"
+        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                           ).encode())
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise OSError("websocket handshake closed")
+            self.buf += chunk
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            raise OSError("no websocket upgrade")
+
+    def _frame(self):
+        """One complete frame (opcode, payload) from the buffer, or None."""
+        if len(self.buf) < 2:
+            return None
+        b0, b1 = self.buf[0], self.buf[1]
+        n, pos = b1 & 0x7F, 2
+        if n == 126:
+            if len(self.buf) < 4:
+                return None
+            n, pos = struct.unpack(">H", self.buf[2:4])[0], 4
+        elif n == 127:
+            if len(self.buf) < 10:
+                return None
+            n, pos = struct.unpack(">Q", self.buf[2:10])[0], 10
+        if b1 & 0x80:
+            pos += 4  # servers never mask, but skip a mask key if one is there
+        if len(self.buf) < pos + n:
+            return None
+        payload, self.buf = self.buf[pos:pos + n], self.buf[pos + n:]
+        return b0 & 0x0F, payload
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+
+    def events(self, wait: float) -> list[dict]:
+        """Messages that arrive within ``wait`` seconds."""
+        out, end = [], time.monotonic() + wait
+        while True:
+            frame = self._frame()
+            while frame is not None:
+                opcode, payload = frame
+                if opcode == 1:
+                    try:
+                        out.append(json.loads(payload))
+                    except ValueError:
+                        pass
+                elif opcode == 9:
+                    self._send(10, payload[:125])
+                elif opcode == 8:
+                    raise OSError("websocket closed")
+                frame = self._frame()
+            left = end - time.monotonic()
+            if left <= 0:
+                return out
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                return out
+            if not chunk:
+                raise OSError("websocket closed")
+            self.buf += chunk
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
 
 
 # ------------------------------------------------------------------------------------- graph editing
@@ -334,10 +426,13 @@ def _execution_messages(entry: dict) -> list:
     return [m for m in status.get("messages", []) if isinstance(m, (list, tuple)) and len(m) == 2]
 
 
-def wait_for(client: Client, prompt_id: str, graph: dict, timeout: float, poll: float, log) -> dict:
-    """Poll /queue and /history/{prompt_id} until the prompt is done; print progress lines; return history."""
+def wait_for(client: Client, prompt_id: str, graph: dict, timeout: float, poll: float, log,
+             live: Progress | None = None) -> dict:
+    """Poll /queue and /history/{prompt_id} until the prompt is done; print progress lines (per node and step
+    when ``live`` websocket progress is available); return the history entry."""
     start = time.monotonic()
     last_state, last_print = None, 0.0
+    shown = {}
     while True:
         history = client.get_json(f"/history/{urllib.parse.quote(prompt_id)}")
         entry = history.get(prompt_id)
@@ -359,7 +454,30 @@ def wait_for(client: Client, prompt_id: str, graph: dict, timeout: float, poll: 
         if elapsed > timeout:
             raise RunError(f"timed out after {timeout:.0f}s waiting for prompt {prompt_id} ({state}); it may still "
                            f"run on the server", EXIT_TIMEOUT)
-        time.sleep(poll)
+        if live is None:
+            time.sleep(poll)
+            continue
+        try:
+            events = live.events(poll)
+        except OSError:
+            live = None
+            continue
+        for ev in events:
+            data = ev.get("data") or {}
+            if data.get("prompt_id") not in (None, prompt_id):
+                continue
+            now = time.monotonic() - start
+            if ev.get("type") == "executing" and data.get("node") is not None:
+                log(f"[{now:6.1f}s] {_node_label(graph, str(data['node']))}")
+                last_print = now
+            elif ev.get("type") == "progress" and data.get("max"):
+                key = str(data.get("node"))
+                value, top = int(data.get("value", 0)), int(data["max"])
+                step = max(1, top // 10)
+                if value == top or value - shown.get(key, -step) >= step:
+                    shown[key] = value
+                    log(f"[{now:6.1f}s]   {_node_label(graph, key)}: {value}/{top}")
+                    last_print = now
 
 
 def check_status(entry: dict, graph: dict) -> None:
@@ -437,6 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-previews", action="store_true", help="also download temporary preview images")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the result")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between progress polls")
+    p.add_argument("--no-live", action="store_true",
+                   help="do not open ComfyUI's websocket for per-node progress; only poll /queue and /history")
     p.add_argument("--dry-run", action="store_true", help="print the edited API graph and exit; contacts no server")
     return p
 
@@ -457,9 +577,19 @@ def run(argv: list[str] | None = None, log=print) -> int:
         for note in notes:
             log(f"set {note}")
         client_id = uuid.uuid4().hex
-        prompt_id = client.queue_prompt(graph, client_id)
-        log(f"queued prompt {prompt_id} on {client.base}")
-        entry = wait_for(client, prompt_id, graph, args.timeout, args.poll, log)
+        live = None
+        if not args.no_live:
+            try:
+                live = Progress(client.base, client_id)
+            except OSError:
+                live = None  # polling alone still works
+        try:
+            prompt_id = client.queue_prompt(graph, client_id)
+            log(f"queued prompt {prompt_id} on {client.base}")
+            entry = wait_for(client, prompt_id, graph, args.timeout, args.poll, log, live)
+        finally:
+            if live is not None:
+                live.close()
         check_status(entry, graph)
         out_dir = pathlib.Path(args.out)
         files = download(client, entry, out_dir, args.include_previews, log)

@@ -8,8 +8,11 @@ history entry ComfyUI's ``PromptQueue.task_done`` writes: ``prompt``, ``outputs`
 """
 from __future__ import annotations
 
+import base64
 import email.parser
 import email.policy
+import hashlib
+import queue
 import importlib.util
 import json
 import pathlib
@@ -57,6 +60,8 @@ class FakeComfy:
         self.never_finish = False
         self.number = 0
         self.lock = threading.Lock()
+        self.sockets: dict[str, queue.Queue] = {}  # clientId -> messages for its /ws connection
+        self.websocket = True
 
     # POST /upload/image -- server.py image_upload()
     def upload(self, fields: dict) -> tuple[int, dict | None]:
@@ -145,10 +150,26 @@ class FakeComfy:
             if item in self.pending and n >= 1:
                 self.pending.remove(item)
                 self.running.append(item)
+                self._announce(item)
             elif n > self.run_polls and not self.never_finish:
                 self.running.remove(item)
                 self.history[prompt_id] = self._execute(item)
             return {}
+
+    def _announce(self, item) -> None:
+        """What server.py sends to the prompt's client over /ws while it runs: executing + progress."""
+        _, prompt_id, prompt, extra, _ = item
+        box = self.sockets.get(extra.get("client_id"))
+        if box is None:
+            return
+        box.put({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 1}}}})
+        for node_id, node in prompt.items():
+            box.put({"type": "executing", "data": {"node": node_id, "display_node": node_id, "prompt_id": prompt_id}})
+            if node["class_type"] in ("KSampler", "ImageScale"):
+                for v in range(1, 5):
+                    box.put({"type": "progress", "data": {"value": v, "max": 4, "prompt_id": prompt_id,
+                                                          "node": node_id}})
+            box.put(b"\x89PNG binary preview")
 
     def _execute(self, item) -> dict:
         _, prompt_id, prompt, extra, outputs = item
@@ -228,8 +249,47 @@ def _handler(fake: FakeComfy):
             self.end_headers()
             self.wfile.write(data)
 
+        def _websocket(self, client_id: str):
+            """RFC 6455 server side, as aiohttp speaks it for ComfyUI's /ws: unmasked text/binary frames."""
+            key = self.headers.get("Sec-WebSocket-Key", "")
+            accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode())
+                                      .digest()).decode()
+            self.send_response(101, "Switching Protocols")
+            self.send_header("Upgrade", "websocket")
+            self.send_header("Connection", "Upgrade")
+            self.send_header("Sec-WebSocket-Accept", accept)
+            self.end_headers()
+            self.wfile.flush()
+            box = fake.sockets.setdefault(client_id, queue.Queue())
+            self.connection.settimeout(0.05)
+            idle = 0
+            while idle < 200:  # closes 10 s after the last message
+                try:
+                    msg = box.get(timeout=0.05)
+                except queue.Empty:
+                    idle += 1
+                    try:
+                        if self.connection.recv(1, socket.MSG_PEEK) == b"":
+                            return  # the client closed
+                    except (socket.timeout, BlockingIOError):
+                        pass
+                    except OSError:
+                        return
+                    continue
+                idle = 0
+                data, opcode = (msg, 2) if isinstance(msg, bytes) else (json.dumps(msg).encode(), 1)
+                head = bytes([0x80 | opcode]) + (bytes([len(data)]) if len(data) < 126 else
+                                                  bytes([126]) + len(data).to_bytes(2, "big"))
+                try:
+                    self.wfile.write(head + data)
+                    self.wfile.flush()
+                except OSError:
+                    return
+
         def do_GET(self):
             url = urllib.parse.urlsplit(self.path)
+            if url.path == "/ws" and fake.websocket and self.headers.get("Upgrade", "").lower() == "websocket":
+                return self._websocket(dict(urllib.parse.parse_qsl(url.query)).get("clientId", ""))
             if url.path == "/queue":
                 return self._send(200, fake.queue_state())
             if url.path.startswith("/history/"):
@@ -331,6 +391,17 @@ def test_success_uploads_sets_queues_and_downloads(server, files):
     assert (out / "PoseAnimate" / "anim_00001_.webp").read_bytes() == b"fake video"
     manifest = json.loads((out / "poseanimate_run.json").read_text())
     assert len(manifest["frames"]) == server.frames and manifest["videos"] == ["PoseAnimate/anim_00001_.webp"]
+
+
+def test_live_progress_from_the_websocket(server, files):
+    wf, image, _, out = files
+    code, lines = _run(server, ["--workflow", str(wf), "--image", str(image), "--out", str(out)])
+    assert code == 0, lines
+    assert any(x.endswith("node 5 (Resize source)") for x in lines), lines
+    assert any(x.endswith("node 6 (KSampler): 4/4") for x in lines), lines
+    server.websocket = False  # without /ws the command falls back to polling alone
+    code, lines = _run(server, ["--workflow", str(wf), "--image", str(image), "--out", str(out)])
+    assert code == 0 and not any("KSampler): " in x for x in lines)
 
 
 def test_duplicate_upload_name_is_renamed_and_used(server, files):

@@ -148,6 +148,7 @@ def test_headless_against_real_comfyui(comfy_server, tmp_path, capsys):
                    log=lines.append)
     assert code == 0, (lines, capsys.readouterr().err, (base / "server.log").read_text()[-3000:])
     assert (base / "input" / "hero.png").read_bytes() == image.read_bytes()
+    assert any(x.endswith("node 4 (Save frames)") for x in lines), lines  # live progress over the real /ws
     from PIL import Image
 
     frames = sorted((out / "PoseAnimate").glob("frame_*.png"))
