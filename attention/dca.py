@@ -201,22 +201,24 @@ def dca_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
         m = index.shape[1]
         flat = index + rows  # (nt, m) token index into flat_q
         qg = flat_q.index_select(0, flat.reshape(-1)).reshape(nt, m, C)
-        t3 = attn(qg, kt, vt, heads, mask=_key_bias(mt, character, q.dtype), **kw)
-        t2 = attn(qg, kp, vp, heads, mask=_key_bias(mp, character, q.dtype), **kw)
-        t1 = attn(qg.reshape(1, nt * m, C), k0, v0, heads, mask=_key_bias(m0, character, q.dtype), **kw)
-        t1 = t1.reshape(nt, m, C)
-        del qg
+        bias3, bias2, bias1 = (_key_bias(x, character, q.dtype) for x in (mt, mp, m0))
         if grad:
-            o = (l3 * t3 + l2 * t2 + l1 * t1) * weight.to(q.dtype).unsqueeze(-1)
+            o = l3 * attn(qg, kt, vt, heads, mask=bias3, **kw) + l2 * attn(qg, kp, vp, heads, mask=bias2, **kw)
+            o = o + l1 * attn(qg.reshape(1, nt * m, C), k0, v0, heads, mask=bias1, **kw).reshape(nt, m, C)
+            o = o * weight.to(q.dtype).unsqueeze(-1)
             out = out.index_add(0, (flat + s * L).reshape(-1), o.reshape(-1, C))
             continue
-        o = t3.mul_(l3).add_(t2, alpha=l2).add_(t1, alpha=l1)
-        del t1, t2
+        # accumulate term by term so at most two group-sized results are alive
+        o = attn(qg, kt, vt, heads, mask=bias3, **kw).mul_(l3)
+        o.add_(attn(qg, kp, vp, heads, mask=bias2, **kw), alpha=l2)
+        o.add_(attn(qg.reshape(1, nt * m, C), k0, v0, heads, mask=bias1, **kw).reshape(nt, m, C), alpha=l1)
+        del qg
         if binary:  # every query lies in exactly one group: copy, pads go to the spare row
             dst = torch.where(valid, flat + s * L, n * L)
             out.index_copy_(0, dst.reshape(-1), o.reshape(-1, C))
         else:
-            out.index_add_(0, (flat + s * L).reshape(-1), o.mul_(weight.to(q.dtype).unsqueeze(-1)).reshape(-1, C))
+            o.mul_(weight.to(q.dtype).unsqueeze(-1))
+            out.index_add_(0, (flat + s * L).reshape(-1), o.reshape(-1, C))
     if grad:
         out = out.reshape(n, L, C)
         return torch.cat([attn(q[:1], k[:1], v[:1], heads, **kw), out[1:]]) if s else out
@@ -224,6 +226,7 @@ def dca_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
     if s:
         out[:1] = attn(q[:1], k[:1], v[:1], heads, **kw)
     return out
+
 
 def _check_qkv(q, k, v, heads):
     for name, t in (("q", q), ("k", k), ("v", v)):

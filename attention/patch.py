@@ -143,6 +143,10 @@ class DCAPatch:
             source = self.masks
         if source is None:
             return None
+        if not isinstance(source, torch.Tensor) or source.ndim not in (2, 3):
+            self.state.warn_once(logger, "masks", "PoseAnimate DCA: poseanimate masks must be a tensor (N, H, W); "
+                                 "running DCA without masks (this warning is shown once)")
+            return None
         need = max(ids)
         hw = token_grid(q.shape[1], extra_options.get("original_shape"),
                         fallback_hw=(source.shape[-2], source.shape[-1]))

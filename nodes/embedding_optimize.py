@@ -87,6 +87,8 @@ class PoseAnimatePoseEmbeddingOptimize:
         latent_shape = (1,) + tuple(inversion.trajectory.shape[1:])
         den.load(den.memory_per_frame(latent_shape, grad=True) * (batch or 1))
         with node_errors(node), engine_mode(), den.session():
+            if batch is None:
+                den.prepare_grad_weights()  # pacm's auto batch size must not count the one-off weight copy
             poses_emb = optimize_pose_embeddings(
                 den, plain_fields(inversion.to(den.device)), plain(hints[1:]), inner_steps=int(inner_steps),
                 lr=float(inversion.settings.get("lr", 1e-2)),

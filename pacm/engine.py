@@ -134,13 +134,16 @@ def _optimise_step(model, x, sigma, sigma_next, x0_cond, emb_init, hints, target
         if idx.numel() == 0:
             break
         sel = idx.to(emb.device)
-        e = emb[sel].detach().requires_grad_(True)
         with model.grad_context(), torch.enable_grad():
-            x0_u = _call(model, x[sel], sigma, e, None if hints is None else hints[sel], [1] * len(idx),
-                         transformer_options)
-            x0 = x0_u + cfg * (x0_cond[sel] - x0_u)
-            xn = _ddim(x[sel], x0, sigma, sigma_next)
-            per = ((xn - target[sel]) * scale).pow(2).flatten(1).mean(1)
+            # Fresh (non-inference) copies: the host runs nodes under torch.inference_mode() and
+            # grad_context() leaves it; inference tensors must not enter the autograd graph.
+            e = emb[sel].clone().requires_grad_(True)
+            xs, x0c, tg = x[sel].clone(), x0_cond[sel].clone(), target[sel].clone()
+            hs = None if hints is None else hints[sel].clone()
+            x0_u = _call(model, xs, sigma, e, hs, [1] * len(idx), transformer_options)
+            x0 = x0_u + cfg * (x0c - x0_u)
+            xn = _ddim(xs, x0, sigma, sigma_next)
+            per = ((xn - tg) * scale).pow(2).flatten(1).mean(1)
             (grad,) = torch.autograd.grad(per.sum(), e)
         per = per.detach()
         if loss_before is None:
@@ -275,21 +278,40 @@ def pose_aware_inversion(model, inversion: InversionResult, *, cfg: float = 7.5,
 
 
 # --------------------------------------------------------------------------------------------- stage 3
+def batch_size_from_probe(n: int, peak_one: int, peak_two: int, free: int, headroom: float = 0.8) -> int:
+    """Micro-batch size from the measured peak extra memory of a one-frame and a two-frame optimisation step.
+
+    The per-frame cost is the marginal ``peak_two - peak_one`` (so one-off costs such as a host's private
+    weight copies or workspaces are not counted per frame), the fixed part ``peak_one - per_frame``; the batch
+    fills ``headroom * free`` bytes. Always in ``1..n``."""
+    per_frame = peak_two - peak_one
+    if per_frame <= 0:
+        per_frame = max(peak_one, 1)
+    fixed = max(peak_one - per_frame, 0)
+    bs = int((headroom * free - fixed) // per_frame)
+    return max(1, min(n, bs))
+
+
 def _auto_batch_size(model, n: int, probe: Callable[[int], None]) -> int:
     dev = torch.device(model.device)
     if dev.type != "cuda":
         return max(1, min(n, 8))
-    torch.cuda.synchronize(dev)
-    base = torch.cuda.memory_allocated(dev)
-    torch.cuda.reset_peak_memory_stats(dev)
-    probe(1)
-    torch.cuda.synchronize(dev)
-    per_frame = max(torch.cuda.max_memory_allocated(dev) - base, 1)
+    if n == 1:
+        return 1
+    peaks = []
+    for frames in (1, 2):
+        torch.cuda.synchronize(dev)
+        base = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        probe(frames)
+        torch.cuda.synchronize(dev)
+        peaks.append(torch.cuda.max_memory_allocated(dev) - base)
     free, _total = torch.cuda.mem_get_info(dev)
     free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
-    bs = int(0.8 * free // per_frame)
-    log.info("PACM: %.1f MiB per frame, %.1f MiB free -> micro-batch %d", per_frame / 2**20, free / 2**20, bs)
-    return max(1, min(n, bs))
+    bs = batch_size_from_probe(n, peaks[0], peaks[1], free)
+    log.info("PACM: optimisation step peaks %.1f / %.1f MiB for 1 / 2 frames, %.1f MiB free -> micro-batch %d",
+             peaks[0] / 2**20, peaks[1] / 2**20, free / 2**20, bs)
+    return bs
 
 
 def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Tensor | None, *,
@@ -309,8 +331,9 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
         cfg: guidance scale (default ``inversion.cfg``, 7.5 after pose-aware inversion).
         inner_steps, lr, early_stop: as ``pose_aware_inversion`` (Adam iterations per step, lr schedule
             ``lr * (1 - i / 100)``, per-frame early stop under ``early_stop + i * 2e-5``).
-        batch_size: frames per micro-batch; default: all frames up to 8 on CPU, or from free CUDA memory (a
-            one-frame probe measures the per-frame cost).
+        batch_size: frames per micro-batch; default: all frames up to 8 on CPU, or from free CUDA memory
+            (one optimisation step on 1 and on 2 frames measures the marginal per-frame cost; see
+            ``batch_size_from_probe``).
         callback: ``callback("optimize", done, total)`` once per step and micro-batch (total = T * batches).
         transformer_options: passthrough dict merged into every model call's transformer_options.
 

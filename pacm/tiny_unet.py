@@ -68,8 +68,18 @@ class CrossAttention(nn.Module):
         return self.to_out(attention(self.to_q(x), self.to_k(context), self.to_v(value), self.heads))
 
 
+class GEGLU(nn.Module):
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x):
+        x, gate = self.proj(x).chunk(2, dim=-1)
+        return x * F.gelu(gate)
+
+
 class BasicTransformerBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int):
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int, ff_mult: int = 2):
         super().__init__()
         self.n_heads = heads
         self.d_head = dim_head
@@ -79,7 +89,10 @@ class BasicTransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.attn2 = CrossAttention(dim, context_dim, heads, dim_head)
         self.norm3 = nn.LayerNorm(dim)
-        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        if ff_mult == 2:
+            self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        else:  # SD1.5: GEGLU with 4x inner width
+            self.ff = nn.Sequential(GEGLU(dim, ff_mult * dim), nn.Linear(ff_mult * dim, dim))
 
     def forward(self, x, context, transformer_options):
         # Follows comfy.ldm.modules.attention.BasicTransformerBlock.forward (0.3.64).
@@ -149,12 +162,13 @@ class BasicTransformerBlock(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-    def __init__(self, channels: int, heads: int, dim_head: int, context_dim: int, groups: int):
+    def __init__(self, channels: int, heads: int, dim_head: int, context_dim: int, groups: int, ff_mult: int = 2):
         super().__init__()
         inner = heads * dim_head
         self.norm = nn.GroupNorm(groups, channels)
         self.proj_in = nn.Linear(channels, inner)
-        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(inner, heads, dim_head, context_dim)])
+        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(inner, heads, dim_head, context_dim,
+                                                                       ff_mult)])
         self.proj_out = nn.Linear(inner, channels)
 
     def forward(self, x, context, transformer_options):
@@ -227,19 +241,49 @@ def _apply_control(h, control, name):
     return h
 
 
-class TinyUNet(nn.Module):
-    """SD1.5-shaped EPS UNet, two resolutions.
+def _build_encoder(c: int, in_channels: int, channel_mult, num_res_blocks: int, attention_levels, emb_dim: int,
+                   groups: int, st):
+    """Input blocks and middle block as in ComfyUI's UNetModel; returns (input_blocks, middle, skip channels,
+    skip downsampling factors)."""
+    blocks = [nn.ModuleList([nn.Conv2d(in_channels, c, 3, padding=1)])]
+    chans, downs = [c], [1]
+    ch, ds = c, 1
+    for level, mult in enumerate(channel_mult):
+        for _ in range(num_res_blocks):
+            layers = [ResBlock(ch, mult * c, emb_dim, groups)]
+            ch = mult * c
+            if level in attention_levels:
+                layers.append(st(ch))
+            blocks.append(nn.ModuleList(layers))
+            chans.append(ch)
+            downs.append(ds)
+        if level != len(channel_mult) - 1:
+            blocks.append(nn.ModuleList([Downsample(ch)]))
+            ds *= 2
+            chans.append(ch)
+            downs.append(ds)
+    middle = nn.ModuleList([ResBlock(ch, ch, emb_dim, groups), st(ch), ResBlock(ch, ch, emb_dim, groups)])
+    return nn.ModuleList(blocks), middle, chans, downs
 
+
+class TinyUNet(nn.Module):
+    """SD1.5-shaped EPS UNet (ComfyUI ``UNetModel`` layout), small by default.
+
+    Default (``channel_mult=(1, 2)``, ``num_res_blocks=1``, ``attention_levels=(1,)``,
+    ``up_attention_levels=(0, 1)``), c = model_channels:
     input:  0 conv_in | 1 Res(c) | 2 Down | 3 Res(c->2c) + Transformer
     middle: Res(2c) + Transformer + Res(2c)
     output: 0 Res(4c->2c) + T | 1 Res(3c->2c) + T + Up | 2 Res(3c->c) + T | 3 Res(2c->c) + T
-    Attention (attn1 + attn2) at ("input", 3), ("middle", 0) and every ("output", i).
+    i.e. attention (attn1 + attn2) at ("input", 3), ("middle", 0) and every ("output", i).
+    ``sd15_config()`` gives SD1.5's sizes (320 channels, (1, 2, 4, 4), 2 res blocks, attention at levels
+    0-2: "output" 3..11, context 768, 8 heads). ``dim_head=None`` means ``channels // heads`` (SD1.5).
     ``forward(x, timesteps, context, control=None, transformer_options={})`` returns eps ``(B, C, h, w)``.
     """
 
     def __init__(self, in_channels: int = 4, model_channels: int = 32, context_dim: int = 32, heads: int = 2,
-                 dim_head: int = 16, groups: int = 8, out_scale: float = 1.0, time_scale: float = 1.0,
-                 in_scale: float = 1.0):
+                 dim_head: int | None = 16, groups: int = 8, out_scale: float = 1.0, time_scale: float = 1.0,
+                 in_scale: float = 1.0, channel_mult=(1, 2), num_res_blocks: int = 1, attention_levels=(1,),
+                 up_attention_levels=(0, 1), ff_mult: int = 2):
         super().__init__()
         c = model_channels
         self.time_scale = time_scale
@@ -247,32 +291,47 @@ class TinyUNet(nn.Module):
         self.in_channels = in_channels
         self.model_channels = c
         self.context_dim = context_dim
-        emb_dim = 2 * c
+        self.config = dict(model_channels=c, context_dim=context_dim, heads=heads, dim_head=dim_head,
+                           groups=groups, channel_mult=tuple(channel_mult), num_res_blocks=num_res_blocks,
+                           attention_levels=tuple(attention_levels), ff_mult=ff_mult)
+        emb_dim = 4 * c if c >= 64 else 2 * c
         self.time_embed = nn.Sequential(nn.Linear(c, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
         def st(ch):
-            return SpatialTransformer(ch, heads, dim_head, context_dim, groups)
+            return SpatialTransformer(ch, heads, dim_head or ch // heads, context_dim, groups, ff_mult)
 
-        self.input_blocks = nn.ModuleList([
-            nn.ModuleList([nn.Conv2d(in_channels, c, 3, padding=1)]),
-            nn.ModuleList([ResBlock(c, c, emb_dim, groups)]),
-            nn.ModuleList([Downsample(c)]),
-            nn.ModuleList([ResBlock(c, 2 * c, emb_dim, groups), st(2 * c)]),
-        ])
-        self.middle_block = nn.ModuleList([ResBlock(2 * c, 2 * c, emb_dim, groups), st(2 * c),
-                                           ResBlock(2 * c, 2 * c, emb_dim, groups)])
-        self.output_blocks = nn.ModuleList([
-            nn.ModuleList([ResBlock(4 * c, 2 * c, emb_dim, groups), st(2 * c)]),
-            nn.ModuleList([ResBlock(3 * c, 2 * c, emb_dim, groups), st(2 * c), Upsample(2 * c)]),
-            nn.ModuleList([ResBlock(3 * c, c, emb_dim, groups), st(c)]),
-            nn.ModuleList([ResBlock(2 * c, c, emb_dim, groups), st(c)]),
-        ])
-        self.out = nn.Sequential(nn.GroupNorm(groups, c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
+        self.input_blocks, self.middle_block, chans, downs = _build_encoder(
+            c, in_channels, channel_mult, num_res_blocks, attention_levels, emb_dim, groups, st)
+        self.skip_channels = list(chans)
+        self.skip_downsampling = list(downs)
+        self.emb_dim = emb_dim
+        ch = chans[-1]
+        self.middle_channels = ch
+        out = []
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(num_res_blocks + 1):
+                layers = [ResBlock(ch + chans.pop(), mult * c, emb_dim, groups)]
+                ch = mult * c
+                if level in up_attention_levels:
+                    layers.append(st(ch))
+                if level and i == num_res_blocks:
+                    layers.append(Upsample(ch))
+                out.append(nn.ModuleList(layers))
+        self.output_blocks = nn.ModuleList(out)
+        self.out = nn.Sequential(nn.GroupNorm(groups, ch), nn.SiLU(), nn.Conv2d(ch, in_channels, 3, padding=1))
         with torch.no_grad():
             self.out[-1].weight.mul_(out_scale)
             self.out[-1].bias.mul_(out_scale)
-        self.skip_channels = [c, c, c, 2 * c]  # channels of hs[0..3]
-        self.skip_downsampled = [False, False, True, True]
+
+    def attention_blocks(self) -> list[tuple[str, int]]:
+        """Every (block_name, block_id) holding a transformer block, in ComfyUI naming."""
+        found = []
+        for name, blocks in (("input", self.input_blocks), ("middle", [self.middle_block]),
+                             ("output", self.output_blocks)):
+            for i, layers in enumerate(blocks):
+                if any(isinstance(m, SpatialTransformer) for m in layers):
+                    found.append((name, i))
+        return found
 
     def forward(self, x, timesteps, context, control=None, transformer_options=None):
         transformer_options = {} if transformer_options is None else transformer_options
@@ -301,44 +360,77 @@ class TinyUNet(nn.Module):
         return self.out(h)
 
 
-class TinyPoseControl(nn.Module):
-    """ControlNet-style pose branch: encodes the hint (B, 3, 8h, 8w) at latent resolution, adds it to a small
-    input path run on x (and the timestep), and returns residuals ``{"output": [r0..r3], "middle": [rm]}`` (ComfyUI's control
-    dict; the UNet pops from the end, so r3 goes with the deepest skip)."""
+def sd15_config() -> dict:
+    """TinyUNet keyword arguments for SD1.5's UNet sizes (about 860M parameters with random weights)."""
+    return dict(model_channels=320, context_dim=768, heads=8, dim_head=None, groups=32, channel_mult=(1, 2, 4, 4),
+                num_res_blocks=2, attention_levels=(0, 1, 2), up_attention_levels=(0, 1, 2), ff_mult=4)
 
-    def __init__(self, unet: TinyUNet, hint_channels: int = 3, scale: float = 1.0):
+
+class TinyPoseControl(nn.Module):
+    """ControlNet-style pose branch returning ComfyUI's control dict ``{"output": [...], "middle": [...]}``
+    (one residual per skip connection, popped from the end by the UNet, plus one for the middle block).
+
+    ``full_copy=False`` (tests): the hint (B, 3, 8h, 8w) is area-pooled to the latent grid and encoded, added
+    to a small input path on x (and the timestep), and pooled / 1x1-projected ("zero convs") to every skip.
+    ``full_copy=True`` (SD1.5-size benchmarks): a ControlNet proper — a copy of the UNet's input and middle
+    blocks (own random weights, no transformer patches, as ComfyUI runs a ControlNet) with the encoded hint
+    added after conv_in, and a zero conv per block.
+    """
+
+    def __init__(self, unet: TinyUNet, hint_channels: int = 3, scale: float = 1.0, full_copy: bool = False):
         super().__init__()
         c = unet.model_channels
-        emb_dim = 2 * c
-        groups = unet.input_blocks[1][0].in_layers[0].num_groups
+        cfg = unet.config
+        groups = cfg["groups"]
+        emb_dim = unet.emb_dim
         self.model_channels = c
         self.time_scale = unet.time_scale
         self.in_scale = unet.in_scale
+        self.full_copy = full_copy
+        self.skip_downsampling = unet.skip_downsampling
         self.time_embed = nn.Sequential(nn.Linear(c, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.hint_block = nn.Sequential(nn.Conv2d(hint_channels, c, 3, padding=1), nn.SiLU(),
                                         nn.Conv2d(c, c, 3, padding=1))
-        self.conv_in = nn.Conv2d(unet.in_channels, c, 3, padding=1)
-        self.res1 = ResBlock(c, c, emb_dim, groups)
-        self.down = Downsample(c)
-        self.to_deep = nn.Conv2d(c, 2 * c, 1)
-        self.zero_convs = nn.ModuleList([nn.Conv2d(ch, ch, 1) for ch in unet.skip_channels])
-        self.middle_out = nn.Conv2d(2 * c, 2 * c, 1)
+        if full_copy:
+            def st(ch):
+                return SpatialTransformer(ch, cfg["heads"], cfg["dim_head"] or ch // cfg["heads"],
+                                          cfg["context_dim"], groups, cfg["ff_mult"])
+
+            self.input_blocks, self.middle_block, chans, _ = _build_encoder(
+                c, unet.in_channels, cfg["channel_mult"], cfg["num_res_blocks"], cfg["attention_levels"], emb_dim,
+                groups, st)
+            self.zero_convs = nn.ModuleList([nn.Conv2d(ch, ch, 1) for ch in chans])
+        else:
+            self.conv_in = nn.Conv2d(unet.in_channels, c, 3, padding=1)
+            self.res1 = ResBlock(c, c, emb_dim, groups)
+            self.zero_convs = nn.ModuleList([nn.Conv2d(c, ch, 1) for ch in unet.skip_channels])
+        self.middle_out = nn.Conv2d(unet.middle_channels if full_copy else c, unet.middle_channels, 1)
         with torch.no_grad():
             for conv in list(self.zero_convs) + [self.middle_out]:
                 conv.weight.mul_(scale)
                 conv.bias.mul_(scale)
 
-    def forward(self, x, hint, timesteps):
+    def forward(self, x, hint, timesteps, context=None):
         emb = self.time_embed(timestep_embedding(timesteps * self.time_scale, self.model_channels).to(x.dtype))
         # The pose image (8x the latent size for SD1.5) is area-pooled to the latent grid, then encoded.
         g = self.hint_block(F.interpolate(hint, size=x.shape[-2:], mode="area"))
+        if self.full_copy:
+            outs = []
+            h = x * self.in_scale
+            for i, block in enumerate(self.input_blocks):
+                h = _run_block(block, h, emb, context, {})
+                if i == 0:
+                    h = h + g
+                outs.append(self.zero_convs[i](h))
+            h = _run_block(self.middle_block, h, emb, context, {})
+            return {"output": outs, "middle": [self.middle_out(h)]}
         h0 = self.conv_in(x * self.in_scale) + g
         h1 = self.res1(h0, emb)
-        h2 = self.down(h1)
-        h3 = F.silu(self.to_deep(h2))
-        outs = [zc(h) for zc, h in zip(self.zero_convs, (h0, h1, h2, h3))]
-        hm = h3
-        return {"output": outs, "middle": [self.middle_out(hm)]}
+        outs = []
+        for zc, ds in zip(self.zero_convs, self.skip_downsampling):
+            outs.append(zc(F.avg_pool2d(h1, ds) if ds > 1 else h1))
+        deepest = max(self.skip_downsampling)
+        return {"output": outs, "middle": [self.middle_out(F.avg_pool2d(h1, deepest) if deepest > 1 else h1)]}
 
 
 def _merge_options(own: dict, engine: dict) -> dict:
@@ -406,7 +498,7 @@ class TinyDenoiser:
         t = self.timestep(sigma)
         control = None
         if hint is not None and self.control is not None:
-            control = self.control(x_in, hint.to(x.dtype), t)
+            control = self.control(x_in, hint.to(x.dtype), t, context)
         eps = self.unet(x_in, t, context, control=control, transformer_options=to)
         if self.prior:
             eps = eps + x_in * (s * (s * s + 1.0).rsqrt())
@@ -424,10 +516,10 @@ class TinyDenoiser:
 
 
 def make_tiny_denoiser(seed: int = 0, model_channels: int = 16, context_dim: int = 32, heads: int = 2,
-                       dim_head: int = 8, groups: int = 4, out_scale: float = 0.3, time_scale: float = 1.0,
+                       dim_head: int | None = 8, groups: int = 4, out_scale: float = 0.3, time_scale: float = 1.0,
                        in_scale: float = 0.001, control_scale: float = 1.0, prior: bool = False,
-                       with_control: bool = True, dtype: torch.dtype = torch.float32,
-                       device: str | torch.device = "cpu") -> TinyDenoiser:
+                       with_control: bool = True, full_control: bool = False, dtype: torch.dtype = torch.float32,
+                       device: str | torch.device = "cpu", **unet_kwargs) -> TinyDenoiser:
     """A seeded ``TinyDenoiser`` (random init, eval mode, no grad on weights).
 
     The defaults make a random network behave like a smooth, well-conditioned denoiser so that the engine's
@@ -436,12 +528,15 @@ def make_tiny_denoiser(seed: int = 0, model_channels: int = 16, context_dim: int
     reconstruction error is ~3e-4), ``out_scale`` (0.3) scales the eps head, while the text context and the
     pose hint keep a strong influence (CFG 7.5 on a plain inversion moves the reconstruction by O(1)).
     ``prior=True`` adds the Gaussian-data term ``eps += x_in * sigma / sqrt(1 + sigma**2)``.
+    ``unet_kwargs`` go to ``TinyUNet`` (``channel_mult``, ``num_res_blocks``, ...); for SD1.5 sizes use
+    ``make_tiny_denoiser(**sd15_config(), full_control=True, ...)`` (random weights; timing / memory only).
     """
     gen_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        unet = TinyUNet(4, model_channels, context_dim, heads, dim_head, groups, out_scale, time_scale, in_scale)
-        control = TinyPoseControl(unet, scale=control_scale) if with_control else None
+        unet = TinyUNet(4, model_channels, context_dim, heads, dim_head, groups, out_scale, time_scale, in_scale,
+                        **unet_kwargs)
+        control = TinyPoseControl(unet, scale=control_scale, full_copy=full_control) if with_control else None
     finally:
         torch.random.set_rng_state(gen_state)
     for m in (unet, control):

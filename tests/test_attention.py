@@ -365,3 +365,36 @@ def test_install_patches_on_blocks_with_attention():
     m = _FakePatcher(unet)
     install_patches(m, dca=DCAPatch(blocks=[("output", 2, 0), ("input", 1)]))
     assert m.set == [("attn1", "input", 1, None), ("attn1", "output", 2, 0)]
+
+
+def test_patch_bad_arguments():
+    with pytest.raises(ValueError, match="^masks: .*0, 1"):
+        DCAPatch(masks=torch.full((2, 4, 4), 2.0))
+    with pytest.raises(ValueError, match="^masks: "):
+        DCAPatch(masks=torch.ones(2, 2, 4, 4))
+    with pytest.raises(ValueError, match="^weights: "):
+        DCAPatch(weights=(1, 1, 1))
+
+
+def test_patch_masks_not_covering_frames_warn_and_run_unmasked(caplog):
+    q, k, v = _qkv(frames=4)
+    patch = DCAPatch(masks=_blob_masks(2, 6, 8))  # masks for 2 frames, chunk of 4
+    with caplog.at_level(logging.WARNING, logger="attention.patch"):
+        out = patch(q, k, v, _opts([0]))
+        patch(q, k, v, _opts([0]))
+    assert _rel(out, reference(q, k, v, HEADS)) < 1e-5
+    assert len([r for r in caplog.records if "without masks" in r.message]) == 1
+
+
+def test_patch_gradients_flow_through_windows_and_masks():
+    """pacm optimises embeddings through the UNet: the patch must stay differentiable, kv_carry included."""
+    q, k, v = (t.double().requires_grad_() for t in _qkv(frames=4, tokens=12, channels=8))
+    masks = (torch.arange(48).reshape(4, 3, 4) % 3 == 0).double()
+    patch = DCAPatch(masks=masks)
+    carry = {}
+    outs = [patch(q[w], k[w], v[w], _opts([0], shape=(3, 4), heads=2, frame_ids=w, kv_carry=carry))
+            for w in ([0, 1], [2, 3])]
+    gq, gk = torch.autograd.grad(torch.cat(outs).square().sum(), (q, k))
+    ref = reference(q, k, v, 2, masks=masks.reshape(4, 12))
+    rq, rk = torch.autograd.grad(ref.square().sum(), (q, k))
+    assert torch.allclose(gq, rq, atol=1e-9) and torch.allclose(gk, rk, atol=1e-9)

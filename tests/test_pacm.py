@@ -160,22 +160,41 @@ def short_inversion(model, data):
     return pacm.pose_aware_inversion(model, inv)
 
 
-def test_batched_optimisation_equals_frame_by_frame(model, data, short_inversion):
-    targets = torch.cat([data["hint"][None], data["targets"]])     # frame 1 = source pose: stops early
+def _batched_vs_single(model, data, steps, frames, batch_size):
+    dt = model.dtype
+    inv = pacm.ddim_invert(model, data["latent"].to(dt), data["cond"].to(dt), data["hint"], steps=steps)
+    inv = pacm.pose_aware_inversion(model, inv)
+    targets = torch.cat([data["hint"][None], data["targets"]])[:frames]   # frame 1 = source pose: stops early
     kw = dict(inner_steps=5, early_stop=3e-6)
-    single = pacm.optimize_pose_embeddings(model, short_inversion, targets, batch_size=1, **kw)
-    batched = pacm.optimize_pose_embeddings(model, short_inversion, targets, batch_size=3, **kw)   # [0-2], [3]
-    assert single.uncond.shape == (4, 8, L, D) and single.frames == 4
-    # Per-frame early stopping really differs between frames, so masking is exercised.
+    single = pacm.optimize_pose_embeddings(model, inv, targets, batch_size=1, **kw)
+    batched = pacm.optimize_pose_embeddings(model, inv, targets, batch_size=batch_size, **kw)
+    return inv, single, batched
+
+
+def test_batched_optimisation_equals_frame_by_frame(data):
+    """Exact up to rounding: checked in float64, where rounding cannot hide a real difference."""
+    model64 = make_tiny_denoiser(seed=0, dtype=torch.float64)
+    inv, single, batched = _batched_vs_single(model64, data, steps=5, frames=4, batch_size=3)   # [0-2], [3]
+    assert single.uncond.shape == (4, 5, L, D) and single.frames == 4 and single.uncond.dtype == torch.float64
+    # Per-frame early stopping really differs between frames, so the masking is exercised.
     assert torch.equal(single.inner_iters, batched.inner_iters)
     it = single.inner_iters
     assert int(it[0].sum()) < int(it[1:].sum(dim=1).min()), it
     assert bool((it == 5).any()) and bool((it < 5).any())
     err = rel(batched.uncond, single.uncond)
-    assert err < 1e-4, err
-    moved = rel(single.uncond, short_inversion.uncond[None].expand_as(single.uncond))
-    assert moved > 1e-4, "the optimisation must change the embeddings"
-    assert torch.allclose(batched.losses, single.losses, rtol=1e-3, atol=1e-9)
+    assert err < 1e-4 and err < 1e-9, err
+    moved = rel(single.uncond, inv.uncond[None].expand_as(single.uncond))
+    assert moved > 1e-3, "the optimisation must change the embeddings"
+    assert torch.allclose(batched.losses, single.losses, rtol=1e-6, atol=1e-12)
+
+
+def test_batched_optimisation_matches_in_float32(model, data):
+    """float32 rounding differs between batch sizes (and Adam's normalisation amplifies it for near-zero
+    gradients), so the float32 check is looser than the float64 one; ~5e-5 is typical."""
+    inv, single, batched = _batched_vs_single(model, data, steps=4, frames=3, batch_size=3)
+    assert torch.equal(single.inner_iters, batched.inner_iters)
+    err = rel(batched.uncond, single.uncond)
+    assert err < 1e-3, err
 
 
 def test_optimisation_keeps_frames_near_the_source_trajectory(model, data, short_inversion):
@@ -306,3 +325,48 @@ def test_tiny_denoiser_is_sigma_space_and_pose_sensitive(model, data):
     assert a.shape == x.shape
     assert rel(a, b) > 1e-3 and rel(a, c) > 1e-3
     assert model.timestep(torch.tensor([float(model.sigmas[500])])).item() == 500
+
+
+class InferenceHost:
+    """Like the host adapter: the stages run under torch.inference_mode() (as ComfyUI runs nodes) and
+    grad_context() leaves inference mode."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.device, self.dtype, self.sigmas = inner.device, inner.dtype, inner.sigmas
+        self.grad_calls = 0
+
+    def __call__(self, x, sigma, context, hint, transformer_options):
+        if torch.is_grad_enabled() and context.requires_grad:
+            assert not torch.is_inference_mode_enabled()
+            self.grad_calls += 1
+        return self.inner(x, sigma, context, hint, transformer_options)
+
+    def grad_context(self):
+        return torch.inference_mode(False)
+
+
+def test_stages_run_under_inference_mode(model, data):
+    def run(m):
+        inv = pacm.ddim_invert(m, data["latent"], data["cond"], data["hint"], steps=4)
+        inv = pacm.pose_aware_inversion(m, inv, inner_steps=2)
+        emb = pacm.optimize_pose_embeddings(m, inv, data["targets"][:2], inner_steps=2)
+        return inv, emb, pacm.sample_frames(m, inv, emb, window=2)
+
+    host = InferenceHost(model)
+    with torch.inference_mode():
+        got = run(host)
+    assert host.grad_calls > 0
+    ref = run(model)
+    assert torch.equal(got[0].uncond, ref[0].uncond) and torch.equal(got[1].uncond, ref[1].uncond)
+    assert torch.equal(got[2], ref[2])
+
+
+def test_batch_size_from_probe():
+    from pacm.engine import batch_size_from_probe
+    mib = 2 ** 20
+    # 100 MiB one-off (e.g. weight copies) + 10 MiB per frame; 1 GiB free -> (0.8 GiB - 100 MiB) / 10 MiB
+    assert batch_size_from_probe(1000, 110 * mib, 120 * mib, 1024 * mib) == int((0.8 * 1024 - 100) // 10)
+    assert batch_size_from_probe(16, 110 * mib, 120 * mib, 1024 * mib) == 16
+    assert batch_size_from_probe(16, 110 * mib, 120 * mib, 10 * mib) == 1
+    assert batch_size_from_probe(16, 10 * mib, 10 * mib, 45 * mib) == 3     # no marginal cost seen: use peak_one

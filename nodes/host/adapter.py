@@ -214,7 +214,9 @@ class ComfyDenoiser:
         self.percent_range = (float(start_percent), float(end_percent))
         self.device = model.load_device
         self.dtype = torch.float32
-        self.sigmas = plain(self.model.model_sampling.sigmas.detach().float().cpu())
+        # as ComfyUI's samplers: the MODEL's object patches (e.g. 'ModelSamplingDiscrete') apply
+        self.model_sampling = model.get_model_object("model_sampling")
+        self.sigmas = plain(self.model_sampling.sigmas.detach().float().cpu())
         self._grad_depth = 0
         self._loaded = False
         self._grad_weights: dict = {}
@@ -247,6 +249,12 @@ class ComfyDenoiser:
             yield self
         finally:
             self.release_grad_weights()
+
+    def prepare_grad_weights(self) -> None:
+        """Make the private weight copies now (kept until the session ends), e.g. before pacm measures the
+        memory one frame costs, so that the one-off copy is not counted per frame."""
+        with self.grad_context():
+            pass
 
     def release_grad_weights(self) -> None:
         """Free the private weight copies kept between ``grad_context`` entries."""
@@ -327,8 +335,8 @@ class ComfyDenoiser:
             head = c
         if head is None:
             return None
-        model = self.model
-        head.pre_run(model, lambda p: model.model_sampling.percent_to_sigma(p))
+        ms = self.model_sampling
+        head.pre_run(self.model, lambda p: ms.percent_to_sigma(p))
         try:
             return head.get_control(x, sigma, {"c_crossattn": context}, n_chunks, transformer_options)
         finally:

@@ -352,3 +352,76 @@ def test_controlnet_on_the_conditioning_is_chained_like_comfyui():
 
     with pytest.raises(ValueError, match=r"^positive: the ControlNet applied to this conditioning has 3 images"):
         den(x, sigma, ctx.expand(2, -1, -1), hint, {"poseanimate": {"frame_ids": [2, 3]}})
+
+
+def test_failure_while_copying_weights_restores_the_ones_already_swapped():
+    patcher, cnet = build_tiny_sd15()
+    den = ComfyDenoiser(patcher, cnet)
+    snap = _snapshot(patcher.model)
+
+    class FailingCache(dict):
+        def __setitem__(self, key, value):
+            if len(self) >= 10:
+                raise MemoryError("out of memory while copying weights")
+            super().__setitem__(key, value)
+
+    den._grad_weights = FailingCache()
+    with pytest.raises(MemoryError):
+        with den.grad_context():
+            pass
+    _assert_same(patcher.model, snap)
+    assert den._grad_depth == 0
+
+
+def test_manual_cast_model_computes_in_its_cast_dtype_with_grads():
+    """bf16 weights computed in float32 per layer (comfy.ops.manual_cast), as ComfyUI runs such checkpoints."""
+    patcher, cnet = build_tiny_sd15(dtype=torch.bfloat16, manual_cast_dtype=torch.float32)
+    assert patcher.model.manual_cast_dtype == torch.float32
+    assert patcher.model.diffusion_model.out[2].weight.dtype == torch.bfloat16
+    x0, eps, ctx, hint = _inputs(n=1)
+    den = ComfyDenoiser(patcher, cnet)
+    seen = []
+    patcher.set_model_output_block_patch(lambda h, hsp, to: (seen.append(h.dtype), (h, hsp))[1])
+    sigma = den.sigmas[[300]]
+    ref = den(x0 + sigma * eps, sigma, ctx, hint)
+    assert seen and all(d == torch.float32 for d in seen)
+    with den.grad_context():
+        emb = ctx.clone().requires_grad_(True)
+        out = den(x0 + sigma * eps, sigma, emb, hint)
+        assert torch.equal(out.detach(), ref)
+        out.sum().backward()
+    assert emb.grad is not None and torch.isfinite(emb.grad).all() and emb.grad.abs().sum() > 0
+    assert patcher.model.diffusion_model.out[2].weight.is_inference()
+
+
+def test_model_sampling_object_patch_is_honoured():
+    """A 'ModelSamplingDiscrete'-style object patch on the MODEL changes the sigma table the engine sees."""
+    import comfy.model_sampling
+
+    patcher, cnet = build_tiny_sd15()
+
+    class Sampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
+        pass
+
+    ms = Sampling(patcher.model.model_config, zsnr=True)
+    m = patcher.clone()
+    m.add_object_patch("model_sampling", ms)
+    den = ComfyDenoiser(m, cnet)
+    assert torch.equal(den.sigmas, ms.sigmas.float())
+    assert not torch.equal(den.sigmas, ComfyDenoiser(patcher, cnet).sigmas)
+    x0, eps, ctx, hint = _inputs(n=1)
+    sigma = den.sigmas[[500]]
+    assert torch.isfinite(den(x0 + sigma * eps, sigma, ctx, hint)).all()
+
+
+def test_prepare_grad_weights_makes_the_copies_once():
+    patcher, cnet = build_tiny_sd15()
+    den = ComfyDenoiser(patcher, cnet)
+    w = patcher.model.diffusion_model.out[2]
+    with den.session():
+        den.prepare_grad_weights()
+        copies = dict(den._grad_weights)
+        assert copies and w.weight.is_inference()
+        with den.grad_context():
+            assert any(w.weight is c for _, c in copies.values())
+    assert not den._grad_weights

@@ -106,8 +106,8 @@ def test_every_stage_runs_and_shared_model_is_unchanged():
         comfy.utils.set_progress_bar_global_hook(old)
     out = frames["samples"]
     assert out.shape == (3, 4, 8, 8) and torch.isfinite(out).all()
-    assert _rel(out[0], rec["samples"][0]) < 1e-5      # frame 0 = the reconstruction (batching rounding only)
-    assert _rel(windowed["samples"], out) < 1e-5
+    assert _rel(out[0], rec["samples"][0]) < 1e-4      # frame 0 = the reconstruction (batching rounding only)
+    assert _rel(windowed["samples"], out) < 1e-4
     assert [0, 1, 2] in seen and [0, 1] in seen and [2] in seen             # the patch ran, windows in order
     assert bars and all(0 < v <= t for v, t in bars) and (STEPS, STEPS) in bars
 
@@ -215,4 +215,28 @@ def test_second_controlnet_on_the_positive_conditioning_is_used_by_every_stage()
     assert not torch.allclose(rec["samples"], rec0["samples"])
     (emb,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, remix, poses, 1, 0)
     (frames,) = PoseAnimateSampleFrames().sample(patcher, cnet, remix, emb, 0)
-    assert _rel(frames["samples"][0], rec["samples"][0]) < 1e-5
+    assert _rel(frames["samples"][0], rec["samples"][0]) < 1e-4
+
+
+def test_sample_frames_with_the_real_dca_patch_windows_match_and_frame0_is_the_source():
+    from poseanimate.attention import DCAPatch, install_patches
+
+    patcher, cnet = build_tiny_sd15()
+    latent, positive, poses = _scene(n_targets=3)
+    inv, rec = _invert(patcher, cnet, latent, positive, poses, inner=1)
+    (emb,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, positive, poses, 1, 0)
+    snap = _snapshot(patcher.model)
+    dca_model = patcher.clone()
+    dca = DCAPatch()
+    assert install_patches(dca_model, dca=dca)
+    node = PoseAnimateSampleFrames()
+    (whole,) = node.sample(dca_model, cnet, positive, emb, 0)
+    (windows,) = node.sample(dca_model, cnet, positive, emb, 2)
+    (masked,) = node.sample(dca_model, cnet, positive, emb, 3, masks=torch.ones(4, 8, 8))
+    (plain,) = node.sample(patcher, cnet, positive, emb, 0)
+    assert dca.applied and all(n > 0 for n in dca.applied.values())
+    assert _rel(windows["samples"], whole["samples"]) < 1e-4
+    assert _rel(whole["samples"][0], rec["samples"][0]) < 1e-4
+    assert _rel(whole["samples"], plain["samples"]) > 1e-4  # cross-frame attention changed frames 1..N
+    assert masked["samples"].shape == (4, 4, 8, 8) and torch.isfinite(masked["samples"]).all()
+    _assert_same(patcher.model, snap)

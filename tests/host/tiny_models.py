@@ -26,8 +26,11 @@ def init_weights_(module: torch.nn.Module, seed: int = 0) -> None:
                     p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
 
 
-def build_tiny_sd15(seed: int = 0, dtype: torch.dtype = torch.float32):
-    """Return (ModelPatcher, comfy.controlnet.ControlNet) for a tiny SD1.5-shaped UNet and ControlNet."""
+def build_tiny_sd15(seed: int = 0, dtype: torch.dtype = torch.float32, manual_cast_dtype=None):
+    """Return (ModelPatcher, comfy.controlnet.ControlNet) for a tiny SD1.5-shaped UNet and ControlNet.
+
+    ``dtype`` is the UNet's weight dtype; ``manual_cast_dtype`` the compute dtype ComfyUI casts weights to
+    per layer (as for fp8/bf16 checkpoints on devices that compute in another dtype)."""
     import comfy.cldm.cldm
     import comfy.controlnet
     import comfy.model_management as mm
@@ -36,7 +39,7 @@ def build_tiny_sd15(seed: int = 0, dtype: torch.dtype = torch.float32):
     import comfy.supported_models
 
     cfg = comfy.supported_models.SD15(dict(TINY_UNET))
-    cfg.set_inference_dtype(dtype, None)
+    cfg.set_inference_dtype(dtype, manual_cast_dtype)
     cfg.unet_config["dtype"] = dtype
     model = cfg.get_model({}, "", device=torch.device("cpu"))
     init_weights_(model.diffusion_model, seed)
