@@ -23,11 +23,20 @@ def input_error(node: str, input_name: str, problem: str, fix: str) -> PoseAnima
 
 
 @contextlib.contextmanager
-def node_errors(node: str):
-    """Re-raise ``ValueError`` from the pure layers with the node's display name in front."""
+def node_errors(node: str, inputs: dict[str, str] | None = None):
+    """Re-raise ``ValueError`` from the pure layers with the node's display name in front.
+
+    ``inputs`` maps a pure-layer argument name to the node input it comes from: a message that begins with
+    ``"<argument>: "`` then begins with ``"input '<node input>': "``.
+    """
     try:
         yield
     except PoseAnimateError:
         raise
     except ValueError as exc:
-        raise PoseAnimateError(f"{node}: {exc}") from None
+        message = str(exc)
+        for argument, input_name in (inputs or {}).items():
+            if message.startswith(f"{argument}: "):
+                message = f"input '{input_name}': " + message[len(argument) + 2:]
+                break
+        raise PoseAnimateError(f"{node}: {message}") from None

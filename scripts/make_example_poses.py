@@ -1,0 +1,155 @@
+"""Generate the bundled example pose sequences in examples/poses/ (deterministic, no randomness).
+
+    python scripts/make_example_poses.py [--out examples/poses]
+
+A small 3-D stick figure is posed by joint angles per frame, turned about the vertical axis and
+projected orthographically to an OpenPose 18-keypoint body, then written as POSE_KEYPOINT JSON in
+pixel coordinates (as the DWPose estimator writes it). Files: wave, walk, turn, dance (sequences) and
+character (a single source pose with other proportions, on another canvas, for trying PATA out).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Body proportions in torso units (neck to mid-hip = 1).
+ADULT = {"upper_arm": 0.55, "forearm": 0.5, "thigh": 0.82, "shin": 0.8, "shoulder": 0.36, "hip": 0.18,
+         "neck_nose": 0.36}
+
+
+def _dir(abd: float, flex: float, side: int) -> np.ndarray:
+    """Unit limb direction: abd (deg) lifts sideways from hanging down, flex (deg) swings toward the viewer."""
+    a, f = math.radians(abd), math.radians(flex)
+    return np.array([side * math.sin(a) * math.cos(f), math.cos(a) * math.cos(f), math.sin(f)])
+
+
+def body3d(p: dict, prop: dict = ADULT) -> tuple[np.ndarray, np.ndarray]:
+    """3-D keypoints (18, 3) with y down and z toward the viewer, the body facing the viewer. ``p`` holds joint angles in degrees:
+    r/l_shoulder (abd, flex), r/l_elbow (abd, flex) for the forearm, r/l_hip, r/l_knee likewise,
+    head_yaw, lean (sideways, deg), and crouch (torso drop in torso units)."""
+    k = np.zeros((18, 3))
+    lean = math.radians(p.get("lean", 0.0))
+    up = np.array([math.sin(lean), -math.cos(lean), 0.0])  # from hips to neck
+    hip_c = np.array([0.0, 1.0 + p.get("crouch", 0.0), 0.0])
+    k[1] = hip_c + up  # neck
+    side_axis = np.array([math.cos(lean), math.sin(lean), 0.0])
+    for side, sh, el, wr, hp, kn, an, key in ((-1, 2, 3, 4, 8, 9, 10, "r"), (1, 5, 6, 7, 11, 12, 13, "l")):
+        k[sh] = k[1] + side * prop["shoulder"] * side_axis + np.array([0, 0.03, 0])
+        k[el] = k[sh] + prop["upper_arm"] * _dir(*p.get(f"{key}_shoulder", (12, 0)), side)
+        k[wr] = k[el] + prop["forearm"] * _dir(*p.get(f"{key}_elbow", (8, 10)), side)
+        k[hp] = hip_c + side * prop["hip"] * side_axis
+        k[kn] = k[hp] + prop["thigh"] * _dir(*p.get(f"{key}_hip", (3, 0)), side)
+        k[an] = k[kn] + prop["shin"] * _dir(*p.get(f"{key}_knee", (2, 0)), side)
+    yaw = math.radians(p.get("head_yaw", 0.0))
+    head = k[1] + up * prop["neck_nose"]
+    offsets = {0: (0.0, 0.0, 0.12), 14: (-0.08, -0.08, 0.1), 15: (0.08, -0.08, 0.1),
+               16: (-0.16, -0.02, -0.02), 17: (0.16, -0.02, -0.02)}
+    for j, (x, y, z) in offsets.items():
+        k[j] = head + np.array([x * math.cos(yaw) + z * math.sin(yaw), y, -x * math.sin(yaw) + z * math.cos(yaw)])
+    return k
+
+
+def project(k: np.ndarray, yaw: float, centre: tuple[float, float], px: float, offset=(0.0, 0.0)) -> np.ndarray:
+    """Turn the body by ``yaw`` degrees about the vertical through the mid-hip and project to pixels."""
+    a = math.radians(yaw)
+    c = k.copy()
+    hip = (k[8] + k[11]) / 2
+    c[:, 0] = (k[:, 0] - hip[0]) * math.cos(a) + (k[:, 2] - hip[2]) * math.sin(a)
+    c[:, 2] = -(k[:, 0] - hip[0]) * math.sin(a) + (k[:, 2] - hip[2]) * math.cos(a)
+    out = np.zeros((18, 3))
+    out[:, 0] = centre[0] + offset[0] + px * c[:, 0]
+    out[:, 1] = centre[1] + offset[1] + px * (k[:, 1] - 1.0)
+    out[:, 2] = 1.0
+    head = c[1]
+    # face points turned away from the viewer are not detected
+    for j in (0, 14, 15):
+        if c[j, 2] - head[2] < 0.0:
+            out[j] = 0.0
+    for j in (16, 17):
+        if c[j, 2] - head[2] < -0.12:
+            out[j] = 0.0
+    return out
+
+
+def wave(f: int, n: int):
+    t = 2 * math.pi * f / n
+    p = {"r_shoulder": (120, 10), "r_elbow": (160 + 25 * math.sin(2 * t), 10), "l_shoulder": (10, 5),
+         "l_elbow": (6, 15), "lean": 3 * math.sin(t), "head_yaw": 10 * math.sin(t)}
+    return p, 10.0, (0.0, 0.0)
+
+
+def walk(f: int, n: int):
+    t = 2 * math.pi * 2 * f / n  # two strides
+    s = math.sin(t)
+    p = {"r_hip": (2, 28 * s), "l_hip": (2, -28 * s),
+         "r_knee": (2, 28 * s - 25 * max(0.0, -math.cos(t))), "l_knee": (2, -28 * s - 25 * max(0.0, math.cos(t))),
+         "r_shoulder": (8, -22 * s), "l_shoulder": (8, 22 * s), "r_elbow": (6, -22 * s + 25), "l_elbow": (6, 22 * s + 25),
+         "crouch": 0.04 * abs(math.cos(t)), "head_yaw": 0.0}
+    return p, 70.0, (-90.0 + 180.0 * f / (n - 1), 0.0)
+
+
+def turn(f: int, n: int):
+    u = f / (n - 1)
+    yaw = 180.0 * (0.5 - 0.5 * math.cos(math.pi * u))
+    p = {"r_shoulder": (25, 0), "l_shoulder": (25, 0), "r_elbow": (30, 20), "l_elbow": (30, 20)}
+    return p, yaw, (0.0, 0.0)
+
+
+def dance(f: int, n: int):
+    t = 2 * math.pi * f / n
+    s, c = math.sin(2 * t), math.cos(2 * t)
+    p = {"r_shoulder": (95 + 60 * s, 0), "l_shoulder": (95 - 60 * s, 0),
+         "r_elbow": (140 + 40 * s, 15), "l_elbow": (140 - 40 * s, 15),
+         "r_hip": (12 + 6 * c, 10), "l_hip": (12 - 6 * c, 10), "r_knee": (4, -8), "l_knee": (4, -8),
+         "lean": 9 * math.sin(t), "crouch": 0.08 * (1 - c) / 2, "head_yaw": 15 * math.sin(t)}
+    return p, 25 * math.sin(t), (30 * math.sin(t), 0.0)
+
+
+SEQUENCES = {"wave": (wave, 32), "walk": (walk, 40), "turn": (turn, 24), "dance": (dance, 48)}
+CANVAS = (512, 768)
+
+
+def _frame(body: np.ndarray, width: int, height: int) -> dict:
+    flat = [round(float(v), 2) for v in body.reshape(-1)]
+    return {"people": [{"pose_keypoints_2d": flat, "face_keypoints_2d": None, "hand_left_keypoints_2d": None,
+                        "hand_right_keypoints_2d": None}], "canvas_width": width, "canvas_height": height}
+
+
+def make_sequence(name: str) -> list[dict]:
+    fn, n = SEQUENCES[name]
+    w, h = CANVAS
+    frames = []
+    for f in range(n):
+        p, yaw, off = fn(f, n)
+        frames.append(_frame(project(body3d(p), yaw, (w / 2, 0.48 * h), 0.26 * h, off), w, h))
+    return frames
+
+
+def make_character() -> list[dict]:
+    """One source pose: a shorter, long-legged character standing on a 640x640 canvas."""
+    prop = dict(ADULT, upper_arm=0.62, forearm=0.58, thigh=1.0, shin=0.95, shoulder=0.3, neck_nose=0.42)
+    p = {"r_shoulder": (20, 0), "l_shoulder": (35, 0), "r_elbow": (10, 10), "l_elbow": (70, 10)}
+    return [_frame(project(body3d(p, prop), 15.0, (330, 300), 150.0), 640, 640)]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "examples" / "poses"), help="output folder")
+    args = ap.parse_args(argv)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {name: make_sequence(name) for name in SEQUENCES}
+    files["character"] = make_character()
+    for name, frames in files.items():
+        (out / f"{name}.json").write_text(json.dumps(frames, separators=(",", ":")) + "\n")
+        print(f"{out / (name + '.json')}: {len(frames)} frames")
+
+
+if __name__ == "__main__":
+    main()
