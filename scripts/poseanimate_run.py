@@ -474,7 +474,7 @@ def wait_for(client: Client, prompt_id: str, graph: dict, timeout: float, poll: 
                 key = str(data.get("node"))
                 value, top = int(data.get("value", 0)), int(data["max"])
                 step = max(1, top // 10)
-                if value == top or value - shown.get(key, -step) >= step:
+                if value != shown.get(key) and (value == top or value - shown.get(key, -step) >= step):
                     shown[key] = value
                     log(f"[{now:6.1f}s]   {_node_label(graph, key)}: {value}/{top}")
                     last_print = now

@@ -10,7 +10,7 @@ CKPT = "v1-5-pruned-emaonly.safetensors"
 OPENPOSE = "control_v11p_sd15_openpose.pth"
 CANNY = "control_v11p_sd15_canny.pth"
 LORA = "your_style_lora.safetensors"
-POSE_FILE = "walk.json"
+POSE_FILE = "examples/walk.json"
 PROMPT = "a young woman in a red dress and white sneakers, full body, plain studio background, best quality"
 NEGATIVE = "blurry, deformed, extra limbs, bad anatomy, lowres, watermark"
 SUBJECT = "woman"
@@ -27,8 +27,13 @@ HOW_NOTE = """
 ### PoseAnimate — how to use
 1. **Source image**: one picture of the character (full body works best).
 2. **Prompt**: describe the picture; name the character with the word in **Subject** (mask extraction).
-3. **Pose sequence**: a pose file from `examples/poses/` or one you extracted.
-4. Queue. Frames land in `output/PoseAnimate/`, the video next to them.
+3. **Pose sequence**: a bundled example (`examples/...`) or a POSE_KEYPOINT / OpenPose JSON file you put in
+   ComfyUI's `input` folder.
+4. **Source pose**: found in your image by *Pose Extract*, which needs `pip install controlnet-aux` (weights
+   from `lllyasviel/Annotators`). Without it, use *DWPose Estimator* from comfyui_controlnet_aux and connect
+   its POSE_KEYPOINT to PATA Align's `source_pose`.
+5. Queue. Frames land in `output/PoseAnimate/`, the MP4 next to them. Frame 0 is the source, then the
+   transition frames, then the target poses.
 
 Pipeline (Zhu et al., IJCAI 2024): **PATA Align** fits the target poses to the source character →
 **Pose-Aware Inversion** inverts the source under its own pose → **Pose Embedding Optimize** tunes
@@ -49,7 +54,7 @@ def _loaders(g, lora=False):
 
 
 def _pipeline(g, *, steps, cfg, inner_inv, inner_opt, capture_steps, window, frames_per_batch, masks=True,
-              lora=False, fps=8.0, prefix="PoseAnimate"):
+              lora=False, fps=8.0, prefix="PoseAnimate", pose_file=POSE_FILE, transition_frames=8):
     """The paper's pipeline; returns a dict of the interesting node outputs."""
     model, clip, vae, cnet = _loaders(g, lora)
     image = g.node("LoadImage", title="Source image", image="example.png")
@@ -58,9 +63,12 @@ def _pipeline(g, *, steps, cfg, inner_inv, inner_opt, capture_steps, window, fra
     prompt = g.node("PrimitiveStringMultiline", title="Prompt", value=PROMPT)
     positive = g.node("CLIPTextEncode", title="Positive prompt", text=prompt.out(), clip=clip)
 
-    seq = g.node("PoseAnimateLoadPoseSequence", title="Pose sequence", **_pose_file_input(g))
-    align = g.node("PoseAnimatePATAAlign", title="PATA Align", **_pata_inputs(g, resized.out(), seq))
-    poses = align.out(_pata_pose_images(g))
+    seq = g.node("PoseAnimateLoadPoseSequence", title="Pose sequence", pose_file=pose_file)
+    source_pose = g.node("PoseAnimatePoseExtract", title="Source pose (OpenPose)", image=resized.out())
+    align = g.node("PoseAnimatePATAAlign", title="PATA Align", source_pose=source_pose.out("pose_keypoint"),
+                   target_pose=seq.out("pose"), transition_frames=transition_frames, mode="similarity",
+                   repair=True, width=0, height=0)
+    poses = align.out("pose_images")
 
     latent = g.node("VAEEncode", title="Encode source", pixels=resized.out(), vae=vae)
     inversion = g.node("PoseAnimatePoseAwareInversion", title="Pose-Aware Inversion", model=model,
@@ -94,37 +102,6 @@ def _save(g, images, fps, prefix):
            codec="h264")
 
 
-# ---- PATA wiring (input names read from the PATA nodes' INPUT_TYPES) -------------------------------------------
-
-
-def _pose_file_input(g) -> dict:
-    spec = g.specs["PoseAnimateLoadPoseSequence"]
-    names = [n for sec in ("required", "optional") for n in spec["input_order"].get(sec, [])]
-    for name in ("pose_file", "pose_path", "path", "file", "poses"):
-        if name in names:
-            return {name: POSE_FILE}
-    raise KeyError(f"PoseAnimateLoadPoseSequence has no pose file input among {names}")
-
-
-def _pata_inputs(g, source_image, seq) -> dict:
-    spec = g.specs["PoseAnimatePATAAlign"]
-    seq_spec = g.specs["PoseAnimateLoadPoseSequence"]
-    inputs = {}
-    for sec in ("required", "optional"):
-        for name, entry in spec["input"].get(sec, {}).items():
-            kind = entry[0]
-            if kind == "IMAGE" and sec == "required":
-                inputs[name] = source_image
-            elif isinstance(kind, str) and kind in seq_spec["output"] and name not in inputs:
-                inputs[name] = seq.out(seq_spec["output"].index(kind))
-    return inputs
-
-
-def _pata_pose_images(g) -> int:
-    spec = g.specs["PoseAnimatePATAAlign"]
-    return spec["output"].index("IMAGE")
-
-
 # ---- the workflows ---------------------------------------------------------------------------------------------
 
 
@@ -146,7 +123,7 @@ def full(g):
 
 def fast(g):
     p = _pipeline(g, steps=20, cfg=7.5, inner_inv=2, inner_opt=2, capture_steps=8, window=0, frames_per_batch=0,
-                  prefix="PoseAnimate/fast")
+                  prefix="PoseAnimate/fast", pose_file="examples/turn.json", transition_frames=4)
     _save(g, p["decoded"].out(), p["fps"], p["prefix"])
     g.note(HOW_NOTE, title="How to use")
     g.note("""
@@ -164,7 +141,7 @@ render the final take with the **full** workflow and the same seed-free settings
 
 def remix(g):
     p = _pipeline(g, steps=30, cfg=7.5, inner_inv=3, inner_opt=3, capture_steps=12, window=0, frames_per_batch=0,
-                  lora=True, prefix="PoseAnimate/remix")
+                  lora=True, prefix="PoseAnimate/remix", pose_file="examples/wave.json")
     vae, decoded = p["vae"], p["decoded"]
     edges = g.node("Canny", title="Canny of the frames", image=decoded.out(), low_threshold=0.3,
                    high_threshold=0.7)
@@ -202,7 +179,7 @@ def remix(g):
 
 def long(g):
     p = _pipeline(g, steps=50, cfg=7.5, inner_inv=5, inner_opt=5, capture_steps=0, window=8, frames_per_batch=8,
-                  prefix="PoseAnimate/long")
+                  prefix="PoseAnimate/long", pose_file="examples/dance.json")
     _save(g, p["decoded"].out(), 12.0, p["prefix"])
     g.note(HOW_NOTE, title="How to use")
     g.note("""

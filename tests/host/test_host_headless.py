@@ -85,10 +85,13 @@ def comfy_server(tmp_path_factory):
     write_tiny_controlnet(base / "models" / "controlnet" / "tiny-openpose.safetensors")
     port = _free_port()
     log = open(base / "server.log", "w")
+    env = dict(os.environ)  # Pose Extract's detector: the stand-in package (no weights can be downloaded here)
+    env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(__file__).resolve().parent / "fake_controlnet_aux")]
+                                        + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     proc = subprocess.Popen(
         [sys.executable, "-c", LAUNCHER, str(COMFY), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
          "--base-directory", str(base), "--disable-auto-launch", "--disable-metadata"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=str(COMFY))
+        stdout=log, stderr=subprocess.STDOUT, cwd=str(COMFY), env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
@@ -197,16 +200,16 @@ def test_headless_runs_bundled_full_workflow(comfy_server, tmp_path, capsys):
         "--set", "Load Checkpoint.ckpt_name=tiny-sd15.safetensors",
         "--set", "Load OpenPose ControlNet.control_net_name=tiny-openpose.safetensors",
         "--set", "Pose-Aware Inversion.steps=2", "--set", "Pose-Aware Inversion.inner_steps=1",
-        "--set", "Pose Embedding Optimize.inner_steps=1",
+        "--set", "Pose Embedding Optimize.inner_steps=1", "--set", "PATA Align.transition_frames=2",
         "--out", str(out), "--timeout", "500", "--poll", "0.5"], log=lines.append)
     assert code == 0, (lines, capsys.readouterr().err, (base / "server.log").read_text()[-4000:])
     manifest = json.loads((out / "poseanimate_run.json").read_text())
-    assert len(manifest["frames"]) >= 2 and len(manifest["videos"]) == 1
+    frames = 1 + 2 + len(json.loads(pose.read_text()))  # source + transition + targets
+    assert len(manifest["frames"]) == frames and len(manifest["videos"]) == 1
+    assert (base / "input" / "poseanimate" / pose.name).read_bytes() == pose.read_bytes()
+    assert any(x.endswith("(Pose-Aware Inversion): 2/2") for x in lines), lines  # live step progress
     assert all((out / f).is_file() for f in manifest["frames"] + manifest["videos"])
 
 
 def _bundled_pose_file() -> pathlib.Path:
-    files = sorted((ROOT / "examples" / "poses").glob("*.json"))
-    if not files:
-        pytest.fail("no bundled pose sequence in examples/poses (PATA branch not merged yet)")
-    return files[0]
+    return ROOT / "examples" / "poses" / "turn.json"

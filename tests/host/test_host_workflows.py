@@ -33,6 +33,12 @@ def runner(tmp_path_factory):
     from comfy_exec import ComfyRunner
     from tiny_checkpoint import write_tiny_checkpoint, write_tiny_controlnet
 
+    import sys
+
+    fake_aux = str(pathlib.Path(__file__).resolve().parent / "fake_controlnet_aux")
+    sys.path.insert(0, fake_aux)
+    for mod in [m for m in sys.modules if m == "controlnet_aux" or m.startswith("controlnet_aux.")]:
+        del sys.modules[mod]
     base = tmp_path_factory.mktemp("comfy_models")
     r = ComfyRunner(base)
     write_tiny_checkpoint(base / "checkpoints" / "tiny-sd15.safetensors")
@@ -42,6 +48,7 @@ def runner(tmp_path_factory):
     folder_paths.filename_list_cache.clear()
     yield r
     r.close()
+    sys.path.remove(fake_aux)
 
 
 def _dca_graph(batch=3):
@@ -144,7 +151,9 @@ def test_long_workflow_keeps_model_calls_flat_as_the_sequence_grows():
 SWAPPED = """What the host run swaps in workflow 'full' (everything else is the bundled API graph as is):
 model files -> tiny generated ones (tiny-sd15.safetensors: SD1.5-shaped 1-level UNet + real-architecture CLIP-L
 with random weights + TAESD VAE; tiny-openpose.safetensors: matching ControlNet); sizes -> 64x64; step counts
--> 2 DDIM steps and 1 inner iteration (CPU time)."""
+-> 2 DDIM steps and 1 inner iteration (CPU time); the OpenPose detector behind Pose Extract -> the stand-in
+package tests/host/fake_controlnet_aux (its weights cannot be downloaded here), which finds the pose of
+examples/poses/character.json in any non-flat image and nobody in a flat one."""
 
 
 def _tiny_api(name: str, ckpt: str = "tiny-sd15.safetensors") -> dict:
@@ -221,6 +230,22 @@ def test_full_workflow_refuses_a_model_that_is_not_sd15(runner):
     assert errors and "is not SD1.5-shaped" in errors[0] and "8 input channels" in errors[0], errors
 
 
+def test_full_workflow_no_person_in_the_source(runner):
+    """A source image where the detector finds nobody fails at PATA Align with its own message."""
+    from PIL import Image
+
+    graph = _tiny_api("full")
+    name = "flat-source.png"
+    Image.new("RGB", (96, 128), (128, 128, 128)).save(runner.base / "input" / name)
+    graph[_node_id(graph, "LoadImage")]["inputs"]["image"] = name
+    ok, _, messages, valid = runner.run(graph)
+    assert valid[0] and not ok
+    failed = [m[1] for m in messages if m[0] == "execution_error"]
+    assert failed and failed[0]["node_type"] == "PoseAnimatePATAAlign", failed
+    assert failed[0]["exception_message"].startswith("PATA Align: "), failed[0]["exception_message"]
+    assert "source_pose" in failed[0]["exception_message"], failed[0]["exception_message"]
+
+
 def test_full_workflow_mask_and_frame_counts_that_disagree(runner):
     """One mask for a whole sequence wired into Sample Frames fails with that node's own message."""
     graph = _tiny_api("full")
@@ -266,5 +291,9 @@ def test_every_api_twin_passes_comfyui_validation(runner, name):
 
 
 def _prepare_poses(runner, graph) -> int:
-    """Put the pose file the graph names where the pose loader finds it; return the number of target poses."""
-    pytest.fail("PATA pose nodes are not merged into this branch yet")
+    """The number N of target frames the graph makes (transition frames + poses in its pose file)."""
+    seq = graph[_node_id(graph, "PoseAnimateLoadPoseSequence")]["inputs"]["pose_file"]
+    assert seq.startswith("examples/"), seq
+    poses = json.loads((ROOT / "examples" / "poses" / seq[len("examples/"):]).read_text())
+    align = graph[_node_id(graph, "PoseAnimatePATAAlign")]["inputs"]
+    return int(align["transition_frames"]) + len(poses)
