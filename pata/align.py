@@ -61,17 +61,20 @@ def estimate_similarity(source, targets) -> tuple[float, np.ndarray]:
             "target: every target frame is empty (no person detected in any frame). Fix: check the target "
             "video or pose file and the pose detector's settings."
         )
-    lead = seq[filled[:N_ESTIMATE_FRAMES]]
-
     src_m = measures(src)
-    tgt_lists: dict[str, list[float]] = {}
-    for pose in lead:
-        for k, v in measures(pose).items():
-            tgt_lists.setdefault(k, []).append(v)
-    tgt_m = {k: float(np.median(v)) for k, v in tgt_lists.items()}
-    common = [k for k in src_m if k in tgt_m]
-    primary = [k for k in common if k in PRIMARY_MEASURES]
-    used = primary or common
+    # the first frames that show the person; all of them when those share no body length with the source
+    for lead_idx in (filled[:N_ESTIMATE_FRAMES], filled):
+        lead = seq[lead_idx]
+        tgt_lists: dict[str, list[float]] = {}
+        for pose in lead:
+            for k, v in measures(pose).items():
+                tgt_lists.setdefault(k, []).append(v)
+        tgt_m = {k: float(np.median(v)) for k, v in tgt_lists.items()}
+        common = [k for k in src_m if k in tgt_m]
+        primary = [k for k in common if k in PRIMARY_MEASURES]
+        used = primary or common
+        if used:
+            break
     if not used:
         raise ValueError(
             "source: cannot compare body sizes: the source and the first target frames share no measurable "

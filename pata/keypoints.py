@@ -15,6 +15,8 @@ logger = logging.getLogger(__name__)
 PART_KEYS = {"face": "face_keypoints_2d", "hand_left": "hand_left_keypoints_2d",
              "hand_right": "hand_right_keypoints_2d"}
 DEFAULT_CANVAS = 512
+# OpenPose's BODY_25 (the OpenPose binary's default output) -> COCO-18: drop mid-hip (8) and the feet (19-24).
+BODY25_TO_COCO18 = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
 
 
 def _points(flat, name: str, where: str, expected: int | None = None) -> np.ndarray | None:
@@ -28,9 +30,11 @@ def _points(flat, name: str, where: str, expected: int | None = None) -> np.ndar
         raise ValueError(f"{name}: {where} has {arr.size} numbers, not a multiple of 3 (x, y, confidence). "
                          "Fix: give each keypoint as x, y, confidence.")
     pts = arr.reshape(-1, 3)
+    if expected == N_BODY and len(pts) == 25:
+        pts = pts[list(BODY25_TO_COCO18)]
     if expected is not None and len(pts) != expected:
         raise ValueError(f"{name}: {where} has {len(pts)} keypoints, expected {expected} (OpenPose body). "
-                         "Fix: use the 18-keypoint OpenPose/DWPose body format (COCO-18).")
+                         "Fix: use the 18-keypoint OpenPose/DWPose body format (COCO-18) or OpenPose BODY_25.")
     if not np.isfinite(pts).all():
         k = int(np.argwhere(~np.isfinite(pts))[0][0])
         label = f" ({KEYPOINT_NAMES[k]})" if expected == N_BODY else ""
@@ -70,13 +74,16 @@ def _canvas(frame: dict, name: str, i: int) -> tuple[float, float] | None:
     return w, h
 
 
-def _person_box(body: np.ndarray) -> tuple[np.ndarray, float, float] | None:
-    ok = body[:, 2] > 0
-    if not ok.any():
+def _person_box(body: np.ndarray, parts: dict | None = None) -> tuple[np.ndarray, float, float] | None:
+    """Centre, box area and mean confidence of a person's body keypoints (of its hands/face without a body)."""
+    pts = body[body[:, 2] > 0]
+    if not len(pts) and parts:
+        found = [a[a[:, 2] > 0] for a in parts.values() if a is not None]
+        pts = np.concatenate(found) if found else pts
+    if not len(pts):
         return None
-    pts = body[ok, :2]
-    size = float(np.prod(pts.max(0) - pts.min(0)))
-    return pts.mean(0), size, float(body[ok, 2].mean())
+    size = float(np.prod(pts[:, :2].max(0) - pts[:, :2].min(0)))
+    return pts[:, :2].mean(0), size, float(pts[:, 2].mean())
 
 
 def from_pose_keypoint(data, name: str = "data", with_parts: bool = False):
@@ -101,8 +108,8 @@ def from_pose_keypoint(data, name: str = "data", with_parts: bool = False):
             if not isinstance(person, dict):
                 continue
             body = _points(person.get("pose_keypoints_2d"), name, f"frame {i} person {p} pose_keypoints_2d", N_BODY)
-            if body is None:
-                continue
+            if body is None:  # no body keypoints: the person may still carry hands or a face
+                body = np.zeros((N_BODY, 3))
             parts = {k: _points(person.get(v), name, f"frame {i} person {p} {v}",
                                 N_HAND if k.startswith("hand") else None) for k, v in PART_KEYS.items()}
             cands.append((body, parts))
@@ -134,7 +141,7 @@ def from_pose_keypoint(data, name: str = "data", with_parts: bool = False):
     for i, cands in enumerate(people):
         if not cands:
             continue
-        boxes = [_person_box(b) for b, _ in cands]
+        boxes = [_person_box(b, parts) for b, parts in cands]
         valid = [k for k, b in enumerate(boxes) if b is not None]
         if not valid:
             continue

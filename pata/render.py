@@ -22,9 +22,12 @@ COLORS = (
 )
 STICK_WIDTH = 4
 JOINT_RADIUS = 4
+MAX_COORD = 1e6  # coordinates are clipped to +-this many pixels before drawing
 LIMB_DIM = 0.6  # limbs are drawn at colour x 0.6, joints at full colour
-# As in controlnet_aux, limbs are zipped with the 18 colours, so the last two (ears to shoulders) are not drawn.
-DRAWN_LIMBS = tuple(zip(LIMB_SEQ, COLORS))
+# ControlNet 1.1 (and controlnet_aux's OpenPose / DWPose drawing) draws only the first 17 limbs: the last two
+# (shoulders to ears) are listed but never drawn, so an OpenPose ControlNet never saw them in training.
+N_DRAWN_LIMBS = 17
+DRAWN_LIMBS = tuple(zip(LIMB_SEQ[:N_DRAWN_LIMBS], COLORS))
 
 HAND_EDGES = (
     (0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11), (11, 12),
@@ -38,6 +41,9 @@ HAND_COLORS = tuple(
 def draw_body(canvas: np.ndarray, pose: np.ndarray, min_confidence: float = 0.3) -> np.ndarray:
     """Draw one body pose ``(18, 3)`` in pixels onto an RGB uint8 canvas, in place (and return it)."""
     ok = pose[:, 2] >= min_confidence
+    # far off-canvas points (garbage detections) would overflow OpenCV's int coordinates
+    pose = pose.copy()
+    pose[:, :2] = np.clip(pose[:, :2], -MAX_COORD, MAX_COORD)
     for (a, b), color in DRAWN_LIMBS:
         i, j = a - 1, b - 1
         if not (ok[i] and ok[j]):
@@ -58,6 +64,7 @@ def draw_body(canvas: np.ndarray, pose: np.ndarray, min_confidence: float = 0.3)
 def draw_hand(canvas: np.ndarray, hand: np.ndarray, min_confidence: float = 0.3) -> np.ndarray:
     """Draw one 21-point hand as controlnet_aux does (HSV-coloured edges, blue joints)."""
     ok = (hand[:, 2] >= min_confidence) & (hand[:, 0] > 0.01) & (hand[:, 1] > 0.01)
+    hand = np.clip(hand, -MAX_COORD, MAX_COORD)
     for (a, b), color in zip(HAND_EDGES, HAND_COLORS):
         if ok[a] and ok[b]:
             cv2.line(canvas, (int(hand[a, 0]), int(hand[a, 1])), (int(hand[b, 0]), int(hand[b, 1])), color,
@@ -70,6 +77,7 @@ def draw_hand(canvas: np.ndarray, hand: np.ndarray, min_confidence: float = 0.3)
 def draw_face(canvas: np.ndarray, face: np.ndarray, min_confidence: float = 0.3) -> np.ndarray:
     """Draw face keypoints as white dots (controlnet_aux's draw_facepose)."""
     ok = (face[:, 2] >= min_confidence) & (face[:, 0] > 0.01) & (face[:, 1] > 0.01)
+    face = np.clip(face, -MAX_COORD, MAX_COORD)
     for k in np.flatnonzero(ok):
         cv2.circle(canvas, (int(face[k, 0]), int(face[k, 1])), 3, (255, 255, 255), thickness=-1)
     return canvas
@@ -82,6 +90,16 @@ def _check_size(value, name: str) -> int:
     return int(value)
 
 
+def _check_part(value, key: str, frames: int) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim != 3 or arr.shape[0] != frames or arr.shape[2] != 3:
+        raise ValueError(f"parts: {key} must be keypoints of shape ({frames}, K, 3) for the {frames} frames, got "
+                         f"shape {arr.shape}. Fix: pass the parts returned with the sequence.")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"parts: {key} holds NaN or infinite values. Fix: mark such points missing as [0, 0, 0].")
+    return arr
+
+
 def render_pose(sequence, width: int, height: int, parts: dict | None = None,
                 min_confidence: float = 0.3) -> np.ndarray:
     """Render a body sequence ``(F, 18, 3)`` (pixels) as float32 images ``(F, height, width, 3)`` in 0..1.
@@ -92,7 +110,8 @@ def render_pose(sequence, width: int, height: int, parts: dict | None = None,
     seq = as_sequence(sequence, "sequence")
     w = _check_size(width, "width")
     h = _check_size(height, "height")
-    parts = parts or {}
+    parts = {k: _check_part(parts[k], k, len(seq)) for k in ("hand_left", "hand_right", "face")
+             if parts and parts.get(k) is not None}
     out = np.zeros((len(seq), h, w, 3), dtype=np.float32)
     for f, pose in enumerate(seq):
         canvas = np.zeros((h, w, 3), dtype=np.uint8)

@@ -11,44 +11,68 @@ logger = logging.getLogger(__name__)
 
 
 def fix_swaps(seq: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
-    """Undo left/right swaps: swap a group (arm, leg, eyes+ears) when that matches the previous frame
-    much better than keeping it. Returns the fixed sequence and how many swaps were undone."""
+    """Undo left/right swaps of whole groups (arms, legs, eyes+ears).
+
+    For each group, walk the frames keeping the latest known positions in frame 0's labelling; a frame whose
+    swapped labels match those much better than its own is flipped relative to frame 0. The labelling most frames agree on wins, so a swapped first frame
+    is fixed too instead of flipping the rest. Returns the fixed sequence and how many group swaps were undone.
+    """
     out = seq.copy()
     count = 0
-    last = out[0].copy()  # the latest known position of every keypoint
-    for f in range(1, len(out)):
-        pose = out[f]
-        for right, left in LR_GROUPS:
-            r, lft = list(right), list(left)
+    for right, left in LR_GROUPS:
+        idx = list(right) + list(left)
+        flip = list(left) + list(right)
+        parity = np.zeros(len(seq), dtype=bool)  # labels flipped relative to frame 0's
+        last = seq[0].copy()  # latest known positions, in frame 0's labelling
+        for f in range(1, len(seq)):
+            pose = seq[f]
             keep = swap = 0.0
             n = 0
-            for a, b in zip(r, lft):
-                for j, same, other in ((a, a, b), (b, b, a)):
-                    if pose[j, 2] > 0 and last[same, 2] > 0 and last[other, 2] > 0:
-                        keep += np.hypot(*(pose[j, :2] - last[same, :2]))
-                        swap += np.hypot(*(pose[j, :2] - last[other, :2]))
-                        n += 1
-            if n and keep > 0.15 * scale * n and swap < 0.5 * keep:
-                pose[r + lft] = pose[lft + r].copy()
-                count += 1
-        ok = pose[:, 2] > 0
-        last[ok] = pose[ok]
+            for j, o in zip(idx, flip):
+                if pose[j, 2] > 0 and last[j, 2] > 0 and last[o, 2] > 0:
+                    keep += np.hypot(*(pose[j, :2] - last[j, :2]))
+                    swap += np.hypot(*(pose[j, :2] - last[o, :2]))
+                    n += 1
+            # last holds frame 0's labelling, so this says whether frame f is flipped relative to frame 0
+            parity[f] = bool(n) and keep > 0.15 * scale * n and swap < 0.5 * keep
+            relabelled = pose.copy()
+            if parity[f]:
+                relabelled[idx] = pose[flip]
+            ok = relabelled[:, 2] > 0
+            last[ok] = relabelled[ok]
+        shown = (seq[:, idx, 2] > 0).any(axis=1)
+        if parity[shown].sum() * 2 > shown.sum():
+            parity = ~parity  # frame 0 was the odd one out
+        for f in np.flatnonzero(parity & shown):
+            out[f, idx] = seq[f, flip]
+            count += 1
     return out, count
 
 
 def reject_jumps(seq: np.ndarray, scale: float, fraction: float = 0.3) -> tuple[np.ndarray, int]:
-    """Mark a keypoint missing in a frame where it jumps away from both neighbours by more than
-    ``fraction * scale`` while the neighbours agree (a one-frame glitch, not fast motion)."""
+    """Mark a keypoint missing in a frame where it sits more than ``fraction * scale`` away from where its
+    neighbours put it (their midpoint; at the first and last frame, the extrapolation of the next two)
+    and further than the neighbours move themselves: a one-frame glitch, not fast motion (steady fast
+    motion passes through the midpoint, and a move that lasts two frames or more moves a neighbour too)."""
     out = seq.copy()
     thr = fraction * scale
     count = 0
-    for f in range(1, len(seq) - 1):
-        prev, cur, nxt = seq[f - 1], seq[f], seq[f + 1]
-        ok = (prev[:, 2] > 0) & (cur[:, 2] > 0) & (nxt[:, 2] > 0)
-        d_prev = np.hypot(*(cur[:, :2] - prev[:, :2]).T)
-        d_next = np.hypot(*(cur[:, :2] - nxt[:, :2]).T)
-        d_nb = np.hypot(*(prev[:, :2] - nxt[:, :2]).T)
-        jump = ok & (d_prev > thr) & (d_next > thr) & (d_nb < 0.5 * np.minimum(d_prev, d_next))
+    n = len(seq)
+    ok_all = seq[..., 2] > 0
+    for f in range(n):
+        if 0 < f < n - 1:
+            a, b = f - 1, f + 1
+            pred = (seq[a, :, :2] + seq[b, :, :2]) / 2
+            span = np.hypot(*(seq[a, :, :2] - seq[b, :, :2]).T)
+        elif n >= 3:
+            a, b = (1, 2) if f == 0 else (n - 2, n - 3)
+            pred = 2 * seq[a, :, :2] - seq[b, :, :2]
+            span = 2 * np.hypot(*(seq[a, :, :2] - seq[b, :, :2]).T)
+        else:
+            continue
+        ok = ok_all[f] & ok_all[a] & ok_all[b]
+        dev = np.hypot(*(seq[f, :, :2] - pred).T)
+        jump = ok & (dev > thr) & (dev > span)
         out[f, jump] = 0.0
         count += int(jump.sum())
     return out, count
@@ -68,6 +92,23 @@ def fill_gaps(seq: np.ndarray, max_gap: int = 8) -> tuple[np.ndarray, int]:
                     out[f, j, 2] = min(seq[a, j, 2], seq[b, j, 2])
                     count += 1
     return out, count
+
+
+def hold_ends(seq: np.ndarray, max_gap: int = 8) -> tuple[np.ndarray, int]:
+    """Fill up to ``max_gap`` wholly empty frames at the start and the end of the sequence with the nearest
+    frame that shows the person (a detector that finds the person a few frames late or loses them early)."""
+    out = seq.copy()
+    filled = np.flatnonzero((seq[..., 2] > 0).any(axis=1))
+    if not len(filled):
+        return out, 0
+    first, last = int(filled[0]), int(filled[-1])
+    lead = range(max(0, first - max_gap), first)
+    tail = range(last + 1, min(len(seq), last + 1 + max_gap))
+    for f in lead:
+        out[f] = seq[first]
+    for f in tail:
+        out[f] = seq[last]
+    return out, len(lead) + len(tail)
 
 
 def _savgol_weights(window: int, order: int) -> np.ndarray:
@@ -92,17 +133,26 @@ def smooth(seq: np.ndarray, window: int = 5, order: int = 2) -> np.ndarray:
 
 def repair_sequence(sequence, max_gap: int = 8, jump_fraction: float = 0.3, smoothing: bool = True) -> np.ndarray:
     """Repair a target sequence ``(F, 18, 3)``: undo left/right swaps, drop single-frame jumps larger than
-    ``jump_fraction`` of the body scale, fill gaps up to ``max_gap`` frames (empty frames included), then
-    lightly smooth. Returns a new array; an unrepairable sequence (no body scale) is returned cleaned."""
+    ``jump_fraction`` of the body scale, fill gaps up to ``max_gap`` frames (empty frames included), hold
+    the nearest person frame over up to ``max_gap`` empty frames at either end, then lightly smooth.
+    Returns a new array; an unrepairable sequence (no body scale) is returned cleaned."""
     seq = as_sequence(sequence, "target")
+    if isinstance(max_gap, bool) or not isinstance(max_gap, (int, np.integer)) or max_gap < 0:
+        raise ValueError(f"max_gap: must be a whole number of frames >= 0, got {max_gap!r}. Fix: use 0 to fill "
+                         "no gaps, or the longest gap to fill (8 by default).")
+    if not (isinstance(jump_fraction, (int, float, np.floating)) and np.isfinite(jump_fraction)
+            and jump_fraction > 0):
+        raise ValueError(f"jump_fraction: must be a positive number (a fraction of the body scale), got "
+                         f"{jump_fraction!r}. Fix: use about 0.3; larger values reject fewer jumps.")
     scale = body_scale(seq)
     if scale <= 0 or len(seq) < 2:
         return seq
     seq, n_swap = fix_swaps(seq, scale)
     seq, n_jump = reject_jumps(seq, scale, jump_fraction)
     seq, n_fill = fill_gaps(seq, max_gap)
+    seq, n_hold = hold_ends(seq, max_gap)
     if smoothing:
         seq = smooth(seq)
-    logger.info("PATA repair: %d left/right swaps undone, %d jumps rejected, %d points filled",
-                n_swap, n_jump, n_fill)
+    logger.info("PATA repair: %d left/right swaps undone, %d jumps rejected, %d points filled, "
+                "%d empty end frames held", n_swap, n_jump, n_fill, n_hold)
     return seq
