@@ -211,6 +211,43 @@ def test_full_workflow_end_to_end_gives_n_plus_one_frames(runner):
         assert history["outputs"][preview]["images"], key
 
 
+def test_full_workflow_interrupt_stops_inside_a_pacm_stage(runner):
+    """Cancel pressed as Pose Embedding Optimize starts: that node stops at its first step check (its progress
+    callback raises ComfyUI's interrupt), nothing after it runs and no frames are saved."""
+    import comfy.utils
+    import nodes as comfy_nodes
+
+    graph = _tiny_api("full")
+    _source_image(runner, graph)
+    target = _node_id(graph, "PoseAnimatePoseEmbeddingOptimize")
+    seen, pressed = [], []
+
+    def press_cancel(event, data):
+        if event == "executing" and data.get("node") == target:
+            pressed.append(True)
+            comfy_nodes.interrupt_processing(True)
+
+    def progress_hook(value, total, preview, node_id=None):
+        seen.append((bool(pressed), value, total))
+
+    comfy.utils.set_progress_bar_global_hook(progress_hook)
+
+    runner.server.on_message = press_cancel
+    try:
+        ok, history, messages, _ = runner.run(graph)
+    finally:
+        runner.server.on_message = None
+        comfy.utils.set_progress_bar_global_hook(None)
+        comfy_nodes.interrupt_processing(False)
+    stopped = [m[1] for m in messages if m[0] == "execution_interrupted"]
+    assert not ok and stopped and stopped[0]["node_id"] == target, [m[0] for m in messages]
+    assert "execution_error" not in [m[0] for m in messages]
+    assert any(not after for after, _, _ in seen)  # earlier PACM stages reported steps
+    assert not [x for x in seen if x[0]], seen  # no step was made after Cancel
+    saved = {_node_id(graph, "SaveImage"), _node_id(graph, "SaveVideo")}
+    assert not saved & set(history["outputs"]), history["outputs"]  # only the earlier preview ran
+
+
 def test_full_workflow_refuses_a_model_that_is_not_sd15(runner):
     from tiny_checkpoint import write_tiny_checkpoint
 
