@@ -74,16 +74,17 @@ def _canvas(frame: dict, name: str, i: int) -> tuple[float, float] | None:
     return w, h
 
 
-def _person_box(body: np.ndarray, parts: dict | None = None) -> tuple[np.ndarray, float, float] | None:
-    """Centre, box area and mean confidence of a person's body keypoints (of its hands/face without a body)."""
+def _person_box(body: np.ndarray, parts: dict | None = None) -> tuple[np.ndarray, float, float, float] | None:
+    """Centre, box area, mean confidence and box diagonal of a person's body keypoints (of its hands/face
+    when it has no body keypoints)."""
     pts = body[body[:, 2] > 0]
     if not len(pts) and parts:
         found = [a[a[:, 2] > 0] for a in parts.values() if a is not None]
         pts = np.concatenate(found) if found else pts
     if not len(pts):
         return None
-    size = float(np.prod(pts[:, :2].max(0) - pts[:, :2].min(0)))
-    return pts[:, :2].mean(0), size, float(pts[:, 2].mean())
+    extent = pts[:, :2].max(0) - pts[:, :2].min(0)
+    return pts[:, :2].mean(0), float(np.prod(extent)), float(pts[:, 2].mean()), float(np.hypot(*extent))
 
 
 def from_pose_keypoint(data, name: str = "data", with_parts: bool = False):
@@ -138,10 +139,13 @@ def from_pose_keypoint(data, name: str = "data", with_parts: bool = False):
     part_len = {}
     chosen_prev: np.ndarray | None = None
     chosen_idx = None
+    reach = 0.0  # the tracked person's largest box diagonal so far
+    boxes_per_frame = [[_person_box(b, parts) for b, parts in cands] for cands in people]
+    # in multi-person data, a frame whose nearest person is further than the tracked person's size from
+    # where it was is someone else: that frame becomes a gap rather than switching people
+    multi = any(sum(b is not None for b in boxes) > 1 for boxes in boxes_per_frame)
     for i, cands in enumerate(people):
-        if not cands:
-            continue
-        boxes = [_person_box(b, parts) for b, parts in cands]
+        boxes = boxes_per_frame[i]
         valid = [k for k, b in enumerate(boxes) if b is not None]
         if not valid:
             continue
@@ -152,9 +156,14 @@ def from_pose_keypoint(data, name: str = "data", with_parts: bool = False):
                             name, len(cands), i, k)
         else:
             k = min(valid, key=lambda q: float(np.hypot(*(boxes[q][0] - chosen_prev))))
+            if multi and reach > 0 and float(np.hypot(*(boxes[k][0] - chosen_prev))) > reach:
+                logger.info("%s: frame %d: the tracked person is not there (nearest person too far); left as a "
+                            "gap", name, i)
+                continue
             if len(cands) > 1 and k != chosen_idx:
                 logger.info("%s: frame %d: tracked person is now entry %d of %d", name, i, k, len(cands))
         chosen_prev, chosen_idx = boxes[k][0], k
+        reach = max(reach, boxes[k][3])
         body, parts = cands[k]
         fw, fh = canvases[i] if canvases[i] is not None else (width, height)
         sx, sy = (width, height) if normalised else (width / fw, height / fh)
@@ -205,7 +214,17 @@ def to_pose_keypoint(sequence, width: int, height: int, parts: dict | None = Non
             raise ValueError(f"{label}: the canvas {label} must be a whole number of pixels > 0, got {v!r}. "
                              f"Fix: give the canvas {label} of the image the poses belong to.")
     sx, sy = (1.0 / width, 1.0 / height) if normalized else (1.0, 1.0)
-    parts = parts or {}
+    parts = dict(parts or {})
+    for key in PART_KEYS:
+        if parts.get(key) is None:
+            continue
+        arr = np.asarray(parts[key], dtype=np.float64)
+        if arr.ndim != 3 or arr.shape[0] != len(seq) or arr.shape[2] != 3:
+            raise ValueError(f"parts: {key} must be keypoints of shape ({len(seq)}, K, 3) for the {len(seq)} "
+                             f"frames, got shape {arr.shape}. Fix: pass the parts returned with the sequence.")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"parts: {key} holds NaN or infinite values. Fix: mark such points missing as [0, 0, 0].")
+        parts[key] = arr
     out = []
     for f, pose in enumerate(seq):
         person = {"pose_keypoints_2d": _flat(pose, sx, sy)}

@@ -33,8 +33,10 @@ HAND_EDGES = (
     (0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11), (11, 12),
     (0, 13), (13, 14), (14, 15), (15, 16), (0, 17), (17, 18), (18, 19), (19, 20),
 )
+# controlnet_aux passes the float colours hsv * 255 to OpenCV, which rounds them to the nearest integer.
 HAND_COLORS = tuple(
-    tuple(int(c * 255) for c in colorsys.hsv_to_rgb(i / len(HAND_EDGES), 1.0, 1.0)) for i in range(len(HAND_EDGES))
+    tuple(int(math.floor(c * 255 + 0.5)) for c in colorsys.hsv_to_rgb(i / len(HAND_EDGES), 1.0, 1.0))
+    for i in range(len(HAND_EDGES))
 )
 
 

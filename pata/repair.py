@@ -5,9 +5,17 @@ import logging
 
 import numpy as np
 
-from .skeleton import LR_GROUPS, N_BODY, as_sequence, body_scale
+from .skeleton import L_ANKLE, L_ELBOW, L_HIP, L_KNEE, L_SHOULDER, L_WRIST, LR_GROUPS, N_BODY, R_ANKLE, R_ELBOW, \
+    R_HIP, R_KNEE, R_SHOULDER, R_WRIST, as_sequence, body_scale
 
 logger = logging.getLogger(__name__)
+
+
+# Single joints a detector swaps on their own, parents first: (right, right's parent, left, left's parent).
+JOINT_PAIRS = (
+    (R_ELBOW, R_SHOULDER, L_ELBOW, L_SHOULDER), (R_KNEE, R_HIP, L_KNEE, L_HIP),
+    (R_WRIST, R_ELBOW, L_WRIST, L_ELBOW), (R_ANKLE, R_KNEE, L_ANKLE, L_KNEE),
+)
 
 
 def fix_swaps(seq: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
@@ -45,6 +53,27 @@ def fix_swaps(seq: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
             parity = ~parity  # frame 0 was the odd one out
         for f in np.flatnonzero(parity & shown):
             out[f, idx] = seq[f, flip]
+            count += 1
+    return out, count
+
+
+def fix_joint_swaps(seq: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
+    """Undo swaps of single joints (elbows, knees, wrists, ankles) that leave the rest of the limb in place:
+    swap a pair in a frame when that gives both joints their usual bone length to their parents (the
+    median over the sequence) while the given labels do not. Returns the fixed sequence and the count."""
+    out = seq.copy()
+    count = 0
+    for j, pj, o, po in JOINT_PAIRS:
+        ok = (out[:, [j, pj, o, po], 2] > 0).all(axis=1)
+        if ok.sum() < 3:
+            continue
+        def length(a, b):
+            return np.hypot(*(out[:, a, :2] - out[:, b, :2]).T)
+        ref_j, ref_o = np.median(length(j, pj)[ok]), np.median(length(o, po)[ok])
+        keep = np.abs(length(j, pj) - ref_j) + np.abs(length(o, po) - ref_o)
+        swap = np.abs(length(o, pj) - ref_j) + np.abs(length(j, po) - ref_o)
+        for f in np.flatnonzero(ok & (keep > 0.2 * scale) & (swap < 0.5 * keep)):
+            out[f, [j, o]] = out[f, [o, j]]
             count += 1
     return out, count
 
@@ -132,9 +161,10 @@ def smooth(seq: np.ndarray, window: int = 5, order: int = 2) -> np.ndarray:
 
 
 def repair_sequence(sequence, max_gap: int = 8, jump_fraction: float = 0.3, smoothing: bool = True) -> np.ndarray:
-    """Repair a target sequence ``(F, 18, 3)``: undo left/right swaps, drop single-frame jumps larger than
-    ``jump_fraction`` of the body scale, fill gaps up to ``max_gap`` frames (empty frames included), hold
-    the nearest person frame over up to ``max_gap`` empty frames at either end, then lightly smooth.
+    """Repair a target sequence ``(F, 18, 3)``: undo left/right swaps (of whole limbs, then of single
+    joints), drop single-frame jumps larger than ``jump_fraction`` of the body scale, fill gaps up to
+    ``max_gap`` frames (empty frames included), hold the nearest person frame over up to ``max_gap`` empty
+    frames at either end, then lightly smooth.
     Returns a new array; an unrepairable sequence (no body scale) is returned cleaned."""
     seq = as_sequence(sequence, "target")
     if isinstance(max_gap, bool) or not isinstance(max_gap, (int, np.integer)) or max_gap < 0:
@@ -148,6 +178,8 @@ def repair_sequence(sequence, max_gap: int = 8, jump_fraction: float = 0.3, smoo
     if scale <= 0 or len(seq) < 2:
         return seq
     seq, n_swap = fix_swaps(seq, scale)
+    seq, n_joint = fix_joint_swaps(seq, scale)
+    n_swap += n_joint
     seq, n_jump = reject_jumps(seq, scale, jump_fraction)
     seq, n_fill = fill_gaps(seq, max_gap)
     seq, n_hold = hold_ends(seq, max_gap)

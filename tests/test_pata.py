@@ -346,3 +346,48 @@ def test_build_sequence_retarget_with_neck_missing_in_some_target_frames():
     assert np.isfinite(out).all() and out.shape == (15, 18, 3)
     for f in (5, 6, 7, 10, 14):  # frames whose bones all have both ends
         assert rel_bone_error(out[f], source).max() < 0.01, f
+
+
+def test_short_targets_and_plain_lists_are_accepted():
+    for m in (1, 2):
+        out = pata.build_sequence(make_pose().tolist(), walk(m).astype(np.float32), 3)
+        assert out.shape == (1 + 3 + m, 18, 3) and out.dtype == np.float64
+    out = pata.build_sequence(make_pose(), make_pose(), 2)  # one pose as the whole target
+    assert out.shape == (4, 18, 3)
+
+
+def test_transition_turns_bones_the_short_way_round():
+    a = make_pose()
+    b = make_pose()
+    # the right forearm points at 170 degrees in one pose and at -170 degrees in the other
+    for pose, deg in ((a, 170.0), (b, -170.0)):
+        r = np.hypot(*(BASE[4] - BASE[3]))
+        pose[4, :2] = pose[3, :2] + r * np.array([np.cos(np.radians(deg)), np.sin(np.radians(deg))])
+    for pose in pata.transition(a, b, 9):
+        v = pose[4, :2] - pose[3, :2]
+        ang = np.degrees(np.arctan2(v[1], v[0])) % 360
+        assert 169.0 < ang < 191.0
+
+
+def test_transition_bone_lengths_move_between_the_two_ends():
+    source = _character()
+    aligned = pata.align_sequence(source, walk(4))  # similarity: the target keeps its own proportions
+    la, lb = bone_lengths(source), bone_lengths(aligned[0])
+    tr = pata.transition(source, aligned[0], 9)
+    differ = np.abs(la - lb) > 0.1 * np.minimum(la, lb)
+    assert differ.sum() >= 4
+    prev = la
+    for pose in tr:
+        lengths = bone_lengths(pose)
+        assert np.all(lengths >= np.minimum(la, lb) - 1e-6) and np.all(lengths <= np.maximum(la, lb) + 1e-6)
+        # monotone from one end's lengths to the other's
+        assert np.all((lengths - prev)[differ] * np.sign(lb - la)[differ] > 0)
+        prev = lengths
+
+
+def test_scale_is_robust_to_one_foreshortened_limb():
+    targets = walk(6)
+    targets[:, 10, :2] = targets[:, 9, :2] + 0.3 * (targets[:, 10, :2] - targets[:, 9, :2])  # right shin toward camera
+    source = scaled(walk(1), 1.7, np.array([5.0, -20.0]))[0]
+    scale, _ = pata.estimate_similarity(source, targets)
+    assert scale == pytest.approx(1.7, rel=1e-6)

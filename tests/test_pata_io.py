@@ -200,3 +200,29 @@ def test_empty_frames_read_as_gaps_and_all_empty_is_an_error_downstream():
     assert empty.shape == (3, 18, 3) and (w, h) == (64, 48) and not empty.any()
     with pytest.raises(ValueError, match=r"^target: every target frame is empty"):
         pata.build_sequence(make_pose(), empty, 4)
+
+
+def test_tracked_person_missing_in_a_frame_is_a_gap_not_the_other_person():
+    a = walk(5)
+    b = walk(5)
+    b[..., 0] += 450  # someone else, well apart
+    frames = []
+    for f in range(5):
+        people = [{"pose_keypoints_2d": b[f].reshape(-1).tolist()}]
+        if f != 2:  # the tracked person is not detected in frame 2
+            people.append({"pose_keypoints_2d": (a[f] * [1, 1, 1]).reshape(-1).tolist()})
+        frames.append({"people": people, "canvas_width": 1024, "canvas_height": 512})
+    frames[0]["people"][0]["pose_keypoints_2d"] = (b[0] * [0.5, 0.5, 1] + [512, 0, 0]).reshape(-1).tolist()
+    seq, _, _ = pata.from_pose_keypoint(frames)
+    np.testing.assert_allclose(seq[[0, 1, 3, 4]], a[[0, 1, 3, 4]], atol=1e-9)
+    assert (seq[2] == 0).all()
+
+
+def test_to_pose_keypoint_checks_parts():
+    seq = walk(3)
+    with pytest.raises(ValueError, match=r"^parts: hand_left must be keypoints of shape \(3, K, 3\).*Fix:"):
+        pata.to_pose_keypoint(seq, 512, 512, parts={"hand_left": np.zeros((2, 21, 3))})
+    face = np.ones((3, 70, 3))
+    face[0, 0, 1] = np.inf
+    with pytest.raises(ValueError, match=r"^parts: face holds NaN or infinite"):
+        pata.to_pose_keypoint(seq, 512, 512, parts={"face": face})

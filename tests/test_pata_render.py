@@ -151,3 +151,37 @@ def test_bad_parts_are_named():
     face[1, 3, 0] = np.nan
     with pytest.raises(ValueError, match=r"^parts: face holds NaN"):
         pata.render_pose(seq, 64, 64, parts={"face": face})
+
+
+HAND_EDGES = (
+    (0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11), (11, 12),
+    (0, 13), (13, 14), (14, 15), (15, 16), (0, 17), (17, 18), (18, 19), (19, 20),
+)
+
+
+def _reference_hand(canvas, hand):
+    """controlnet_aux's draw_handpose restated: HSV edge colours as floats (OpenCV rounds), blue joints."""
+    import colorsys
+
+    for ie, (a, b) in enumerate(HAND_EDGES):
+        x1, y1, x2, y2 = int(hand[a, 0]), int(hand[a, 1]), int(hand[b, 0]), int(hand[b, 1])
+        if x1 > 0.01 and y1 > 0.01 and x2 > 0.01 and y2 > 0.01:
+            color = (np.array(colorsys.hsv_to_rgb(ie / len(HAND_EDGES), 1.0, 1.0)) * 255).tolist()
+            cv2.line(canvas, (x1, y1), (x2, y2), color, thickness=2)
+    for x, y, _ in hand:
+        if int(x) > 0.01 and int(y) > 0.01:
+            cv2.circle(canvas, (int(x), int(y)), 4, (0, 0, 255), thickness=-1)
+    return canvas
+
+
+def test_hand_drawing_matches_controlnet():
+    hand = np.zeros((21, 3))
+    angles = np.linspace(-1.2, 1.2, 5)
+    hand[0] = [256, 300, 0.9]
+    for finger, ang in enumerate(angles):
+        for k in range(4):
+            r = 30 + 28 * k
+            hand[1 + 4 * finger + k] = [256 + r * np.sin(ang), 300 - r * np.cos(ang), 0.9]
+    img = pata.render_pose(np.zeros((1, 18, 3)), 512, 512, parts={"hand_right": hand[None]})[0]
+    ref = _reference_hand(np.zeros((512, 512, 3), np.uint8), hand).astype(np.float32) / 255.0
+    np.testing.assert_array_equal(img, ref)
