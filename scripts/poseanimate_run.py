@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run a bundled PoseAnimate workflow headlessly against a running ComfyUI server.
 
-    python scripts/poseanimate_run.py --workflow full --image me.png --pose examples/poses/walk.json \
+    python scripts/poseanimate_run.py --workflow full --image me.png --pose assets/poses/walk.json \
         --prompt "a knight in silver armour" --seed 7 --out out/knight
 
 What it does, with the standard library only:

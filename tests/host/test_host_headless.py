@@ -212,4 +212,4 @@ def test_headless_runs_bundled_full_workflow(comfy_server, tmp_path, capsys):
 
 
 def _bundled_pose_file() -> pathlib.Path:
-    return ROOT / "examples" / "poses" / "turn.json"
+    return ROOT / "assets" / "poses" / "turn.json"

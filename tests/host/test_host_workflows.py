@@ -153,7 +153,7 @@ model files -> tiny generated ones (tiny-sd15.safetensors: SD1.5-shaped 1-level 
 with random weights + TAESD VAE; tiny-openpose.safetensors: matching ControlNet); sizes -> 64x64; step counts
 -> 2 DDIM steps and 1 inner iteration (CPU time); the OpenPose detector behind Pose Extract -> the stand-in
 package tests/host/fake_controlnet_aux (its weights cannot be downloaded here), which finds the pose of
-examples/poses/character.json in any non-flat image and nobody in a flat one."""
+assets/poses/character.json in any non-flat image and nobody in a flat one."""
 
 
 def _tiny_api(name: str, ckpt: str = "tiny-sd15.safetensors") -> dict:
@@ -331,6 +331,6 @@ def _prepare_poses(runner, graph) -> int:
     """The number N of target frames the graph makes (transition frames + poses in its pose file)."""
     seq = graph[_node_id(graph, "PoseAnimateLoadPoseSequence")]["inputs"]["pose_file"]
     assert seq.startswith("examples/"), seq
-    poses = json.loads((ROOT / "examples" / "poses" / seq[len("examples/"):]).read_text())
+    poses = json.loads((ROOT / "assets" / "poses" / seq[len("examples/"):]).read_text())
     align = graph[_node_id(graph, "PoseAnimatePATAAlign")]["inputs"]
     return int(align["transition_frames"]) + len(poses)

@@ -1,7 +1,7 @@
 """A stand-in for the optional ``controlnet-aux`` package in host tests (its weights cannot be downloaded there).
 
 ``OpenposeDetector.detect_poses`` returns one person: the first pose of the pack's
-``examples/poses/character.json`` in normalised coordinates, or nobody when the image is (nearly) flat, so
+``assets/poses/character.json`` in normalised coordinates, or nobody when the image is (nearly) flat, so
 tests can make "no person in the source image" happen. ``open_pose.draw_poses`` draws keypoints as dots.
 Only the API surface PoseAnimate's Pose Extract node uses is provided.
 """
@@ -38,7 +38,7 @@ class PoseResult(NamedTuple):
 
 
 def _character():
-    frames = json.loads((ROOT / "examples" / "poses" / "character.json").read_text())
+    frames = json.loads((ROOT / "assets" / "poses" / "character.json").read_text())
     frame = frames[0]
     w, h = frame["canvas_width"], frame["canvas_height"]
     pts = frame["people"][0]["pose_keypoints_2d"]
