@@ -2,9 +2,10 @@
 out in comfyui_controlnet_aux's POSE_KEYPOINT format at the input's pixel size and the pose maps as an IMAGE."""
 from __future__ import annotations
 
+import importlib.util
+import pathlib
 import sys
 import types
-from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -14,24 +15,16 @@ from poseanimate.nodes._common import PoseAnimateError
 from poseanimate.nodes.pose_extract import PoseAnimatePoseExtract
 
 
-class Keypoint(NamedTuple):
-    x: float
-    y: float
-    score: float = 1.0
-    id: int = -1
+def _stand_in_types():
+    """controlnet_aux's result types, from the stand-in package the host tests use (one definition)."""
+    path = pathlib.Path(__file__).parent / "host" / "fake_controlnet_aux" / "controlnet_aux" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("_controlnet_aux_stand_in", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Keypoint, module.BodyResult, module.PoseResult
 
 
-class BodyResult(NamedTuple):
-    keypoints: list
-    total_score: float
-    total_parts: int
-
-
-class PoseResult(NamedTuple):
-    body: BodyResult
-    left_hand: list | None
-    right_hand: list | None
-    face: list | None
+Keypoint, BodyResult, PoseResult = _stand_in_types()
 
 
 class FakeDetector:
