@@ -4,6 +4,8 @@ from __future__ import annotations
 import collections
 import logging
 
+from .dca import sdpa_attention
+
 
 class SharedState:
     """Counters, one-time warning flags and caches; ``copy.deepcopy`` returns the same object."""
@@ -33,9 +35,17 @@ class SharedState:
 
 
 class CountedPatch:
-    """Mixin for patch objects that keep a :class:`SharedState` in ``self.state`` (shared by deep copies)."""
+    """Mixin for patch objects that keep a :class:`SharedState` in ``self.state`` (shared by deep copies) and
+    an optional host attention function in ``self.attention`` (None = torch SDPA)."""
 
     state: SharedState
+    attention = None
+
+    def _attn(self, extra_options):
+        """The attention function to call and its extra keyword arguments."""
+        if self.attention is None:
+            return sdpa_attention, {}
+        return self.attention, {"attn_precision": extra_options.get("attn_precision")}
 
     @property
     def calls(self):

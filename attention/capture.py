@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 from ._shared import CountedPatch, SharedState
 from .blocks import block_selected, grid_factor, normalise_blocks, token_grid
-from .dca import sdpa_attention
 
 logger = logging.getLogger(__name__)
 
@@ -135,11 +134,6 @@ class CrossAttentionCapture(CountedPatch):
         self.sigma_range = sigma_range
         self.attention = attention
         self.state = SharedState()
-
-    def _attn(self, extra_options):
-        if self.attention is None:
-            return sdpa_attention, {}
-        return self.attention, {"attn_precision": extra_options.get("attn_precision")}
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         heads = int(extra_options["n_heads"])

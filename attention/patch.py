@@ -8,7 +8,7 @@ import torch
 
 from ._shared import CountedPatch, SharedState
 from .blocks import attention_block_ids, block_selected, normalise_blocks, resize_masks, token_grid
-from .dca import DEFAULT_WEIGHTS, dca_chunk, sdpa_attention, validate_weights
+from .dca import DEFAULT_WEIGHTS, dca_chunk, validate_weights
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +67,6 @@ class DCAPatch(CountedPatch):
         return block_selected(self.blocks, block, block_index)
 
     # -- the patch -----------------------------------------------------------------------------------------
-    def _attn(self, extra_options):
-        if self.attention is None:
-            return sdpa_attention, {}
-        return self.attention, {"attn_precision": extra_options.get("attn_precision")}
-
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         heads = int(extra_options["n_heads"])
         block = extra_options.get("block")
