@@ -11,6 +11,8 @@ import importlib.util
 import pathlib
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -31,3 +33,14 @@ TESTS = str(ROOT / "tests")  # shared test helpers (pata_poses) import by name
 if TESTS not in sys.path:
     sys.path.insert(1, TESTS)
 _register_pack()
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Run a module on one intra-op thread: tiny models' operators only add contention on 2 shared cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,13 +18,7 @@ def rel(a, b):
     return float((a - b).norm() / b.norm())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The tiny UNet's operators are too small for intra-op threads; on 2 shared cores they only add contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
