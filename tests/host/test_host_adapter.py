@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tiny_models import build_tiny_sd15, build_tiny_sd2, build_tiny_sdxl
+from tiny_models import assert_weights_unchanged, build_tiny_sd15, build_tiny_sd2, build_tiny_sdxl, snapshot_weights
 
 from poseanimate.nodes._common import PoseAnimateError
 from poseanimate.nodes.host import ComfyDenoiser, ComfyProgress, conditioning_context, engine_mode, plain
@@ -36,19 +36,6 @@ def _ksample(patcher, cnet, hint, ctx, steps=3, seed=0):
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
     return comfy.sample.sample(patcher, noise, steps, 7.5, "ddim", "ddim_uniform", pos, neg, latent,
                                disable_pbar=True, seed=seed)
-
-
-def _snapshot(module):
-    return {k: (v, v.detach().clone()) for k, v in module.state_dict(keep_vars=True).items()}
-
-
-def _assert_same(module, snap):
-    now = module.state_dict(keep_vars=True)
-    assert set(now) == set(snap)
-    for k, (obj, val) in snap.items():
-        assert now[k] is obj, f"{k}: parameter object was replaced"
-        assert torch.equal(now[k], val), f"{k}: values changed"
-        assert now[k].grad is None, f"{k}: got a gradient"
 
 
 def _ddim_adam(den, x0, eps, ctx, hint, steps=3, iters=2):
@@ -152,7 +139,7 @@ def test_shared_model_bit_identical_after_grad_work():
     patcher, cnet = build_tiny_sd15()
     x0, eps, ctx, hint = _inputs()
     before = _ksample(patcher, cnet, hint, ctx)
-    snap_unet, snap_cn = _snapshot(patcher.model), _snapshot(cnet.control_model)
+    snap_unet, snap_cn = snapshot_weights(patcher.model), snapshot_weights(cnet.control_model)
     opts_before = repr(patcher.model_options)
 
     den = ComfyDenoiser(patcher, cnet)
@@ -162,8 +149,8 @@ def test_shared_model_bit_identical_after_grad_work():
         with den.grad_context():
             raise RuntimeError("boom")
 
-    _assert_same(patcher.model, snap_unet)
-    _assert_same(cnet.control_model, snap_cn)
+    assert_weights_unchanged(patcher.model, snap_unet)
+    assert_weights_unchanged(cnet.control_model, snap_cn)
     assert repr(patcher.model_options) == opts_before
     assert cnet.cond_hint_original is None  # the user's CONTROL_NET object was never given a hint
     after = _ksample(patcher, cnet, hint, ctx)
@@ -357,7 +344,7 @@ def test_controlnet_on_the_conditioning_is_chained_like_comfyui():
 def test_failure_while_copying_weights_restores_the_ones_already_swapped():
     patcher, cnet = build_tiny_sd15()
     den = ComfyDenoiser(patcher, cnet)
-    snap = _snapshot(patcher.model)
+    snap = snapshot_weights(patcher.model)
 
     class FailingCache(dict):
         def __setitem__(self, key, value):
@@ -369,7 +356,7 @@ def test_failure_while_copying_weights_restores_the_ones_already_swapped():
     with pytest.raises(MemoryError):
         with den.grad_context():
             pass
-    _assert_same(patcher.model, snap)
+    assert_weights_unchanged(patcher.model, snap)
     assert den._grad_depth == 0
 
 

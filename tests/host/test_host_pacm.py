@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tiny_models import build_tiny_sd15, build_tiny_sdxl
+from tiny_models import assert_weights_unchanged, build_tiny_sd15, build_tiny_sdxl, snapshot_weights
 
 from poseanimate.nodes._common import PoseAnimateError
 from poseanimate.nodes.embedding_optimize import PoseAnimatePoseEmbeddingOptimize
@@ -42,17 +42,6 @@ def _rel(a, b):
     return float((a - b).norm() / b.norm())
 
 
-def _snapshot(module):
-    return {k: (v, v.detach().clone()) for k, v in module.state_dict(keep_vars=True).items()}
-
-
-def _assert_same(module, snap):
-    now = module.state_dict(keep_vars=True)
-    assert set(now) == set(snap)
-    for k, (obj, val) in snap.items():
-        assert now[k] is obj and torch.equal(now[k], val) and now[k].grad is None, k
-
-
 def _invert(patcher, cnet, latent, positive, poses, inner=2, **kw):
     return PoseAnimatePoseAwareInversion().invert(patcher, cnet, latent, positive, poses[:1], STEPS, 7.5, inner,
                                                   1e-5, **kw)
@@ -80,7 +69,7 @@ def test_every_stage_runs_and_shared_model_is_unchanged():
     patcher, cnet = build_tiny_sd15()
     latent, positive, poses = _scene()
     before = _ksample(patcher, cnet, positive)
-    snap_unet, snap_cn = _snapshot(patcher.model), _snapshot(cnet.control_model)
+    snap_unet, snap_cn = snapshot_weights(patcher.model), snapshot_weights(cnet.control_model)
     options = repr(patcher.model_options)
     bars = []
     old = comfy.utils.PROGRESS_BAR_HOOK
@@ -111,8 +100,8 @@ def test_every_stage_runs_and_shared_model_is_unchanged():
     assert [0, 1, 2] in seen and [0, 1] in seen and [2] in seen             # the patch ran, windows in order
     assert bars and all(0 < v <= t for v, t in bars) and (STEPS, STEPS) in bars
 
-    _assert_same(patcher.model, snap_unet)
-    _assert_same(cnet.control_model, snap_cn)
+    assert_weights_unchanged(patcher.model, snap_unet)
+    assert_weights_unchanged(cnet.control_model, snap_cn)
     assert repr(patcher.model_options) == options and cnet.cond_hint_original is None
     assert torch.equal(_ksample(patcher, cnet, positive), before)
 
@@ -153,7 +142,7 @@ def test_interrupt_stops_cleanly_and_restores_the_model():
     patcher, cnet = build_tiny_sd15()
     latent, positive, poses = _scene()
     before = _ksample(patcher, cnet, positive)
-    snap = _snapshot(patcher.model)
+    snap = snapshot_weights(patcher.model)
     calls = []
 
     def press_cancel(value, total, preview, node_id=None):
@@ -170,7 +159,7 @@ def test_interrupt_stops_cleanly_and_restores_the_model():
         comfy.utils.set_progress_bar_global_hook(old)
         mm.interrupt_current_processing(False)
     assert len(calls) == STEPS + 1
-    _assert_same(patcher.model, snap)
+    assert_weights_unchanged(patcher.model, snap)
     assert torch.equal(_ksample(patcher, cnet, positive), before)
 
 
@@ -225,7 +214,7 @@ def test_sample_frames_with_the_real_dca_patch_windows_match_and_frame0_is_the_s
     latent, positive, poses = _scene(n_targets=3)
     inv, rec = _invert(patcher, cnet, latent, positive, poses, inner=1)
     (emb,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, positive, poses, 1, 0)
-    snap = _snapshot(patcher.model)
+    snap = snapshot_weights(patcher.model)
     dca_model = patcher.clone()
     dca = DCAPatch()
     assert install_patches(dca_model, dca=dca)
@@ -239,4 +228,4 @@ def test_sample_frames_with_the_real_dca_patch_windows_match_and_frame0_is_the_s
     assert _rel(whole["samples"][0], rec["samples"][0]) < 1e-4
     assert _rel(whole["samples"], plain["samples"]) > 1e-4  # cross-frame attention changed frames 1..N
     assert masked["samples"].shape == (4, 4, 8, 8) and torch.isfinite(masked["samples"]).all()
-    _assert_same(patcher.model, snap)
+    assert_weights_unchanged(patcher.model, snap)

@@ -92,3 +92,18 @@ def build_tiny_sd2(seed: int = 0):
     init_weights_(model.diffusion_model, seed)
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
+
+
+def snapshot_weights(module: torch.nn.Module) -> dict:
+    """Every parameter and buffer object of ``module`` with a copy of its values."""
+    return {k: (v, v.detach().clone()) for k, v in module.state_dict(keep_vars=True).items()}
+
+
+def assert_weights_unchanged(module: torch.nn.Module, snap: dict) -> None:
+    """The same parameter and buffer objects, with the same values and no gradients, as in ``snap``."""
+    now = module.state_dict(keep_vars=True)
+    assert set(now) == set(snap)
+    for k, (obj, val) in snap.items():
+        assert now[k] is obj, f"{k}: parameter object was replaced"
+        assert torch.equal(now[k], val), f"{k}: values changed"
+        assert now[k].grad is None, f"{k}: got a gradient"
