@@ -76,7 +76,7 @@ class PoseAnimateDCAPatchModel:
         "(MGDM) keeps character and background attention apart. Use it with Sample Frames, or with ComfyUI's "
         "own samplers on a latent batch whose first latent is the source frame."
     )
-    CATEGORY = f"{CATEGORY}/attention"
+    CATEGORY = f"{CATEGORY}/Attention"
     FUNCTION = "patch"
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)

@@ -38,7 +38,7 @@ class PoseAnimateCrossAttentionMaskExtract:
         "to DCA Patch Model to turn on mask-guided decoupling (MGDM). Costs about one Sample Frames run; "
         "capture_steps stops early."
     )
-    CATEGORY = f"{CATEGORY}/attention"
+    CATEGORY = f"{CATEGORY}/Attention"
     FUNCTION = "extract"
     RETURN_TYPES = ("MASK", "IMAGE")
     RETURN_NAMES = ("masks", "preview")
@@ -91,12 +91,10 @@ class PoseAnimateCrossAttentionMaskExtract:
         from ..pacm import sample_frames
         from .embedding_optimize import control_settings
         from .host import ComfyDenoiser, ComfyProgress, engine_mode, plain, plain_fields
-        from .host.types import PACMEmbeddings
+        from .host.types import check_embeddings
         from .host.types import window_size as resolve_window
 
-        if not isinstance(embeddings, PACMEmbeddings):
-            raise input_error(NODE, "embeddings", f"expected POSEANIMATE_EMBEDDINGS, got {type(embeddings).__name__}",
-                              "connect the output of Pose Embedding Optimize")
+        check_embeddings(embeddings, NODE)
         if not isinstance(prompt, str) or not prompt.strip():
             raise input_error(NODE, "prompt", "is empty", "paste the positive prompt used for the inversion")
         words = [w.strip() for w in (subject or "").split(",") if w.strip()]

@@ -86,7 +86,7 @@ class PoseAnimatePoseExtract:
         "Align) and the rendered pose maps. Needs `pip install controlnet-aux`; the detector weights come from "
         "the Hugging Face repo or local folder in 'model'."
     )
-    CATEGORY = f"{CATEGORY}/pose"
+    CATEGORY = f"{CATEGORY}/Pose"
     FUNCTION = "extract"
     RETURN_TYPES = ("POSE_KEYPOINT", "IMAGE")
     RETURN_NAMES = ("pose_keypoint", "pose_image")

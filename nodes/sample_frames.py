@@ -2,9 +2,9 @@
 embeddings, through the (DCA-patched) MODEL, in windows (PACM stage 4)."""
 from __future__ import annotations
 
-from ._common import CATEGORY, input_error, node_errors
+from ._common import CATEGORY, node_errors
 from .embedding_optimize import control_settings
-from .host.types import PACMEmbeddings, check_same_prompt, frame_masks
+from .host.types import check_embeddings, check_same_prompt, frame_masks
 from .host.types import window_size as resolve_window
 
 DISPLAY_NAME = "Sample Frames"
@@ -52,9 +52,7 @@ class PoseAnimateSampleFrames:
         from .host import ComfyDenoiser, ComfyProgress, conditioning_context, conditioning_control, engine_mode, plain, plain_fields
 
         node = DISPLAY_NAME
-        if not isinstance(embeddings, PACMEmbeddings):
-            raise input_error(node, "embeddings", f"expected POSEANIMATE_EMBEDDINGS, got {type(embeddings).__name__}",
-                              "connect the output of Pose Embedding Optimize")
+        check_embeddings(embeddings, node)
         inversion, poses = embeddings.inversion, embeddings.poses
         frames = embeddings.frames
         ctx = conditioning_context(positive, node, "positive")

@@ -35,6 +35,14 @@ class PACMEmbeddings:
         return PACMEmbeddings(self.inversion.to(device), self.poses.to(device))
 
 
+def check_embeddings(embeddings, node: str, input_name: str = "embeddings") -> PACMEmbeddings:
+    """A POSEANIMATE_EMBEDDINGS from Pose Embedding Optimize, or a clear error."""
+    if not isinstance(embeddings, PACMEmbeddings):
+        raise input_error(node, input_name, f"expected POSEANIMATE_EMBEDDINGS, got {type(embeddings).__name__}",
+                          "connect the output of Pose Embedding Optimize")
+    return embeddings
+
+
 def latent_samples(latent, node: str, input_name: str = "latent") -> torch.Tensor:
     """The (1, 4, h, w) samples of a single-image LATENT, or a clear error."""
     samples = latent.get("samples") if isinstance(latent, dict) else None
