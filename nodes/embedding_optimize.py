@@ -22,8 +22,14 @@ def check_inversion(inversion, node: str, input_name: str = "inversion"):
     return inversion
 
 
-def control_settings(inversion) -> dict:
-    return dict(inversion.settings.get("control") or {"strength": 1.0, "start": 0.0, "end": 1.0})
+def inversion_denoiser(inversion, model, control_net, node: str, extra_control=None):
+    """A ComfyDenoiser over ``model`` and ``control_net`` with the ControlNet strength and start/end percent
+    the inversion ran with, so every later stage conditions on the pose exactly as the inversion did."""
+    from .host import ComfyDenoiser
+
+    ctrl = inversion.settings.get("control") or {"strength": 1.0, "start": 0.0, "end": 1.0}
+    return ComfyDenoiser(model, control_net, strength=ctrl["strength"], start_percent=ctrl["start"],
+                         end_percent=ctrl["end"], extra_control=extra_control, node=node)
 
 
 class PoseAnimatePoseEmbeddingOptimize:
@@ -63,7 +69,7 @@ class PoseAnimatePoseEmbeddingOptimize:
         import comfy.model_management as mm
 
         from ..pacm import optimize_pose_embeddings
-        from .host import ComfyDenoiser, ComfyProgress, conditioning_context, conditioning_control, engine_mode, plain, plain_fields
+        from .host import ComfyProgress, conditioning_context, conditioning_control, engine_mode, plain, plain_fields
 
         node = DISPLAY_NAME
         inversion = check_inversion(inversion, node)
@@ -78,10 +84,7 @@ class PoseAnimatePoseEmbeddingOptimize:
                                 or (src.float().cpu() - hints[0]).abs().mean() > 0.05):
             log.warning("%s: poses[0] differs from the inversion's source pose; PATA Align puts the source "
                         "pose first, and frames 1..N are used as targets", node)
-        ctrl = control_settings(inversion)
-        den = ComfyDenoiser(model, control_net, strength=ctrl["strength"], start_percent=ctrl["start"],
-                            end_percent=ctrl["end"], extra_control=conditioning_control(positive),
-                            node=node)
+        den = inversion_denoiser(inversion, model, control_net, node, conditioning_control(positive))
         progress = ComfyProgress()
         batch = int(frames_per_batch) or None
         latent_shape = (1,) + tuple(inversion.trajectory.shape[1:])

@@ -89,8 +89,8 @@ class PoseAnimateCrossAttentionMaskExtract:
         from ..attention import (AttentionMapStore, CrossAttentionCapture, find_token_positions, install_patches,
                                  masks_from_attention_maps)
         from ..pacm import sample_frames
-        from .embedding_optimize import control_settings
-        from .host import ComfyDenoiser, ComfyProgress, engine_mode, plain, plain_fields
+        from .embedding_optimize import inversion_denoiser
+        from .host import ComfyProgress, engine_mode, plain, plain_fields
         from .host.types import check_embeddings
         from .host.types import window_size as resolve_window
 
@@ -133,9 +133,7 @@ class PoseAnimateCrossAttentionMaskExtract:
         if not installed:
             raise input_error(NODE, "model", "has no cross-attention layers to read",
                               "connect an SD1.5 MODEL")
-        ctrl = control_settings(inversion)
-        den = ComfyDenoiser(patched, control_net, strength=ctrl["strength"], start_percent=ctrl["start"],
-                            end_percent=ctrl["end"], node=NODE)
+        den = inversion_denoiser(inversion, patched, control_net, NODE)
         w = resolve_window(window_size, frames)
         windows = -(-frames // w)
         progress = ComfyProgress()

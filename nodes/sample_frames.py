@@ -3,7 +3,7 @@ embeddings, through the (DCA-patched) MODEL, in windows (PACM stage 4)."""
 from __future__ import annotations
 
 from ._common import CATEGORY, node_errors
-from .embedding_optimize import control_settings
+from .embedding_optimize import inversion_denoiser
 from .host.types import check_embeddings, check_same_prompt, frame_masks
 from .host.types import window_size as resolve_window
 
@@ -49,7 +49,7 @@ class PoseAnimateSampleFrames:
         import comfy.model_management as mm
 
         from ..pacm import sample_frames
-        from .host import ComfyDenoiser, ComfyProgress, conditioning_context, conditioning_control, engine_mode, plain, plain_fields
+        from .host import ComfyProgress, conditioning_context, conditioning_control, engine_mode, plain, plain_fields
 
         node = DISPLAY_NAME
         check_embeddings(embeddings, node)
@@ -58,10 +58,7 @@ class PoseAnimateSampleFrames:
         ctx = conditioning_context(positive, node, "positive")
         check_same_prompt(ctx, inversion.cond, node, "positive")
         mask = frame_masks(masks, frames, node, "masks")
-        ctrl = control_settings(inversion)
-        den = ComfyDenoiser(model, control_net, strength=ctrl["strength"], start_percent=ctrl["start"],
-                            end_percent=ctrl["end"], extra_control=conditioning_control(positive),
-                            node=node)
+        den = inversion_denoiser(inversion, model, control_net, node, conditioning_control(positive))
         w = resolve_window(window_size, frames)
         progress = ComfyProgress()
         latent_shape = (1,) + tuple(inversion.trajectory.shape[1:])
