@@ -1,0 +1,140 @@
+"""Train the StickWorld model (text encoder + TinyUNet + pose branch) on freshly generated StickWorld scenes.
+
+    python scripts/stickworld_train.py --out assets/stickworld            # the shipped weights (CPU, 2 threads)
+    python scripts/stickworld_train.py --steps 200 --out /tmp/sw --device cuda
+
+Each step draws ``--batch`` new scenes from one seeded generator, picks SD1.5 timesteps uniformly, and
+regresses the noise (SD1.5's EPS objective in ComfyUI's sigma space: x_t = x0 + sigma * eps, the UNet sees
+x_t / sqrt(1 + sigma^2)). The prompt is dropped (empty prompt) for ``--drop`` of the samples so that
+classifier-free guidance works. AdamW with warm-up and cosine decay, gradient clipping, and an EMA of the
+weights, which is what is saved. Writes ``stickworld.pt`` (EMA weights, float16), ``loss.csv`` and
+``train_state.pt`` (full state for ``--resume``; not shipped) into ``--out`` every ``--save-every`` steps.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import pathlib
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from pacm.schedule import sd15_sigma_table  # noqa: E402
+from stickworld.model import StickWorldModel  # noqa: E402
+from stickworld.world import make_batch  # noqa: E402
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    u = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * u)))
+
+
+def training_batch(rng: np.random.Generator, n: int, model: StickWorldModel, drop: float, device) -> tuple:
+    batch = make_batch(rng, n)
+    prompts = ["" if rng.random() < drop else p for p in batch["prompts"]]
+    x0 = torch.from_numpy(batch["images"]).permute(0, 3, 1, 2).to(device) * 2 - 1
+    hint = torch.from_numpy(batch["hints"]).permute(0, 3, 1, 2).to(device)
+    ids = torch.tensor([model.tokenizer.encode(p) for p in prompts], device=device)
+    return x0, hint, ids
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "assets" / "stickworld"), help="output folder")
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--batch", type=int, default=48)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--drop", type=float, default=0.1, help="fraction of samples trained with the empty prompt")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--save-every", type=int, default=250)
+    ap.add_argument("--resume", action="store_true", help="continue from --out/train_state.pt")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    model = StickWorldModel().to(args.device).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    sigmas = sd15_sigma_table().to(args.device)
+    start, elapsed, rows = 0, 0.0, []
+    state_path = out / "train_state.pt"
+    if args.resume and state_path.exists():
+        st = torch.load(state_path, map_location=args.device, weights_only=False)
+        model.load_state_dict(st["model"])
+        ema.load_state_dict(st["ema"])
+        opt.load_state_dict(st["opt"])
+        rng.bit_generator.state = st["rng"]
+        torch.set_rng_state(st["torch_rng"])
+        start, elapsed, rows = st["step"], st["elapsed"], st["rows"]
+        print(f"resumed at step {start}")
+    command = "python scripts/stickworld_train.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{n_params / 1e6:.2f}M parameters, batch {args.batch}, {args.steps} steps")
+    window = []
+    t_last = time.time()
+    for step in range(start, args.steps):
+        lr = lr_at(step, args.steps, args.lr, args.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x0, hint, ids = training_batch(rng, args.batch, model, args.drop, args.device)
+        t = torch.randint(0, len(sigmas), (args.batch,), device=args.device)
+        s = sigmas[t].view(-1, 1, 1, 1)
+        noise = torch.randn_like(x0)
+        x_in = (x0 + s * noise) / (s * s + 1).sqrt()
+        eps = model.eps(x_in, t.float(), model.text(ids), hint)
+        loss = (eps - noise).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        window.append(loss.item())
+        now = time.time()
+        elapsed += now - t_last
+        t_last = now
+        if (step + 1) % 10 == 0:
+            rows.append({"step": step + 1, "loss": float(np.mean(window)), "lr": lr, "seconds": round(elapsed, 1)})
+            window = []
+            if (step + 1) % 100 == 0:
+                print(f"step {step + 1}: loss {rows[-1]['loss']:.4f}  lr {lr:.2e}  {elapsed / 60:.1f} min", flush=True)
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            meta = {"command": command, "seed": args.seed, "steps": step + 1, "batch": args.batch, "lr": args.lr,
+                    "ema": args.ema, "drop": args.drop, "parameters": n_params, "seconds": round(elapsed, 1),
+                    "device": str(args.device), "threads": args.threads, "final_loss": rows[-1]["loss"] if rows else None}
+            ema.save(out / "stickworld.pt", meta)
+            with open(out / "loss.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "seconds"])
+                w.writeheader()
+                w.writerows(rows)
+            (out / "training.json").write_text(json.dumps(meta, indent=1) + "\n")
+            tmp = state_path.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                        "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step + 1,
+                        "elapsed": elapsed, "rows": rows}, tmp)
+            tmp.replace(state_path)
+    print(f"done: {args.steps} steps in {elapsed / 60:.1f} min; weights in {out / 'stickworld.pt'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""StickWorld: the scene generator, tokenizer, model, metrics, pictures, benchmark runner and scripts."""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+
+from attention import find_token_positions
+from stickworld import bench, metrics
+from stickworld.model import CONTEXT_LENGTH, UNET_CONFIG, StickWorldModel, Tokenizer, load_model
+from stickworld.pictures import contact_sheet, lzw_encode, palette, quantise, write_gif
+from stickworld.world import Character, draw_character, make_batch, random_pose, sample_scene
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+TINY = dict(UNET_CONFIG, model_channels=8, context_dim=16, heads=2, dim_head=4, groups=4)
+
+
+def _script(name: str, folder: str = "scripts"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return StickWorldModel(TINY).eval().requires_grad_(False)
+
+
+# ------------------------------------------------------------------------------------------------- world
+def test_batches_are_seeded_and_consistent():
+    a = make_batch(np.random.default_rng(5), 6)
+    b = make_batch(np.random.default_rng(5), 6)
+    c = make_batch(np.random.default_rng(6), 6)
+    assert np.array_equal(a["images"], b["images"]) and a["prompts"] == b["prompts"]
+    assert not np.array_equal(a["images"], c["images"])
+    assert a["images"].shape == (6, 32, 32, 3) and a["hints"].shape == (6, 32, 32, 3)
+    assert a["masks"].shape == (6, 32, 32) and a["masks"].dtype == bool
+    for img, mask, hint in zip(a["images"], a["masks"], a["hints"]):
+        assert 20 < mask.sum() < 400  # a figure, not the whole canvas
+        assert hint[mask].sum(-1).mean() > 5 * hint[~mask].sum(-1).mean()  # the skeleton lies on the body
+        assert 0 <= img.min() and img.max() <= 1
+
+
+def test_character_is_drawn_in_its_palette_over_its_background():
+    rng = np.random.default_rng(3)
+    character, background = sample_scene(rng, 0.4)
+    bg = background.draw(32)
+    img, mask = draw_character(character, random_pose(rng, character), bg)
+    region = metrics.character_region(img, character.palette(), bg)
+    assert metrics.pose_iou(region, mask) > 0.75
+    assert np.abs(img - bg)[~metrics.dilate(mask, 1)].max() < 1e-6  # background untouched away from the body
+
+
+def test_tokenizer_and_token_positions():
+    tok = Tokenizer()
+    prompt = "figure in striped red shirt and blue trousers on blobs background"
+    ids = tok.encode(prompt)
+    assert len(ids) == CONTEXT_LENGTH and ids[0] == 1 and ids[12] == 2 and ids[13:] == [0] * 3
+    assert find_token_positions(tok, prompt, "shirt, trousers") == [5, 8]
+    with pytest.raises(ValueError, match="prompt: StickWorld does not know the words \\['knight'\\]"):
+        tok.encode("knight")
+
+
+# ------------------------------------------------------------------------------------------------- model
+def test_model_round_trip_and_denoiser(tiny_model, tmp_path):
+    tiny_model.save(tmp_path / "m.pt", {"seed": 1}, half=False)
+    loaded = load_model(tmp_path / "m.pt")
+    assert loaded.meta == {"seed": 1}
+    x = torch.randn(2, 3, 32, 32)
+    hint = torch.rand(2, 3, 32, 32)
+    ctx = tiny_model.encode(["figure in plain red shirt and blue trousers on stripes background", ""])
+    assert ctx.shape == (2, CONTEXT_LENGTH, TINY["context_dim"])
+    sigma = torch.tensor([3.0, 0.5])
+    a = tiny_model.denoiser()(x, sigma, ctx, hint, {})
+    b = loaded.denoiser()(x, sigma, loaded.encode(["figure in plain red shirt and blue trousers on stripes background",
+                                                   ""]), hint, {})
+    assert torch.equal(a, b)
+    tiny_model.save(tmp_path / "h.pt")
+    half = load_model(tmp_path / "h.pt")
+    c = half.denoiser()(x, sigma, half.encode(["", ""]), hint, {})
+    assert c.shape == a.shape and torch.isfinite(c).all()
+    assert [b for b in tiny_model.unet.attention_blocks() if b[0] == "output"] == [("output", i) for i in range(4)]
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+def _scene(seed=4):
+    rng = np.random.default_rng(seed)
+    character, background = sample_scene(rng, 0.4)
+    bg = background.draw(32)
+    pose = random_pose(rng, character)
+    img, mask = draw_character(character, pose, bg)
+    return character, bg, pose, img, mask
+
+
+def test_metrics_reward_the_truth_and_punish_errors():
+    character, bg, pose, img, mask = _scene()
+    pal = character.palette()
+    perfect = metrics.score_sequence(np.stack([img, img]), np.stack([mask, mask]), pal, bg, img, mask)
+    assert perfect["identity"] == pytest.approx(0.0, abs=1e-9)
+    assert perfect["background"] == pytest.approx(0.0, abs=1e-6) and perfect["temporal"] == 0.0
+    assert perfect["pose_iou"] > 0.75
+    # another character's colours in the same pose: identity gets worse
+    other = Character.sample(np.random.default_rng(99))
+    other.proportions = character.proportions
+    img2, _ = draw_character(other, pose, bg)
+    assert metrics.identity_distance(img2, mask, img, mask) > 0.3
+    # a figure moved away from its pose: IoU drops
+    shifted = pose.copy()
+    shifted[:, 0] += 9
+    img3, _ = draw_character(character, shifted, bg)
+    assert metrics.pose_iou(metrics.character_region(img3, pal, bg), mask) < 0.3
+    # a changed background: background error and temporal change rise
+    noisy = np.clip(img + 0.1, 0, 1)
+    assert metrics.background_error(noisy, bg, mask) == pytest.approx(np.abs(noisy - bg)[~metrics.dilate(mask)].mean())
+    assert metrics.temporal_change(np.stack([img, noisy]), np.stack([mask, mask])) > 0.05
+
+
+def test_colour_histogram_is_normalised():
+    h = metrics.colour_histogram(np.random.default_rng(0).random((50, 3)))
+    assert h.shape == (64,) and h.sum() == pytest.approx(1.0) and (h >= 0).all()
+    assert metrics.colour_histogram(np.zeros((0, 3))).sum() == 0
+
+
+# ---------------------------------------------------------------------------------------------- pictures
+def test_gif_decodes_to_the_quantised_frames(tmp_path):
+    pil = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    frames = (rng.random((3, 40, 70, 3)) * 255).astype(np.uint8)  # noise overflows the 4096-code table
+    frames[1] = frames[1] // 80 * 80
+    write_gif(tmp_path / "a.gif", frames, fps=5)
+    im = pil.open(tmp_path / "a.gif")
+    assert im.n_frames == 3 and im.info["duration"] == 200 and im.info["loop"] == 0
+    for i in range(3):
+        im.seek(i)
+        assert np.array_equal(np.array(im.convert("RGB")), palette()[quantise(frames[i])])
+
+
+def test_lzw_and_sheet_basics():
+    data = lzw_encode(bytes([7] * 1000))
+    assert data[0] & 0x1FF == 256 or data[0] == 0  # starts with the clear code (9 bits)
+    assert len(data) < 100  # runs compress
+    sheet = contact_sheet([("a", np.zeros((2, 8, 8, 3))), ("b", np.ones((3, 8, 8, 3)))], scale=2)
+    assert sheet.dtype == np.uint8 and sheet.shape[0] == 2 * (16 + 2) + 2
+    with pytest.raises(ValueError, match="frames"):
+        write_gif("never.gif", np.zeros((2, 8, 8)))
+
+
+# --------------------------------------------------------------------------------------------- benchmark
+def test_cases_are_held_out_and_on_the_canvas():
+    cases = bench.make_cases(4, frames=5)
+    assert [c.name for c in cases] == ["00-wave", "01-walk", "02-dance", "03-turn"]
+    again = bench.make_cases(4, frames=5)
+    assert all(np.array_equal(a.source_pose, b.source_pose) for a, b in zip(cases, again))
+    assert len({c.prompt for c in cases}) == 4
+    for c in cases:
+        assert c.targets.shape == (5, 18, 3)
+        pts = np.concatenate([c.targets, c.source_pose[None]])
+        xy = pts[pts[..., 2] > 0][:, :2]
+        assert xy.min() > -1 and xy.max() < 33
+    with pytest.raises(ValueError, match="sequence"):
+        bench.make_case(0, "moonwalk")
+
+
+def test_every_variant_runs_the_engine_and_its_patches(tiny_model, monkeypatch):
+    case = bench.make_case(1, "wave", frames=2)
+    applied = []
+    real = bench.DCAPatch
+
+    def counting(*args, **kwargs):
+        patch = real(*args, **kwargs)
+        applied.append(patch)
+        return patch
+
+    monkeypatch.setattr(bench, "DCAPatch", counting)
+    settings = bench.Settings(steps=3, inner_steps=1, transition=1)
+    result = bench.run_case(tiny_model, case, bench.VARIANTS, settings)
+    for v in bench.VARIANTS:
+        frames = result[v]["frames"]
+        n = 1 + 2 if v in ("no_pata",) else 1 + 1 + 2
+        assert frames.shape == (n, 32, 32, 3) and np.isfinite(frames).all()
+    # DCA ran on every output block with attention, in every variant that uses it
+    assert len(applied) == 5  # PATA run: capture pass (= no_mgdm), full, no_pacm; raw run: capture, no_pata
+    for patch in applied:
+        assert {k[:2] for k, n in patch.applied.items() if n} == {("output", i) for i in range(4)}
+    runs = result["_runs"]
+    assert runs["pata"].maps.shape[0] == 4 and runs["raw"].maps.shape[0] == 3
+    masks = runs["pata"].masks()
+    assert torch.equal(masks[0], torch.from_numpy(runs["pata"].source_mask).float())
+    assert not np.allclose(result["full"]["frames"], result["no_dcam"]["frames"])
+    assert not np.allclose(result["full"]["frames"], result["no_mgdm"]["frames"])
+    scores = bench.score_case(case, result)
+    assert set(scores) == set(bench.VARIANTS)
+    assert bench.markdown_table(bench.summarise({case.name: scores})).count("\n") == 1 + len(bench.VARIANTS)
+    with pytest.raises(ValueError, match="variants"):
+        bench.run_case(tiny_model, case, ["full", "magic"], settings)
+
+
+# ------------------------------------------------------------------------------------------------ scripts
+def test_training_script_writes_weights_curve_and_resumes(tmp_path):
+    train = _script("stickworld_train")
+    args = ["--steps", "2", "--batch", "2", "--out", str(tmp_path), "--save-every", "1", "--threads", "1"]
+    train.main(args)
+    assert (tmp_path / "stickworld.pt").exists() and (tmp_path / "train_state.pt").exists()
+    model = load_model(tmp_path / "stickworld.pt")
+    assert model.meta["steps"] == 2 and model.meta["seed"] == 0
+    train.main(["--steps", "3", "--batch", "2", "--out", str(tmp_path), "--save-every", "1", "--threads", "1",
+                "--resume"])
+    assert load_model(tmp_path / "stickworld.pt").meta["steps"] == 3
+
+
+def test_demo_writes_a_gif(tiny_model, tmp_path):
+    tiny_model.save(tmp_path / "tiny.pt")
+    out = _script("stickworld_demo").main(["--weights", str(tmp_path / "tiny.pt"), "--frames", "2", "--steps", "2",
+                                           "--inner", "1", "--scale", "1", "--out", str(tmp_path / "d.gif")])
+    data = out.read_bytes()
+    assert data[:6] == b"GIF89a" and data[-1:] == b";"
+    assert int.from_bytes(data[6:8], "little") == 3 * 32  # source | pose | frame side by side
