@@ -26,19 +26,23 @@ if str(ROOT) not in sys.path:
 from stickworld.bench import VARIANTS, Settings, make_cases, markdown_table, run_case, score_case, summarise  # noqa: E402
 from stickworld.model import load_model  # noqa: E402
 from stickworld.pictures import contact_sheet, save_png  # noqa: E402
+from stickworld.world import pose_hint  # noqa: E402
 
 WEIGHTS = ROOT / "assets" / "stickworld" / "stickworld.pt"
 
 
 def sheet_rows(case, result) -> list:
+    """The source and the PATA poses, then one row per variant; a variant without transition frames
+    (no_pata) gets blank cells there so that target frames line up in columns."""
     full = result.get("full") or next(v for k, v in result.items() if not k.startswith("_"))
     src_img, _ = case.draw(case.source_pose)
-    from stickworld.world import pose_hint
-
-    rows = [(f"{case.name}", np.concatenate([src_img[None], pose_hint(full["poses"][1:], case.size)]))]
+    rows = [(case.name, np.concatenate([src_img[None], pose_hint(full["poses"][1:], case.size)]))]
+    width = max(len(r["frames"]) for k, r in result.items() if not k.startswith("_"))
     for v in VARIANTS:
         if v in result:
-            rows.append((v, result[v]["frames"]))
+            frames = result[v]["frames"]
+            blank = np.ones((width - len(frames),) + frames.shape[1:], frames.dtype)
+            rows.append((v, np.concatenate([frames[:1], blank, frames[1:]])))
     return rows
 
 

@@ -8,7 +8,8 @@ regresses the noise (SD1.5's EPS objective in ComfyUI's sigma space: x_t = x0 + 
 x_t / sqrt(1 + sigma^2)). The prompt is dropped (empty prompt) for ``--drop`` of the samples so that
 classifier-free guidance works. AdamW with warm-up and cosine decay, gradient clipping, and an EMA of the
 weights, which is what is saved. Writes ``stickworld.pt`` (EMA weights, float16), ``loss.csv`` and
-``train_state.pt`` (full state for ``--resume``; not shipped) into ``--out`` every ``--save-every`` steps.
+``loss.png``, ``training.json`` (command, seed, settings) and ``train_state.pt`` (full state for ``--resume``;
+not shipped) into ``--out`` every ``--save-every`` steps.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ if str(ROOT) not in sys.path:
 
 from pacm.schedule import sd15_sigma_table  # noqa: E402
 from stickworld.model import StickWorldModel  # noqa: E402
+from stickworld.pictures import plot_loss  # noqa: E402
 from stickworld.world import make_batch  # noqa: E402
 
 
@@ -128,6 +130,8 @@ def main(argv=None) -> None:
                 w.writeheader()
                 w.writerows(rows)
             (out / "training.json").write_text(json.dumps(meta, indent=1) + "\n")
+            if rows:
+                plot_loss([r["step"] for r in rows], [r["loss"] for r in rows], out / "loss.png")
             tmp = state_path.with_suffix(".tmp")
             torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                         "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step + 1,

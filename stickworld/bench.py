@@ -30,7 +30,7 @@ from pata.figure import body3d, project
 
 from .metrics import score_sequence
 from .model import StickWorldModel
-from .world import SIZE, SUBJECT_WORDS, Background, Character, draw_character, pose_hint, prompt_for
+from .world import SIZE, Background, Character, draw_character, pose_hint, prompt_for
 from .world import random_angles, sample_scene
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ class Settings:
     lr: float = 1e-2
     transition: int = 3
     weights: tuple = (0.7, 0.15, 0.15)
-    subject: tuple = SUBJECT_WORDS
+    subject: tuple | None = None  # words whose cross-attention gives the masks; None: the character's own words
     mask_dilate: int = 0
     window: int | None = None
 
@@ -70,6 +70,11 @@ class Case:
     @property
     def prompt(self) -> str:
         return prompt_for(self.character, self.background)
+
+    @property
+    def subject(self) -> tuple:
+        """The prompt's words that describe the character: its pattern and colours."""
+        return (self.character.pattern, self.character.shirt_name, self.character.trousers_name)
 
     def background_image(self) -> np.ndarray:
         return self.background.draw(self.size)
@@ -197,7 +202,7 @@ class Run:
         if self._capture is not None:
             return self._capture
         s = self.settings
-        positions = find_token_positions(self.model.tokenizer, self.case.prompt, list(s.subject))
+        positions = find_token_positions(self.model.tokenizer, self.case.prompt, list(s.subject or self.case.subject))
         store = AttentionMapStore()
         frames = self.sample(DCAPatch(weights=s.weights), CrossAttentionCapture(positions, store=store, factors=None))
         self.maps = store.maps(range(len(self.poses)))

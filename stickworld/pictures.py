@@ -129,3 +129,25 @@ def write_gif(path, frames: np.ndarray, fps: float = 8.0, loop: int = 0) -> None
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(bytes(data))
+
+
+def plot_loss(steps, losses, path, size=(480, 240)) -> None:
+    """Draw a training-loss curve (log scale) as a PNG with OpenCV: steps on x, loss on y."""
+    w, h = size
+    pad = 40
+    img = np.full((h, w, 3), 255, np.uint8)
+    steps = np.asarray(steps, np.float64)
+    logs = np.log10(np.maximum(np.asarray(losses, np.float64), 1e-12))
+    lo, hi = np.floor(logs.min() * 2) / 2, np.ceil(logs.max() * 2) / 2
+    hi = hi if hi > lo else lo + 0.5
+    xs = pad + (steps - steps.min()) / max(steps.max() - steps.min(), 1) * (w - 1.5 * pad)
+    ys = h - pad - (logs - lo) / (hi - lo) * (h - 1.5 * pad)
+    cv2.rectangle(img, (pad, pad // 2), (w - pad // 2, h - pad), (200, 200, 200), 1)
+    for v in np.arange(lo, hi + 1e-9, 0.5):
+        y = int(h - pad - (v - lo) / (hi - lo) * (h - 1.5 * pad))
+        cv2.putText(img, f"{10 ** v:.3g}", (2, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, f"step {int(steps.min())}..{int(steps.max())}, training loss (log)", (pad, h - 12),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    pts = np.stack([xs, ys], 1).round().astype(np.int32)
+    cv2.polylines(img, [pts], False, (200, 60, 30), 1, cv2.LINE_AA)
+    save_png(path, img)

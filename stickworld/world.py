@@ -33,7 +33,6 @@ SKIN_TONES = ((255, 222, 185), (232, 185, 145), (195, 140, 100), (140, 95, 60), 
 PATTERNS = ("plain", "striped", "dotted")
 BACKGROUNDS = ("gradient", "stripes", "checkers", "blobs")
 TEMPLATE = "figure in {pattern} {shirt} shirt and {trousers} trousers on {background} background"
-SUBJECT_WORDS = ("figure", "shirt", "trousers")
 
 # Limb widths in torso lengths, and which keypoint pairs each garment covers.
 ARM_WIDTH = 0.26

@@ -205,14 +205,14 @@ def test_every_variant_runs_the_engine_and_its_patches(tiny_model, monkeypatch):
 # ------------------------------------------------------------------------------------------------ scripts
 def test_training_script_writes_weights_curve_and_resumes(tmp_path):
     train = _script("stickworld_train")
-    args = ["--steps", "2", "--batch", "2", "--out", str(tmp_path), "--save-every", "1", "--threads", "1"]
-    train.main(args)
-    assert (tmp_path / "stickworld.pt").exists() and (tmp_path / "train_state.pt").exists()
+    args = ["--batch", "2", "--out", str(tmp_path), "--save-every", "5", "--threads", "1"]
+    train.main(["--steps", "10"] + args)
+    for name in ("stickworld.pt", "train_state.pt", "loss.csv", "loss.png", "training.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
     model = load_model(tmp_path / "stickworld.pt")
-    assert model.meta["steps"] == 2 and model.meta["seed"] == 0
-    train.main(["--steps", "3", "--batch", "2", "--out", str(tmp_path), "--save-every", "1", "--threads", "1",
-                "--resume"])
-    assert load_model(tmp_path / "stickworld.pt").meta["steps"] == 3
+    assert model.meta["steps"] == 10 and model.meta["seed"] == 0 and model.meta["command"].endswith("--threads 1")
+    train.main(["--steps", "12", "--resume"] + args)
+    assert load_model(tmp_path / "stickworld.pt").meta["steps"] == 12
 
 
 def test_demo_writes_a_gif(tiny_model, tmp_path):
