@@ -13,6 +13,8 @@ Variants (``VARIANTS``):
 * ``no_pata``: the target poses as they come (scaled to the canvas, not aligned, not retargeted), no transition.
 * ``baseline``: a plain pose-ControlNet: every frame sampled from one shared noise with the prompt and CFG
   against the empty prompt; no inversion, no attention fusion.
+* ``true_masks``: a diagnostic, not an ablation: ``full`` with MGDM given the world's true character masks
+  instead of the cross-attention ones, which separates MGDM itself from the quality of its masks.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from .world import random_angles, sample_scene
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 POSES = ROOT / "assets" / "poses"
 SEQUENCES = ("wave", "walk", "dance", "turn")
-VARIANTS = ("full", "no_pacm", "no_dcam", "no_mgdm", "no_pata", "baseline")
+VARIANTS = ("full", "no_pacm", "no_dcam", "no_mgdm", "no_pata", "baseline", "true_masks")
 BENCH_SEED = 20240   # held-out scenes come from this seed's streams; training draws from --seed 0's stream
 METRICS = {"pose_iou": "higher", "identity": "lower", "background": "lower", "temporal": "lower"}
 
@@ -52,7 +54,7 @@ class Settings:
     transition: int = 3
     weights: tuple = (0.7, 0.15, 0.15)
     subject: tuple | None = None  # words whose cross-attention gives the masks; None: the character's own words
-    mask_dilate: int = 0
+    mask_dilate: int = 1  # as Cross-Attention Mask Extract's default
     window: int | None = None
 
 
@@ -145,10 +147,14 @@ def _output_blocks(model: StickWorldModel) -> list:
 
 
 def _patched(model: StickWorldModel, dca=None, capture=None):
+    """The model's denoiser with ``dca`` (one DCAPatch, or a list: each on the blocks it selects) as attn1 and
+    ``capture`` as attn2 replace patches on every up block with attention."""
     den = model.denoiser()
+    dcas = dca if isinstance(dca, (list, tuple)) else [dca] if dca is not None else []
     for block in _output_blocks(model):
-        if dca is not None:
-            den = den.with_patch("attn1", block, dca)
+        for patch in dcas:
+            if patch.applies_to(block):
+                den = den.with_patch("attn1", block, patch)
         if capture is not None:
             den = den.with_patch("attn2", block, capture)
     return den
@@ -254,6 +260,9 @@ def run_case(model: StickWorldModel, case: Case, variants=VARIANTS, settings: Se
             frames = run.capture_pass()
         elif v == "no_dcam":
             frames = run.sample()
+        elif v == "true_masks":
+            truth = torch.from_numpy(np.stack([case.draw(p)[1] for p in run.poses])).float()
+            frames = run.sample(DCAPatch(weights=w), masks=truth)
         elif v == "no_pacm":
             frames = run.sample(DCAPatch(weights=w), masks=run.masks(), inversion=run.inversion(), uncond=run.empty)
         else:

@@ -186,7 +186,7 @@ def test_every_variant_runs_the_engine_and_its_patches(tiny_model, monkeypatch):
         n = 1 + 2 if v in ("no_pata",) else 1 + 1 + 2
         assert frames.shape == (n, 32, 32, 3) and np.isfinite(frames).all()
     # DCA ran on every output block with attention, in every variant that uses it
-    assert len(applied) == 5  # PATA run: capture pass (= no_mgdm), full, no_pacm; raw run: capture, no_pata
+    assert len(applied) == 6  # PATA run: capture pass (= no_mgdm), full, no_pacm, true_masks; raw run: capture, no_pata
     for patch in applied:
         assert {k[:2] for k, n in patch.applied.items() if n} == {("output", i) for i in range(4)}
     runs = result["_runs"]

@@ -43,8 +43,8 @@ def test_full_method_beats_plain_controlnet_on_identity_and_background(model):
         result = bench.run_case(model, case, ["full", "baseline"], settings)
         per_case[case.name] = bench.score_case(case, result)
     mean = bench.summarise(per_case)
-    print(bench.markdown_table(mean))
-    assert mean["full"]["identity"] < mean["baseline"]["identity"]
-    assert mean["full"]["background"] < mean["baseline"]["background"]
+    table = bench.markdown_table(mean)
+    assert mean["full"]["identity"] < mean["baseline"]["identity"], table
+    assert mean["full"]["background"] < mean["baseline"]["background"], table
     for name, scores in per_case.items():
         assert scores["full"]["background"] < scores["baseline"]["background"], name
