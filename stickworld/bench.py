@@ -229,7 +229,7 @@ def _baseline(run: Run, seed: int) -> np.ndarray:
     g = torch.Generator().manual_seed(seed)
     shape = (3, run.case.size, run.case.size)
     z_t = torch.randn(shape, generator=g) * float((1 + sig[0] ** 2) ** 0.5)
-    traj = torch.zeros((run.settings.steps + 1,) + shape)
+    traj = torch.zeros((len(sig),) + shape)  # ddim_uniform may give a step more or less than asked
     traj[-1] = z_t
     noise = pacm.InversionResult(sigmas=sig, trajectory=traj, cond=run.cond, hint=run.hints[0], cfg=1.0)
     return run.sample(inversion=noise, uncond=run.empty)
