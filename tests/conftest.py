@@ -29,7 +29,7 @@ def _register_pack() -> None:
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-TESTS = str(ROOT / "tests")  # shared test helpers (pata_poses) import by name
+TESTS = str(ROOT / "tests")  # shared test helpers (pata_poses, scripts_loader) import by name
 if TESTS not in sys.path:
     sys.path.insert(1, TESTS)
 _register_pack()

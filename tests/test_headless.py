@@ -13,7 +13,6 @@ import email.parser
 import email.policy
 import hashlib
 import queue
-import importlib.util
 import json
 import pathlib
 import socket
@@ -23,11 +22,10 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from scripts_loader import load_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("poseanimate_run", ROOT / "scripts" / "poseanimate_run.py")
-cli = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cli)
+cli = load_script("poseanimate_run")
 
 OUTPUT_NODES = {"SaveImage", "SaveAnimatedWEBP", "SaveVideo", "PreviewImage"}
 
@@ -35,9 +33,7 @@ OUTPUT_NODES = {"SaveImage", "SaveAnimatedWEBP", "SaveVideo", "PreviewImage"}
 def _core_and_pack_classes() -> set[str]:
     """Ids a ComfyUI with this pack knows: the checked core ids and this pack's node ids."""
     names = set(json.loads((ROOT / "tests" / "data" / "comfy_core_nodes.json").read_text())["ids"])
-    spec = importlib.util.spec_from_file_location("make_workflows", ROOT / "scripts" / "make_workflows.py")
-    mw = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mw)
+    mw = load_script("make_workflows")
     return names | set(mw.pack_classes())
 
 

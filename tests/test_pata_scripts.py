@@ -1,10 +1,10 @@
 """PATA scripts: the example poses are reproducible, and the contact sheet renders."""
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import numpy as np
+from scripts_loader import load_script
 
 # Import the pure layer now, at collection: the scripts `import pata` when they run, and pytest (importlib
 # mode) sets up the repository root's own __init__.py as a package named after the clone's folder, which
@@ -14,15 +14,8 @@ import pata  # noqa: F401
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(f"pata_script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_example_poses_are_what_the_script_makes(tmp_path, capsys):
-    _script("make_example_poses").main(["--out", str(tmp_path)])
+    load_script("make_example_poses").main(["--out", str(tmp_path)])
     shipped = sorted(p.name for p in (ROOT / "assets" / "poses").glob("*.json"))
     assert shipped == sorted(p.name for p in tmp_path.glob("*.json"))
     for name in shipped:
@@ -30,7 +23,7 @@ def test_example_poses_are_what_the_script_makes(tmp_path, capsys):
 
 
 def test_contact_sheet_renders(tmp_path, capsys):
-    mod = _script("pose_contact_sheet")
+    mod = load_script("pose_contact_sheet")
     poses = ROOT / "assets" / "poses"
     sheet = mod.contact_sheet(poses / "wave.json", poses / "character.json", transition=3, mode="retarget",
                               columns=4, thumb_height=48)

@@ -1,12 +1,12 @@
 """StickWorld: the scene generator, tokenizer, model, metrics, pictures, benchmark runner and scripts."""
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import numpy as np
 import pytest
 import torch
+from scripts_loader import load_script
 
 from attention import find_token_positions
 from stickworld import bench, metrics
@@ -18,13 +18,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 TINY = dict(UNET_CONFIG, model_channels=8, context_dim=16, heads=2, dim_head=4, groups=4)
-
-
-def _script(name: str, folder: str = "scripts"):
-    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +197,7 @@ def test_every_variant_runs_the_engine_and_its_patches(tiny_model, monkeypatch):
 
 # ------------------------------------------------------------------------------------------------ scripts
 def test_training_script_writes_weights_curve_and_resumes(tmp_path):
-    train = _script("stickworld_train")
+    train = load_script("stickworld_train")
     args = ["--batch", "2", "--out", str(tmp_path), "--save-every", "5", "--threads", "1"]
     train.main(["--steps", "10"] + args)
     for name in ("stickworld.pt", "train_state.pt", "loss.csv", "loss.png", "training.json"):
@@ -217,7 +210,7 @@ def test_training_script_writes_weights_curve_and_resumes(tmp_path):
 
 def test_demo_writes_a_gif(tiny_model, tmp_path):
     tiny_model.save(tmp_path / "tiny.pt")
-    out = _script("stickworld_demo").main(["--weights", str(tmp_path / "tiny.pt"), "--frames", "2", "--steps", "2",
+    out = load_script("stickworld_demo").main(["--weights", str(tmp_path / "tiny.pt"), "--frames", "2", "--steps", "2",
                                            "--inner", "1", "--scale", "1", "--out", str(tmp_path / "d.gif")])
     data = out.read_bytes()
     assert data[:6] == b"GIF89a" and data[-1:] == b";"

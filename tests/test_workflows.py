@@ -6,17 +6,15 @@ node specs come from this pack's classes and from the checked list of ComfyUI co
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import pathlib
 
 import pytest
+from scripts_loader import load_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("make_workflows", ROOT / "scripts" / "make_workflows.py")
-mw = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mw)
+mw = load_script("make_workflows")
 
 CORE = json.loads((ROOT / "tests" / "data" / "comfy_core_nodes.json").read_text())
 PACK = mw.pack_specs()
