@@ -24,11 +24,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from stickworld.bench import VARIANTS, Settings, make_cases, markdown_table, run_case, score_case, summarise  # noqa: E402
-from stickworld.model import load_model  # noqa: E402
+from stickworld.model import WEIGHTS, load_model  # noqa: E402
 from stickworld.pictures import contact_sheet, save_png  # noqa: E402
 from stickworld.world import pose_hint  # noqa: E402
 
-WEIGHTS = ROOT / "assets" / "stickworld" / "stickworld.pt"
 
 
 def sheet_rows(case, result) -> list:

@@ -22,11 +22,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from stickworld.bench import SEQUENCES, Settings, make_case, run_case, score_case  # noqa: E402
-from stickworld.model import load_model  # noqa: E402
+from stickworld.model import WEIGHTS, load_model  # noqa: E402
 from stickworld.pictures import to_uint8, upscale, write_gif  # noqa: E402
 from stickworld.world import pose_hint  # noqa: E402
 
-WEIGHTS = ROOT / "assets" / "stickworld" / "stickworld.pt"
 
 
 def main(argv=None) -> pathlib.Path:

@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pacm.schedule import sd15_sigma_table  # noqa: E402
-from stickworld.model import StickWorldModel  # noqa: E402
+from stickworld.model import StickWorldModel, images_to_latents  # noqa: E402
 from stickworld.pictures import plot_loss  # noqa: E402
 from stickworld.world import make_batch  # noqa: E402
 
@@ -45,7 +45,7 @@ def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -
 def training_batch(rng: np.random.Generator, n: int, model: StickWorldModel, drop: float, device) -> tuple:
     batch = make_batch(rng, n)
     prompts = ["" if rng.random() < drop else p for p in batch["prompts"]]
-    x0 = torch.from_numpy(batch["images"]).permute(0, 3, 1, 2).to(device) * 2 - 1
+    x0 = images_to_latents(batch["images"], device)
     hint = torch.from_numpy(batch["hints"]).permute(0, 3, 1, 2).to(device)
     ids = torch.tensor([model.tokenizer.encode(p) for p in prompts], device=device)
     return x0, hint, ids

@@ -31,7 +31,7 @@ from pata import build_sequence, from_pose_keypoint, load_pose_json
 from pata.figure import body3d, project
 
 from .metrics import score_sequence
-from .model import StickWorldModel
+from .model import StickWorldModel, images_to_latents, latents_to_images
 from .world import SIZE, Background, Character, draw_character, pose_hint, prompt_for
 from .world import random_angles, sample_scene
 
@@ -84,6 +84,10 @@ class Case:
     def draw(self, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return draw_character(self.character, pose, self.background_image())
 
+    def body_masks(self, poses: np.ndarray) -> np.ndarray:
+        """The character's true region (F, H, W) bool in each pose."""
+        return np.stack([self.draw(p)[1] for p in poses])
+
 
 def load_sequence(name: str, frames: int, size: int = SIZE) -> np.ndarray:
     """A bundled pose sequence, ``frames`` frames evenly sampled, scaled to a ``size`` square canvas by its
@@ -130,14 +134,6 @@ def make_cases(n: int, frames: int = 8, seed: int = BENCH_SEED, sequences=SEQUEN
 
 
 # ------------------------------------------------------------------------------------------------ running
-def _image_to_latent(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(img).permute(2, 0, 1).float() * 2 - 1
-
-
-def latents_to_images(x: torch.Tensor) -> np.ndarray:
-    return ((x.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def _hints(poses: np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy(pose_hint(poses, size)).permute(0, 3, 1, 2).float()
 
@@ -177,7 +173,7 @@ class Run:
     def inversion(self):
         if self._inversion is None:
             den = self.model.denoiser()
-            self._inversion = pacm.ddim_invert(den, _image_to_latent(self.source_image), self.cond, self.hints[0],
+            self._inversion = pacm.ddim_invert(den, images_to_latents(self.source_image[None])[0], self.cond, self.hints[0],
                                                steps=self.settings.steps)
         return self._inversion
 
@@ -261,7 +257,7 @@ def run_case(model: StickWorldModel, case: Case, variants=VARIANTS, settings: Se
         elif v == "no_dcam":
             frames = run.sample()
         elif v == "true_masks":
-            truth = torch.from_numpy(np.stack([case.draw(p)[1] for p in run.poses])).float()
+            truth = torch.from_numpy(case.body_masks(run.poses)).float()
             frames = run.sample(DCAPatch(weights=w), masks=truth)
         elif v == "no_pacm":
             frames = run.sample(DCAPatch(weights=w), masks=run.masks(), inversion=run.inversion(), uncond=run.empty)
@@ -282,7 +278,7 @@ def score_case(case: Case, result: dict) -> dict:
         if v.startswith("_"):
             continue
         sl = r["targets"]
-        masks = np.stack([case.draw(p)[1] for p in r["poses"][sl]])
+        masks = case.body_masks(r["poses"][sl])
         scores[v] = score_sequence(r["frames"][sl], masks, palette, bg, src_img, src_mask)
     return scores
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pathlib
 import re
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -17,6 +18,7 @@ from pacm.tiny_unet import TinyDenoiser, TinyPoseControl, TinyUNet
 
 from .world import BACKGROUNDS, COLOURS, PATTERNS, TEMPLATE
 
+WEIGHTS = pathlib.Path(__file__).resolve().parents[1] / "assets" / "stickworld" / "stickworld.pt"
 PAD, BOS, EOS = 0, 1, 2
 CONTEXT_LENGTH = 16
 VOCAB = ("<pad>", "<bos>", "<eos>") + tuple(dict.fromkeys(
@@ -26,6 +28,16 @@ VOCAB = ("<pad>", "<bos>", "<eos>") + tuple(dict.fromkeys(
 UNET_CONFIG = dict(in_channels=3, model_channels=32, context_dim=64, heads=4, dim_head=16, groups=8,
                    channel_mult=(1, 2, 2), num_res_blocks=1, attention_levels=(1, 2), up_attention_levels=(1, 2),
                    ff_mult=2)
+
+
+def images_to_latents(images: np.ndarray, device=None) -> torch.Tensor:
+    """RGB images (B, H, W, 3) in 0..1 -> the model's pixel-space latents (B, 3, H, W) in -1..1."""
+    return torch.from_numpy(np.asarray(images, np.float32)).permute(0, 3, 1, 2).to(device) * 2 - 1
+
+
+def latents_to_images(x: torch.Tensor) -> np.ndarray:
+    """Latents (B, 3, H, W) -> RGB images (B, H, W, 3) in 0..1 (clipped)."""
+    return ((x.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
 
 
 class Tokenizer:

@@ -201,11 +201,11 @@ def draw_character(character: Character, pose: np.ndarray, background: np.ndarra
     big = size * SUPERSAMPLE
     img = cv2.resize(background, (big, big), interpolation=cv2.INTER_NEAREST).astype(np.float32)
     cover = np.zeros((big, big), np.float32)
-    yy, xx = np.mgrid[0:big, 0:big] / SUPERSAMPLE
     for name, alpha in _garment_layers(pose, SUPERSAMPLE, (big, big)):
         colour = {"trousers": character.trousers, "shirt": character.shirt, "skin": character.skin}[name]
         paint = np.broadcast_to(colour.astype(np.float32), img.shape)
         if name == "shirt" and character.pattern != "plain":
+            yy, xx = np.mgrid[0:big, 0:big] / SUPERSAMPLE
             if character.pattern == "striped":
                 on = (np.floor(yy / 2.0) % 2 == 1)
             else:

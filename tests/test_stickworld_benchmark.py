@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import pathlib
 
 import pytest
 
 from stickworld import bench
-from stickworld.model import StickWorldModel, load_model
+from stickworld.model import WEIGHTS, StickWorldModel, load_model
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-ASSETS = ROOT / "assets" / "stickworld"
+ASSETS = WEIGHTS.parent
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 REDUCED = dict(cases=2, frames=4, steps=12, inner_steps=2)
@@ -20,7 +18,7 @@ REDUCED = dict(cases=2, frames=4, steps=12, inner_steps=2)
 
 @pytest.fixture(scope="module")
 def model():
-    return load_model(ASSETS / "stickworld.pt")
+    return load_model(WEIGHTS)
 
 
 def test_shipped_weights_record_how_they_were_made(model):
