@@ -4,7 +4,7 @@
     python benchmarks/bench_pacm.py --size sd15 --device cuda --frames 16 --res 512 --steps 50 --iters 5
     python benchmarks/bench_pacm.py --denoiser mypkg.mod:make --device cuda   # any pacm Denoiser factory
 
-``--size tiny`` is ``pacm.tiny_unet.make_tiny_denoiser()`` (178k-parameter UNet); ``--size sd15`` is the same
+``--size tiny`` is ``testing.tiny_unet.make_tiny_denoiser()`` (178k-parameter UNet); ``--size sd15`` is the same
 code at SD1.5's sizes with random weights (859.5M UNet + 361M ControlNet copy, context 77 x 768).
 ``--denoiser module:function`` calls ``function(device=..., dtype=...)`` for any object implementing the
 Denoiser protocol of DEVELOPERS.md (give ``--tokens``/``--context-dim`` to match it).
@@ -12,7 +12,7 @@ Denoiser protocol of DEVELOPERS.md (give ``--tokens``/``--context-dim`` to match
 Frame-by-frame optimisation (the paper's loop) is timed on ``--single-frames`` frames (default 2) and
 extrapolated linearly to all frames; the batched run optimises all frames in micro-batches. Peak memory is
 ``torch.cuda.max_memory_allocated`` per stage on CUDA, and on CPU the peak of live tensor bytes created by the
-stage (``pacm.memtrack.PeakMemory``, measured in a second, untimed pass; ``--no-memory`` skips it).
+stage (``testing.memtrack.PeakMemory``, measured in a second, untimed pass; ``--no-memory`` skips it).
 """
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import pacm  # noqa: E402
-from pacm.memtrack import PeakMemory  # noqa: E402
-from pacm.tiny_unet import make_tiny_denoiser, sd15_config  # noqa: E402
+from testing.memtrack import PeakMemory  # noqa: E402
+from testing.tiny_unet import make_tiny_denoiser, sd15_config  # noqa: E402
 
 
 class Counting:

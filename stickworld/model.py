@@ -1,7 +1,7 @@
 """The StickWorld model: a word tokenizer, a token-embedding text encoder, and the engine's ``TinyUNet`` with its
 ControlNet-style ``TinyPoseControl`` pose branch, in pixel space (the "latent" is the RGB image in -1..1).
 
-``StickWorldModel.denoiser()`` returns the same ``pacm.tiny_unet.TinyDenoiser`` the engine tests use, so the
+``StickWorldModel.denoiser()`` returns the same ``testing.tiny_unet.TinyDenoiser`` the engine tests use, so the
 benchmark runs the real engine code (DDIM inversion, pose-aware inversion, batched optimisation, windowed
 sampling, DCAM / MGDM patches, cross-attention capture) on a trained network.
 """
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pacm.tiny_unet import TinyDenoiser, TinyPoseControl, TinyUNet
+from testing.tiny_unet import TinyDenoiser, TinyPoseControl, TinyUNet
 
 from .world import BACKGROUNDS, COLOURS, PATTERNS, TEMPLATE
 

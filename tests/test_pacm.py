@@ -7,7 +7,7 @@ import torch
 
 import pacm
 from pacm.engine import _adam_update
-from pacm.tiny_unet import make_tiny_denoiser
+from testing.tiny_unet import make_tiny_denoiser
 
 H = 8          # latent size; pose images are 8x
 L = 8          # tokens
@@ -288,7 +288,7 @@ def test_tiny_unet_calls_patches_like_comfyui(model, data):
                 assert key in extra, key
             assert "patches_replace" not in extra and "patches" not in extra
             seen.append((kind, extra["block"], extra["block_index"], tuple(extra["cond_or_uncond"])))
-            from pacm.tiny_unet import attention
+            from testing.tiny_unet import attention
             return attention(q, k, v, extra["n_heads"])
         return patch
 

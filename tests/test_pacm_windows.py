@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import pacm
-from pacm.memtrack import PeakMemory
-from pacm.tiny_unet import attention, make_tiny_denoiser
+from testing.memtrack import PeakMemory
+from testing.tiny_unet import attention, make_tiny_denoiser
 
 H, L, D = 8, 8, 32
 OUTPUT_BLOCKS = [("output", i) for i in range(4)]
