@@ -41,7 +41,7 @@ Installing on a ComfyUI model (in a node)::
 from .capture import AttentionMapStore, CrossAttentionCapture, token_maps
 from .dca import DEFAULT_WEIGHTS, dca_chunk, dual_consistency_attention, sdpa_attention, validate_weights
 from .masks import masks_from_attention_maps, otsu_threshold
-from .patch import DCAPatch, install_patches
+from .patch import DCAPatch, check_image_masks, install_patches
 from .tokens import find_token_positions
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "AttentionMapStore",
     "CrossAttentionCapture",
     "DCAPatch",
+    "check_image_masks",
     "dca_chunk",
     "dual_consistency_attention",
     "find_token_positions",

@@ -1,13 +1,16 @@
 """Helpers shared by every node file: the category names and the user-facing error convention.
 
-A user mistake must surface in ComfyUI as one clear sentence that names the node, the input and the fix.
-The pure layers (pata/, attention/, pacm/) raise ``ValueError`` whose message starts with the argument
-name, and argument names match node input names; nodes wrap their calls in :func:`node_errors` so the
-message gains the node's display name.
+A user mistake must surface in ComfyUI as one clear sentence that names the node, the input and the fix:
+``"<Node>: input '<input>': <problem>. Fix: <fix>"``. The pure layers and the pipeline raise ``ValueError``
+whose message starts with the argument name (``pipeline.errors``: one convention for every layer), and
+argument names match node input names; nodes wrap their calls in :func:`node_errors` so the message gains the
+node's display name.
 """
 from __future__ import annotations
 
 import contextlib
+
+from ..pipeline.errors import input_message, node_message
 
 CATEGORY = "PoseAnimate"
 
@@ -17,14 +20,13 @@ class PoseAnimateError(ValueError):
 
 
 def input_error(node: str, input_name: str, problem: str, fix: str) -> PoseAnimateError:
-    """Build the standard message: ``<node>: input '<input>': <problem> Fix: <fix>``."""
-    problem = problem.rstrip(".") + "."
-    return PoseAnimateError(f"{node}: input '{input_name}': {problem} Fix: {fix}")
+    """Build the standard message: ``<node>: input '<input>': <problem>. Fix: <fix>``."""
+    return PoseAnimateError(input_message(node, input_name, problem, fix))
 
 
 @contextlib.contextmanager
 def node_errors(node: str, inputs: dict[str, str] | None = None):
-    """Re-raise ``ValueError`` from the pure layers with the node's display name in front.
+    """Re-raise ``ValueError`` from the pure layers and the pipeline with the node's display name in front.
 
     ``inputs`` maps a pure-layer argument name to the node input it comes from: a message that begins with
     ``"<argument>: "`` then begins with ``"input '<node input>': "``.
@@ -34,9 +36,4 @@ def node_errors(node: str, inputs: dict[str, str] | None = None):
     except PoseAnimateError:
         raise
     except ValueError as exc:
-        message = str(exc)
-        for argument, input_name in (inputs or {}).items():
-            if message.startswith(f"{argument}: "):
-                message = f"input '{input_name}': " + message[len(argument) + 2:]
-                break
-        raise PoseAnimateError(f"{node}: {message}") from None
+        raise PoseAnimateError(node_message(node, str(exc), inputs)) from None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+from ..pipeline import FULL, MGDM_MODES
 from ._common import CATEGORY, input_error, node_errors
 
 NODE = "DCA Patch Model"
@@ -88,14 +89,14 @@ class PoseAnimateDCAPatchModel:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "An SD1.5-family MODEL (LoRAs and other patches are kept)."}),
-                "first_frame_weight": ("FLOAT", {"default": 0.7, **weight, "tooltip":
+                "first_frame_weight": ("FLOAT", {"default": FULL.weights[0], **weight, "tooltip":
                                        "λ1, weight of attention to the source frame (identity, background). The "
                                        "three weights are relative: they are divided by their sum."}),
-                "previous_frame_weight": ("FLOAT", {"default": 0.15, **weight, "tooltip":
+                "previous_frame_weight": ("FLOAT", {"default": FULL.weights[1], **weight, "tooltip":
                                           "λ2, weight of attention to the previous frame (temporal smoothness)."}),
-                "own_frame_weight": ("FLOAT", {"default": 0.15, **weight, "tooltip":
+                "own_frame_weight": ("FLOAT", {"default": FULL.weights[2], **weight, "tooltip":
                                      "λ3, weight of the frame's own self-attention (follows the new pose)."}),
-                "blocks": (BLOCK_CHOICES, {"default": "all output blocks", "tooltip":
+                "blocks": (BLOCK_CHOICES, {"default": FULL.blocks, "tooltip":
                            "Where DCAM acts: every UNet output (decoder) block with attention, SD1.5's "
                            "output blocks 3-11, or the list in custom_blocks."}),
                 "custom_blocks": ("STRING", {"default": "output 3-11", "tooltip":
@@ -105,29 +106,26 @@ class PoseAnimateDCAPatchModel:
             "optional": {
                 "masks": ("MASK", {"tooltip": "Optional character masks, one per frame (frame 0 = source), e.g. "
                                    "from Cross-Attention Mask Extract; turns on MGDM."}),
+                "mgdm": (list(MGDM_MODES), {"default": FULL.mgdm, "tooltip":
+                         "How masks decouple character and background (MGDM): 'exclude' lets character pixels "
+                         "attend only to character pixels (and background to background); 'multiply' is the "
+                         "paper's formulation, keys and values multiplied by the masks."}),
             },
         }
 
     def patch(self, model, first_frame_weight, previous_frame_weight, own_frame_weight, blocks, custom_blocks,
-              masks=None):
-        from ..attention import DCAPatch, install_patches
+              masks=None, mgdm=FULL.mgdm):
+        from .. import pipeline
 
-        raw = (float(first_frame_weight), float(previous_frame_weight), float(own_frame_weight))
-        if min(raw) < 0 or sum(raw) <= 0:
-            raise input_error(NODE, "first_frame_weight", f"the weights {raw} must be >= 0 with a positive sum",
-                              "set at least one weight above 0 (the paper uses 0.7, 0.15, 0.15)")
-        weights = tuple(w / sum(raw) for w in raw)
+        weights = (float(first_frame_weight), float(previous_frame_weight), float(own_frame_weight))
         unet = getattr(getattr(model, "model", None), "diffusion_model", None)
         if unet is None or not hasattr(model, "clone"):
             raise input_error(NODE, "model", "is not a diffusion MODEL", "connect the MODEL output of a checkpoint "
                               "loader (or of a LoRA loader)")
-        if masks is not None and getattr(masks, "ndim", 0) == 2:
-            masks = masks.unsqueeze(0)
-        with node_errors(NODE):
+        with node_errors(NODE, {"weights": "first_frame_weight", "masks": "masks", "mgdm": "mgdm"}):
+            if masks is not None:
+                masks = pipeline.check_masks(masks, masks.shape[0] if getattr(masks, "ndim", 0) == 3 else 1)
             selection = select_blocks(unet, blocks, custom_blocks)
-            dca = DCAPatch(weights=weights, masks=masks, blocks=selection)
-            patched = model.clone()
-            installed = install_patches(patched, dca=dca)
-        if not installed:
-            raise input_error(NODE, "blocks", "no block was patched", "choose 'all output blocks'")
+            dca = pipeline.make_dca(weights, masks=masks, blocks=selection, mgdm=mgdm)
+            patched, _ = pipeline.patch_model(model, dca=dca)
         return (patched,)

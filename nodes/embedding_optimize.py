@@ -4,32 +4,16 @@ from __future__ import annotations
 
 import logging
 
+from ..pipeline import FULL, SCHEDULES
 from ._common import CATEGORY, input_error, node_errors
+from .host.stages import check_inversion, inversion_denoiser
 from .host.types import PACMEmbeddings, check_same_prompt, image_to_hints
 
 log = logging.getLogger(__name__)
 
 DISPLAY_NAME = "Pose Embedding Optimize"
-
-
-def check_inversion(inversion, node: str, input_name: str = "inversion"):
-    """A POSEANIMATE_INVERSION from Pose-Aware Inversion, or a clear error."""
-    from ..pacm import InversionResult
-
-    if not isinstance(inversion, InversionResult):
-        raise input_error(node, input_name, f"expected a POSEANIMATE_INVERSION, got {type(inversion).__name__}",
-                          "connect the 'inversion' output of Pose-Aware Inversion")
-    return inversion
-
-
-def inversion_denoiser(inversion, model, control_net, node: str, extra_control=None):
-    """A ComfyDenoiser over ``model`` and ``control_net`` with the ControlNet strength and start/end percent
-    the inversion ran with, so every later stage conditions on the pose exactly as the inversion did."""
-    from .host import ComfyDenoiser
-
-    ctrl = inversion.settings.get("control") or {"strength": 1.0, "start": 0.0, "end": 1.0}
-    return ComfyDenoiser(model, control_net, strength=ctrl["strength"], start_percent=ctrl["start"],
-                         end_percent=ctrl["end"], extra_control=extra_control, node=node)
+SCHEDULE_TOOLTIP = ("How the embeddings are optimised. paper: up to inner_steps Adam iterations at every step "
+                    "(the paper's settings).")
 
 
 class PoseAnimatePoseEmbeddingOptimize:
@@ -57,28 +41,34 @@ class PoseAnimatePoseEmbeddingOptimize:
                 "positive": ("CONDITIONING", {"tooltip": "The same prompt as for the inversion."}),
                 "poses": ("IMAGE", {"tooltip": "Pose images from PATA Align: image 0 is the source pose, "
                                                "images 1..N are the target frames."}),
-                "inner_steps": ("INT", {"default": 5, "min": 0, "max": 100,
+                "inner_steps": ("INT", {"default": FULL.inner_steps, "min": 0, "max": 100,
                                         "tooltip": "Adam iterations per step and frame."}),
+                "schedule": (list(SCHEDULES), {"default": FULL.schedule, "tooltip": SCHEDULE_TOOLTIP}),
                 "frames_per_batch": ("INT", {"default": 0, "min": 0, "max": 4096,
                                              "tooltip": "Frames optimised together; 0 = choose from free GPU "
                                                         "memory. Lower it if you run out of memory."}),
             },
         }
 
-    def optimize(self, inversion, model, control_net, positive, poses, inner_steps, frames_per_batch):
+    def optimize(self, inversion, model, control_net, positive, poses, inner_steps, frames_per_batch,
+                 schedule=FULL.schedule):
         import comfy.model_management as mm
 
-        from ..pacm import optimize_pose_embeddings
+        from .. import pipeline
         from .host import ComfyProgress, conditioning_context, conditioning_control, engine_mode, plain, plain_fields
 
         node = DISPLAY_NAME
         inversion = check_inversion(inversion, node)
         hints = image_to_hints(poses, node, "poses", min_count=2)
+        if schedule not in SCHEDULES:
+            raise input_error(node, "schedule", f"unknown schedule {schedule!r}", f"choose one of {list(SCHEDULES)}")
         ctx = conditioning_context(positive, node, "positive")
         check_same_prompt(ctx, inversion.cond, node, "positive")
         if inversion.uncond is None:
             raise input_error(node, "inversion", "this inversion has no pose-aware embeddings",
                               "use the output of Pose-Aware Inversion")
+        with node_errors(node, {"poses": "poses"}):
+            pipeline.check_pose_canvas([8 * v for v in inversion.trajectory.shape[-2:]], hints.shape[-2:], "poses")
         src = inversion.hint
         if src is not None and (src.shape[-2:] != hints.shape[-2:]
                                 or (src.float().cpu() - hints[0]).abs().mean() > 0.05):
@@ -92,9 +82,8 @@ class PoseAnimatePoseEmbeddingOptimize:
         with node_errors(node), engine_mode(), den.session():
             if batch is None:
                 den.prepare_grad_weights()  # pacm's auto batch size must not count the one-off weight copy
-            poses_emb = optimize_pose_embeddings(
+            poses_emb = pipeline.optimise(
                 den, plain_fields(inversion.to(den.device)), plain(hints[1:]), inner_steps=int(inner_steps),
-                lr=float(inversion.settings.get("lr", 1e-2)),
-                early_stop=float(inversion.settings.get("early_stop", 1e-5)), batch_size=batch, callback=progress)
+                schedule=schedule, batch_size=batch, callback=progress)
             result = PACMEmbeddings(inversion=inversion, poses=poses_emb.to(mm.intermediate_device()))
         return (result,)

@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import logging
 
+from ..pipeline import FULL
 from ._common import CATEGORY, node_errors
+from .host.stages import control_inputs
 from .host.types import image_to_hints, latent_samples
 
 log = logging.getLogger(__name__)
 
 DISPLAY_NAME = "Pose-Aware Inversion"
-
-
-def control_inputs() -> dict:
-    """The ControlNet strength / start / end widgets (as in ComfyUI's 'Apply ControlNet')."""
-    return {
-        "control_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01,
-                                       "tooltip": "Strength of the pose ControlNet, as in 'Apply ControlNet'. "
-                                                  "Later PACM nodes reuse this value."}),
-        "control_start": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
-                                    "tooltip": "Fraction of the schedule (0 = first, noisiest step) where the "
-                                               "ControlNet starts acting."}),
-        "control_end": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
-                                  "tooltip": "Fraction of the schedule where the ControlNet stops acting."}),
-    }
 
 
 class PoseAnimatePoseAwareInversion:
@@ -57,16 +45,16 @@ class PoseAnimatePoseAwareInversion:
                 "source_pose": ("IMAGE", {"tooltip": "The source image's pose, rendered as an OpenPose image. "
                                                      "With a batch, image 0 is used (PATA Align puts the "
                                                      "source pose first)."}),
-                "steps": ("INT", {"default": 50, "min": 1, "max": 1000,
+                "steps": ("INT", {"default": FULL.steps, "min": 1, "max": 1000,
                                   "tooltip": "DDIM steps (ComfyUI 'ddim_uniform' schedule); every later PACM "
                                              "stage uses the same timesteps."}),
-                "cfg": ("FLOAT", {"default": 7.5, "min": 1.0, "max": 30.0, "step": 0.1,
+                "cfg": ("FLOAT", {"default": FULL.cfg, "min": 1.0, "max": 30.0, "step": 0.1,
                                   "tooltip": "Classifier-free guidance scale the embeddings are optimised for "
                                              "and that sampling will use."}),
-                "inner_steps": ("INT", {"default": 5, "min": 0, "max": 100,
+                "inner_steps": ("INT", {"default": FULL.inversion_inner_steps, "min": 0, "max": 100,
                                         "tooltip": "Adam iterations per step on the unconditional embedding "
                                                    "(0 = plain inversion, much faster, worse reconstruction)."}),
-                "early_stop": ("FLOAT", {"default": 1e-5, "min": 0.0, "max": 1.0, "step": 1e-6,
+                "early_stop": ("FLOAT", {"default": FULL.early_stop, "min": 0.0, "max": 1.0, "step": 1e-6,
                                          "tooltip": "Stop a step's iterations once the loss is under "
                                                     "early_stop + step * 2e-5 (null-text inversion's rule)."}),
                 **control_inputs(),
@@ -77,7 +65,8 @@ class PoseAnimatePoseAwareInversion:
                control_strength=1.0, control_start=0.0, control_end=1.0):
         import comfy.model_management as mm
 
-        from ..pacm import ddim_invert, pose_aware_inversion, sample_frames
+        from .. import pipeline
+        from ..pacm import sample_frames
         from .host import ComfyDenoiser, ComfyProgress, conditioning_context, conditioning_control, engine_mode, plain
 
         node = DISPLAY_NAME
@@ -86,15 +75,16 @@ class PoseAnimatePoseAwareInversion:
         if hints.shape[0] > 1:
             log.info("%s: source_pose holds %d images; using image 0 as the source pose", node, hints.shape[0])
         ctx = conditioning_context(positive, node, "positive")
+        with node_errors(node, {"source_pose": "source_pose"}):
+            pipeline.check_pose_canvas([8 * v for v in samples.shape[-2:]], hints.shape[-2:], "source_pose")
         den = ComfyDenoiser(model, control_net, strength=control_strength, start_percent=control_start,
                             end_percent=control_end, extra_control=conditioning_control(positive), node=node)
         progress = ComfyProgress()
         den.load(den.memory_per_frame(samples.shape, grad=True) * 2)
         with node_errors(node), engine_mode(), den.session():
             z0 = plain(den.model.process_latent_in(samples.to(den.device, den.dtype)))
-            inv = ddim_invert(den, z0, plain(ctx), plain(hints[:1]), steps=int(steps), callback=progress)
-            inv = pose_aware_inversion(den, inv, cfg=float(cfg), inner_steps=int(inner_steps),
-                                       early_stop=float(early_stop), callback=progress)
+            inv = pipeline.invert(den, z0, plain(ctx), plain(hints[:1]), steps=int(steps), cfg=float(cfg),
+                                  inner_steps=int(inner_steps), early_stop=float(early_stop), callback=progress)
             inv.settings["control"] = {"strength": float(control_strength), "start": float(control_start),
                                        "end": float(control_end)}
             rec = sample_frames(den, inv, callback=progress)

@@ -60,7 +60,7 @@ class PoseAnimateLoadPoseSequence:
     RETURN_TYPES = ("POSE_KEYPOINT", "INT")
     RETURN_NAMES = ("pose", "frame_count")
     OUTPUT_TOOLTIPS = ("The pose sequence, one frame per entry, for PATA Align's target_pose.",
-                       "Number of frames in the file.")
+                       "Number of poses output (after the frames setting).")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -69,10 +69,15 @@ class PoseAnimateLoadPoseSequence:
                 "pose_file": (_choices(), {"tooltip": "A .json file from ComfyUI's input folder, or a bundled "
                                                       "example (examples/...)."}),
             },
+            "optional": {
+                "frames": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip":
+                           "Take this many poses evenly from the file (first and last included); 0 = every "
+                           "pose. The paper animates 16 frames: 12 poses + 3 PATA transition frames + the source."}),
+            },
         }
 
     @classmethod
-    def IS_CHANGED(cls, pose_file):
+    def IS_CHANGED(cls, pose_file, frames=0):
         try:
             path = resolve_pose_file(pose_file)
         except ValueError:
@@ -80,18 +85,19 @@ class PoseAnimateLoadPoseSequence:
         return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
 
     @classmethod
-    def VALIDATE_INPUTS(cls, pose_file):
+    def VALIDATE_INPUTS(cls, pose_file, frames=0):
         try:
             resolve_pose_file(pose_file)
         except ValueError as exc:
             return str(exc)
         return True
 
-    def load(self, pose_file):
-        from .. import pata
+    def load(self, pose_file, frames=0):
+        from .. import pata, pipeline
 
         path = resolve_pose_file(pose_file)
-        with node_errors(DISPLAY_NAME):
-            frames = pata.load_pose_json(path, "pose_file")
-            pata.from_pose_keypoint(frames, "pose_file")  # validate now, with this node's name in any error
-        return frames, len(frames)
+        with node_errors(DISPLAY_NAME, {"frames": "frames"}):
+            data = pata.load_pose_json(path, "pose_file")
+            pata.from_pose_keypoint(data, "pose_file")  # validate now, with this node's name in any error
+            data = [data[i] for i in pipeline.sample_poses(list(range(len(data))), int(frames))]
+        return data, len(data)

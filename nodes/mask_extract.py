@@ -6,13 +6,12 @@ the attention of the subject token(s) for every frame, and thresholds the maps i
 """
 from __future__ import annotations
 
-from ._common import CATEGORY, PoseAnimateError, input_error, node_errors
+import torch.nn.functional as F
+
+from ..pipeline import FULL
+from ._common import CATEGORY, input_error, node_errors
 
 NODE = "Cross-Attention Mask Extract"
-
-
-class _StopSampling(Exception):
-    """Raised from the progress callback once enough steps are captured."""
 
 
 def _overlay(frames_hw, masks):
@@ -34,9 +33,11 @@ class PoseAnimateCrossAttentionMaskExtract:
     DESCRIPTION = (
         "Finds the character in every frame from where the subject word of the prompt looks (cross-attention): "
         "samples the frames once with a capture patch on a copy of MODEL, averages the subject token's "
-        "attention per frame and thresholds it into masks, one per frame (frame 0 = source). Connect the masks "
-        "to DCA Patch Model to turn on mask-guided decoupling (MGDM). Costs about one Sample Frames run; "
-        "capture_steps stops early."
+        "attention per frame and thresholds it into masks, one per frame (frame 0 = source). With the frames' "
+        "poses connected, each mask is united with a body prior drawn from the skeleton (the limbs that "
+        "low-resolution attention misses). Connect the masks to DCA Patch Model to turn on mask-guided "
+        "decoupling (MGDM). Costs about one Sample Frames run; capture_steps stops early. The subject is "
+        "checked against the prompt before the earlier PACM nodes run."
     )
     CATEGORY = f"{CATEGORY}/Attention"
     FUNCTION = "extract"
@@ -56,115 +57,105 @@ class PoseAnimateCrossAttentionMaskExtract:
                 "control_net": ("CONTROL_NET", {"tooltip": "The OpenPose ControlNet used for the inversion."}),
                 "clip": ("CLIP", {"tooltip": "The checkpoint's CLIP; only its tokenizer is used, to find the "
                                   "subject word's tokens in the prompt."}),
-                "embeddings": ("POSEANIMATE_EMBEDDINGS", {"tooltip": "Output of Pose Embedding Optimize."}),
+                "embeddings": ("POSEANIMATE_EMBEDDINGS", {"lazy": True,
+                                                          "tooltip": "Output of Pose Embedding Optimize."}),
                 "prompt": ("STRING", {"multiline": True, "default": "", "tooltip":
                            "The positive prompt exactly as encoded for the inversion (the same text as the "
                            "positive CLIP Text Encode)."}),
                 "subject": ("STRING", {"default": "person", "tooltip":
                             "Word(s) of the prompt naming the character, e.g. 'knight' or 'girl, dress'; "
                             "their tokens' attention becomes the mask."}),
-                "threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip":
+                "threshold": ("FLOAT", {"default": FULL.threshold, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip":
                               "Mask threshold on the per-frame normalised attention (0..1); 0 = automatic "
                               "(Otsu)."}),
-                "capture_steps": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip":
+                "capture_steps": ("INT", {"default": FULL.capture_steps, "min": 0, "max": 1000, "tooltip":
                                   "Sample only this many of the inversion's steps while capturing (the "
                                   "character's layout is set early); 0 = all steps."}),
                 "window_size": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip":
                                 "Frames per model call; 0 = all frames at once. Smaller uses less memory."}),
-                "dilate": ("INT", {"default": 1, "min": 0, "max": 64, "tooltip":
+                "dilate": ("INT", {"default": FULL.dilate, "min": 0, "max": 64, "tooltip":
                            "Grow each mask by this many latent pixels (8 image pixels each) to cover the "
                            "character's edges."}),
             },
             "optional": {
-                "source_mask": ("MASK", {"tooltip": "Optional mask of the character in the source image (e.g. "
-                                         "from a segmentation node); replaces the attention mask of frame 0."}),
+                "source_mask": ("MASK", {"tooltip": "Optional mask of the character in the source image (1 = "
+                                         "character; e.g. a cut-out's alpha through 'Invert Mask', or a "
+                                         "segmentation node); replaces the mask of frame 0. An empty or full mask "
+                                         "(a picture without alpha) is ignored."}),
+                "pose_keypoint": ("POSE_KEYPOINT", {"tooltip": "The frames' poses (PATA Align's 'pose_keypoint', "
+                                                   "source first): each mask is united with a body prior drawn "
+                                                   "from the skeleton, so thin limbs stay in the character."}),
             },
         }
 
-    def extract(self, model, control_net, clip, embeddings, prompt, subject, threshold, capture_steps,
-                window_size, dilate, source_mask=None):
-        import torch
-        import torch.nn.functional as F
+    def check_lazy_status(self, model=None, control_net=None, clip=None, embeddings=None, prompt="", subject="",
+                          **_):
+        """Runs when the prompt, subject and CLIP are known, before the PACM nodes that feed ``embeddings``: a
+        subject that is not in the prompt stops the graph before any model work."""
+        self._positions(clip, prompt, subject)
+        return ["embeddings"] if embeddings is None else []
 
-        from ..attention import (AttentionMapStore, CrossAttentionCapture, find_token_positions, install_patches,
-                                 masks_from_attention_maps)
-        from ..pacm import sample_frames
-        from .embedding_optimize import inversion_denoiser
+    @staticmethod
+    def _positions(clip, prompt, subject) -> list:
+        from .. import pipeline
+
+        tokenizer = getattr(clip, "tokenizer", None)
+        try:
+            return pipeline.check_subject(tokenizer, prompt, subject)
+        except ValueError as exc:
+            if str(exc).startswith("tokenizer: "):
+                raise input_error(NODE, "clip", "has no tokenizer",
+                                  "connect the CLIP output of Load Checkpoint") from None
+            with node_errors(NODE, {"prompt": "prompt", "subject": "subject"}):
+                raise
+
+    def extract(self, model, control_net, clip, embeddings, prompt, subject, threshold, capture_steps,
+                window_size, dilate, source_mask=None, pose_keypoint=None):
+        from .. import pata, pipeline
         from .host import ComfyProgress, engine_mode, plain, plain_fields
+        from .host.stages import inversion_denoiser
         from .host.types import check_embeddings
         from .host.types import window_size as resolve_window
 
         check_embeddings(embeddings, NODE)
         if not isinstance(prompt, str) or not prompt.strip():
             raise input_error(NODE, "prompt", "is empty", "paste the positive prompt used for the inversion")
-        words = [w.strip() for w in (subject or "").split(",") if w.strip()]
-        if not words:
-            raise input_error(NODE, "subject", "is empty", "name the character as it appears in the prompt, e.g. "
-                              "'knight'")
-        tokenizer = getattr(clip, "tokenizer", None)
-        if tokenizer is None:
-            raise input_error(NODE, "clip", "has no tokenizer", "connect the CLIP output of Load Checkpoint")
-        try:
-            positions = find_token_positions(tokenizer, prompt, words)
-        except ValueError as exc:
-            raise input_error(NODE, "subject", str(exc).split(": ", 1)[-1],
-                              f"use words that appear in the prompt {prompt.strip()[:80]!r}") from None
-        if not positions:
-            raise input_error(NODE, "subject", f"none of {words} appears in the prompt",
-                              "use a word of the prompt that names the character")
-
+        positions = self._positions(clip, prompt, subject)
         inversion, poses = embeddings.inversion, embeddings.poses
         frames = embeddings.frames
         latent_hw = tuple(inversion.trajectory.shape[-2:])
         image_hw = (latent_hw[0] * 8, latent_hw[1] * 8)
-        steps = inversion.steps
-        capture = int(capture_steps) if int(capture_steps) > 0 else steps
-        capture = min(capture, steps)
+        prior = None
+        if pose_keypoint is not None:
+            with node_errors(NODE, {"pose_keypoint": "pose_keypoint"}):
+                seq, width, height = pata.from_pose_keypoint(pose_keypoint, "pose_keypoint")
+                if len(seq) != frames:
+                    raise ValueError(f"pose_keypoint: {len(seq)} poses for {frames} frames. Fix: connect the "
+                                     "'pose_keypoint' output of the PATA Align that made these frames' poses")
+                pipeline.check_pose_canvas(image_hw, (round(height), round(width)), "pose_keypoint")
+                prior = pipeline.body_prior(seq, (round(height), round(width)))
+        if source_mask is not None and (not hasattr(source_mask, "ndim") or source_mask.ndim not in (2, 3)):
+            raise input_error(NODE, "source_mask", "expected a MASK", "connect a MASK output or leave it empty")
 
-        store = AttentionMapStore()
         unet_cfg = getattr(getattr(getattr(model, "model", None), "model_config", None), "unet_config", {}) or {}
         # SD1.5 (4 levels): the character's layout is clearest at 1/4 and 1/2 of the latent size; a UNet with
         # fewer levels (tiny test models) is read at every resolution it has.
         factors = (4, 2) if len(unet_cfg.get("channel_mult", (1, 2, 4, 4))) >= 3 else None
-        with node_errors(NODE):
-            cap = CrossAttentionCapture(positions, store=store, factors=factors)
-            patched = model.clone()
-            installed = install_patches(patched, capture=cap)
-        if not installed:
-            raise input_error(NODE, "model", "has no cross-attention layers to read",
-                              "connect an SD1.5 MODEL")
-        den = inversion_denoiser(inversion, patched, control_net, NODE)
         w = resolve_window(window_size, frames)
-        windows = -(-frames // w)
-        progress = ComfyProgress()
+        latent_shape = (1,) + tuple(inversion.trajectory.shape[1:])
 
-        def callback(stage, done, total):
-            progress(stage, min(done, capture * windows), capture * windows)
-            if done >= capture * windows and capture < steps:
-                raise _StopSampling
+        def denoiser(patched):
+            den = inversion_denoiser(inversion, patched, control_net, NODE)
+            den.load(den.memory_per_frame(latent_shape) * 2 * w)
+            return den
 
-        den.load(den.memory_per_frame((1,) + tuple(inversion.trajectory.shape[1:])) * 2 * w)
         with node_errors(NODE), engine_mode():
-            try:
-                sample_frames(den, plain_fields(inversion.to(den.device)), plain_fields(poses.to(den.device)),
-                              window=w, callback=callback)
-            except _StopSampling:
-                pass
-        recorded = store.frames()
-        if recorded[:frames] != list(range(frames)):
-            raise PoseAnimateError(f"{NODE}: captured the subject's attention for frames {recorded} of 0..{frames - 1};"
-                                   " the model's cross-attention layers were not reached. Fix: connect an SD1.5 "
-                                   "MODEL (its cross-attention must not be replaced by another patch).")
-        maps = store.maps(range(frames)).float().cpu()
-        with node_errors(NODE):
-            masks = masks_from_attention_maps(maps, threshold="otsu" if threshold <= 0 else float(threshold),
-                                              size=latent_hw, dilate=int(dilate))
-        masks = F.interpolate(masks[:, None].float(), size=image_hw, mode="nearest")[:, 0]
-        if source_mask is not None:
-            if not isinstance(source_mask, torch.Tensor) or source_mask.ndim not in (2, 3):
-                raise input_error(NODE, "source_mask", "expected a MASK", "connect a MASK output or leave it empty")
-            src = source_mask if source_mask.ndim == 3 else source_mask[None]
-            src = F.interpolate(src[:1, None].float(), size=image_hw, mode="bilinear", align_corners=False)[:, 0]
-            masks[0] = (src[0] >= 0.5).float()
+            maps = pipeline.capture_attention(
+                model, denoiser, plain_fields(inversion), plain_fields(poses), positions, factors=factors, window=w,
+                capture_steps=int(capture_steps), callback=ComfyProgress())
+        with node_errors(NODE, {"source_mask": "source_mask", "threshold": "threshold", "dilate": "dilate"}):
+            masks = pipeline.build_masks(maps, size=image_hw, latent_size=latent_hw, threshold=float(threshold),
+                                         dilate=int(dilate), prior=prior,
+                                         source_mask=None if source_mask is None else plain(source_mask[..., :, :]))
         heat = F.interpolate(maps[:, None], size=image_hw, mode="bilinear", align_corners=False)[:, 0]
         return (plain(masks.contiguous()), _overlay(heat, masks))

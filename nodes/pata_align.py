@@ -5,6 +5,7 @@ import logging
 
 import numpy as np
 
+from ..pipeline import FULL
 from ._common import CATEGORY, input_error, node_errors
 
 logger = logging.getLogger(__name__)
@@ -55,15 +56,15 @@ class PoseAnimatePATAAlign:
                                                              "frame is used)."}),
                 "target_pose": ("POSE_KEYPOINT", {"tooltip": "The pose sequence to follow, from Load Pose "
                                                              "Sequence or a pose estimator run on a video."}),
-                "transition_frames": ("INT", {"default": 8, "min": 0, "max": 120,
+                "transition_frames": ("INT", {"default": FULL.transition_frames, "min": 0, "max": 120,
                                               "tooltip": "Frames inserted between the source pose and the "
                                                          "first target pose (interpolated bone angles, "
                                                          "ease-in-out)."}),
-                "mode": (list(MODES), {"default": "similarity",
+                "mode": (list(MODES), {"default": FULL.pata_mode,
                                        "tooltip": "similarity: scale and move the targets as a whole to the "
                                                   "source character. retarget: also give every bone the "
                                                   "source character's length (keeps its proportions)."}),
-                "repair": ("BOOLEAN", {"default": True,
+                "repair": ("BOOLEAN", {"default": FULL.repair,
                                        "tooltip": "Repair the target detections: fill short gaps, reject "
                                                   "single-frame jumps, fix left/right swaps, light "
                                                   "smoothing."}),
@@ -85,7 +86,7 @@ class PoseAnimatePATAAlign:
               draw_hands_and_face=True):
         import torch
 
-        from .. import pata
+        from .. import pata, pipeline
 
         node = DISPLAY_NAME
         if mode not in MODES:
@@ -102,9 +103,9 @@ class PoseAnimatePATAAlign:
                 logger.info("%s: source_pose holds %d frames; using the first as the source pose", node,
                             len(src_seq))
             src_parts = {k: None if v is None else v[:1] for k, v in src_parts.items()}
-            body, parts = pata.build_sequence_with_parts(
-                src_seq[0], tgt_seq, int(transition_frames), mode, bool(repair),
-                source_parts=src_parts, target_parts=tgt_parts)
+            body, parts = pipeline.align_poses(src_seq[0], tgt_seq, transition_frames=int(transition_frames),
+                                               mode=mode, repair=bool(repair), source_parts=src_parts,
+                                               target_parts=tgt_parts)
         out_w = int(width) or int(round(src_w))
         out_h = int(height) or int(round(src_h))
         sx, sy = out_w / src_w, out_h / src_h

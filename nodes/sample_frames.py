@@ -3,8 +3,8 @@ embeddings, through the (DCA-patched) MODEL, in windows (PACM stage 4)."""
 from __future__ import annotations
 
 from ._common import CATEGORY, node_errors
-from .embedding_optimize import inversion_denoiser
-from .host.types import check_embeddings, check_same_prompt, frame_masks
+from .host.stages import inversion_denoiser
+from .host.types import check_embeddings, check_same_prompt
 from .host.types import window_size as resolve_window
 
 DISPLAY_NAME = "Sample Frames"
@@ -48,7 +48,7 @@ class PoseAnimateSampleFrames:
     def sample(self, model, control_net, positive, embeddings, window_size=0, masks=None):
         import comfy.model_management as mm
 
-        from ..pacm import sample_frames
+        from .. import pipeline
         from .host import ComfyProgress, conditioning_context, conditioning_control, engine_mode, plain, plain_fields
 
         node = DISPLAY_NAME
@@ -57,14 +57,15 @@ class PoseAnimateSampleFrames:
         frames = embeddings.frames
         ctx = conditioning_context(positive, node, "positive")
         check_same_prompt(ctx, inversion.cond, node, "positive")
-        mask = frame_masks(masks, frames, node, "masks")
+        with node_errors(node, {"masks": "masks"}):
+            mask = None if masks is None else pipeline.check_masks(masks, frames, "masks")
         den = inversion_denoiser(inversion, model, control_net, node, conditioning_control(positive))
         w = resolve_window(window_size, frames)
         progress = ComfyProgress()
         latent_shape = (1,) + tuple(inversion.trajectory.shape[1:])
         den.load(den.memory_per_frame(latent_shape) * 2 * w)
         with node_errors(node), engine_mode(), den.session():
-            out = sample_frames(den, plain_fields(inversion.to(den.device)), plain_fields(poses.to(den.device)),
-                                window=w, masks=plain(mask), callback=progress)
+            out = pipeline.sample(den, plain_fields(inversion.to(den.device)), plain_fields(poses.to(den.device)),
+                                  window=w, masks=plain(mask), callback=progress)
             out = den.model.process_latent_out(out).to(mm.intermediate_device())
         return ({"samples": out},)

@@ -6,6 +6,7 @@ orders for outside scripts.
 """
 from .align import align_sequence, estimate_similarity, retarget
 from .keypoints import from_pose_keypoint, load_pose_json, to_pose_keypoint
+from .prior import body_prior
 from .render import COLORS, LIMB_SEQ, render_pose
 from .repair import repair_sequence
 from .sequence import build_sequence, build_sequence_with_parts
@@ -15,5 +16,5 @@ from .transition import transition
 __all__ = [
     "align_sequence", "transition", "build_sequence", "render_pose", "from_pose_keypoint", "to_pose_keypoint",
     "build_sequence_with_parts", "estimate_similarity", "retarget", "repair_sequence", "load_pose_json",
-    "BONES", "KEYPOINT_NAMES", "LIMB_SEQ", "COLORS", "body_scale",
+    "BONES", "KEYPOINT_NAMES", "LIMB_SEQ", "COLORS", "body_scale", "body_prior",
 ]

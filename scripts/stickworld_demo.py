@@ -21,6 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from pipeline import FULL  # noqa: E402
 from stickworld.bench import SEQUENCES, Settings, make_case, run_case, score_case  # noqa: E402
 from stickworld.model import WEIGHTS, load_model  # noqa: E402
 from stickworld.pictures import to_uint8, upscale, write_gif  # noqa: E402
@@ -44,7 +45,8 @@ def main(argv=None) -> pathlib.Path:
     model = load_model(args.weights)
     case = make_case(args.character, args.sequence, args.frames)
     print(f"character {args.character}: {case.prompt!r}; sequence {args.sequence}, {args.frames} frames")
-    result = run_case(model, case, ["full"], Settings(steps=args.steps, inner_steps=args.inner))
+    recipe = FULL.replace(steps=args.steps, inversion_inner_steps=args.inner, inner_steps=args.inner)
+    result = run_case(model, case, ["full"], Settings(recipe=recipe))
     full = result["full"]
     source, _ = case.draw(case.source_pose)
     hints = pose_hint(full["poses"], case.size)

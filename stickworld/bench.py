@@ -1,20 +1,30 @@
-"""The StickWorld benchmark: held-out characters x backgrounds x bundled pose sequences, animated by the
-PoseAnimate engine (the same ``pata`` / ``pacm`` / ``attention`` code the nodes run) and by its ablations.
+"""The StickWorld benchmark: held-out characters x backgrounds x bundled pose sequences, animated through the
+pipeline steps the ComfyUI nodes run (``pipeline``), with the bundled ``full`` workflow's node settings
+(``pipeline.FULL``), and by the paper's ablations.
 
-Variants (``VARIANTS``):
+Variants (``VARIANTS``); every one starts from the same case and, where it can, shares the stages computed for
+``full`` (``Run`` computes each stage once):
 
-* ``full``: PATA (align, retarget, transition frames) -> DDIM inversion of the source under its pose ->
-  pose-aware inversion -> batched pose-aware embedding optimisation -> a capture pass (DCAM without masks,
-  cross-attention maps of the subject's tokens) -> character masks (the source's true mask as the user mask)
-  -> sampling with DCAM + MGDM.
+* ``full``: the shipped path. PATA in the node's ``similarity`` mode with the recipe's transition frames ->
+  ``pipeline.invert`` (DDIM + pose-aware inversion) -> ``pipeline.optimise`` -> ``pipeline.capture_attention`` on
+  the unpatched model (as Cross-Attention Mask Extract: plain self-attention while capturing) ->
+  ``pipeline.build_masks`` (attention map united with the skeleton body prior; frame 0's mask from attention
+  too, as for a photo without a user mask) -> ``pipeline.make_dca`` + ``pipeline.patch_model`` (DCAM + MGDM) ->
+  ``pipeline.sample``.
 * ``no_pacm``: plain DDIM inversion, no embedding optimisation: sampling with CFG against the empty prompt.
 * ``no_dcam``: plain self-attention while sampling (so no MGDM either).
-* ``no_mgdm``: DCAM without masks (the capture pass's frames).
-* ``no_pata``: the target poses as they come (scaled to the canvas, not aligned, not retargeted), no transition.
+* ``no_mgdm``: DCAM without masks.
+* ``no_pata``: the target poses as they come (scaled to the canvas, not aligned), no transition frames.
 * ``baseline``: a plain pose-ControlNet: every frame sampled from one shared noise with the prompt and CFG
   against the empty prompt; no inversion, no attention fusion.
-* ``true_masks``: a diagnostic, not an ablation: ``full`` with MGDM given the world's true character masks
-  instead of the cross-attention ones, which separates MGDM itself from the quality of its masks.
+* ``mgdm_multiply``: ``full`` with the paper's MGDM formulation (keys and values multiplied by the masks)
+  instead of the exclusion the node uses by default.
+* ``attention_masks``: ``full`` with masks from cross-attention alone (no body prior): the mask method the pack
+  shipped before.
+* ``user_mask``: ``full`` with the source's true mask as the user's MASK for frame 0 (the workflows' optional
+  source mask).
+* ``true_masks``: a diagnostic, not an ablation: ``full`` with MGDM given the world's true character masks,
+  which separates MGDM itself from the quality of its masks.
 """
 from __future__ import annotations
 
@@ -25,9 +35,8 @@ import numpy as np
 import torch
 
 import pacm
-from attention import AttentionMapStore, CrossAttentionCapture, DCAPatch, find_token_positions
-from attention import masks_from_attention_maps
-from pata import build_sequence, from_pose_keypoint, load_pose_json
+import pipeline
+from pata import from_pose_keypoint, load_pose_json
 from pata.figure import body3d, project
 
 from .metrics import score_sequence
@@ -38,24 +47,37 @@ from .world import random_angles, sample_scene
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 POSES = ROOT / "assets" / "poses"
 SEQUENCES = ("wave", "walk", "dance", "turn")
-VARIANTS = ("full", "no_pacm", "no_dcam", "no_mgdm", "no_pata", "baseline", "true_masks")
+VARIANTS = ("full", "no_pacm", "no_dcam", "no_mgdm", "no_pata", "baseline", "mgdm_multiply", "attention_masks",
+            "user_mask", "true_masks")
 BENCH_SEED = 20240   # held-out scenes come from this seed's streams; training draws from --seed 0's stream
 METRICS = {"pose_iou": "higher", "identity": "lower", "background": "lower", "temporal": "lower"}
 
 
 @dataclasses.dataclass
 class Settings:
-    """Engine settings for a benchmark run (the paper's: 50 steps, 5 inner iterations, CFG 7.5)."""
+    """A benchmark run: the node settings it runs with (``recipe``, default the bundled ``full`` workflow's) and
+    what the benchmark adds: how frame 0's mask is made for ``full`` (``source_mask``: "attention" as for a
+    photo, "user" for the source's true mask as the user's MASK, "truth" for every frame's true mask), the
+    subject words (None: the character's own words) and the window (None: all frames per call)."""
 
-    steps: int = 50
-    inner_steps: int = 5
-    cfg: float = 7.5
-    lr: float = 1e-2
-    transition: int = 3
-    weights: tuple = (0.7, 0.15, 0.15)
-    subject: tuple | None = None  # words whose cross-attention gives the masks; None: the character's own words
-    mask_dilate: int = 1  # as Cross-Attention Mask Extract's default
+    recipe: pipeline.Recipe = pipeline.FULL
+    source_mask: str = "attention"
+    subject: tuple | None = None
     window: int | None = None
+
+    def __post_init__(self):
+        if self.source_mask not in pipeline.MASK_SOURCES:
+            raise ValueError(f"source_mask: expected one of {pipeline.MASK_SOURCES}, got {self.source_mask!r}")
+
+    def record(self) -> dict:
+        """What the results JSON records: the recipe's node settings, the PATA mode, the mask source and the
+        capture mode."""
+        r = self.recipe
+        return {"recipe": r.as_dict(), "pata_mode": r.pata_mode, "source_mask": self.source_mask,
+                "capture": "plain self-attention (unpatched model), every step" if r.capture_steps == 0 else
+                f"plain self-attention (unpatched model), first {r.capture_steps} steps",
+                "masks": "cross-attention united with the skeleton body prior" if r.body_prior else "cross-attention",
+                "mgdm": r.mgdm, "window": self.window}
 
 
 @dataclasses.dataclass
@@ -93,8 +115,7 @@ def load_sequence(name: str, frames: int, size: int = SIZE) -> np.ndarray:
     """A bundled pose sequence, ``frames`` frames evenly sampled, scaled to a ``size`` square canvas by its
     height and centred (what a user's pose video looks like on this canvas before PATA)."""
     seq, width, height = from_pose_keypoint(load_pose_json(POSES / f"{name}.json"))
-    idx = np.linspace(0, len(seq) - 1, frames).round().astype(int)
-    out = seq[idx].copy()
+    out = pipeline.sample_poses(seq, frames).copy()  # as Load Pose Sequence's `frames` input
     s = size / height
     present = out[..., 2] > 0
     out[..., 0] = np.where(present, (out[..., 0] - width / 2) * s + size / 2, 0)
@@ -138,97 +159,107 @@ def _hints(poses: np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy(pose_hint(poses, size)).permute(0, 3, 1, 2).float()
 
 
-def _output_blocks(model: StickWorldModel) -> list:
-    return [b for b in model.unet.attention_blocks() if b[0] == "output"]
-
-
-def _patched(model: StickWorldModel, dca=None, capture=None):
-    """The model's denoiser with ``dca`` (one DCAPatch, or a list: each on the blocks it selects) as attn1 and
-    ``capture`` as attn2 replace patches on every up block with attention."""
-    den = model.denoiser()
-    dcas = dca if isinstance(dca, (list, tuple)) else [dca] if dca is not None else []
-    for block in _output_blocks(model):
-        for patch in dcas:
-            if patch.applies_to(block):
-                den = den.with_patch("attn1", block, patch)
-        if capture is not None:
-            den = den.with_patch("attn2", block, capture)
-    return den
-
-
 class Run:
-    """The engine's stages for one case and one pose sequence, each computed once and shared by variants."""
+    """The pipeline's steps for one case, one pose sequence and one recipe, each computed once and shared by the
+    variants. ``evals`` holds the model evaluations per stage, counted by the model (samples; a
+    forward+backward counts once under ``forward_backward``)."""
 
     def __init__(self, model: StickWorldModel, case: Case, poses: np.ndarray, settings: Settings):
         self.model, self.case, self.settings = model, case, settings
+        self.recipe = settings.recipe
         self.poses = poses  # (1 + K, 18, 3): source first
-        size = case.size
         self.source_image, self.source_mask = case.draw(case.source_pose)
-        self.hints = _hints(poses, size)
+        self.hints = _hints(poses, case.size)
         self.cond = model.encode(case.prompt)[0]
         self.empty = model.encode("")[0]
-        self._inversion = self._pose_aware = self._embeddings = self._masks = self._capture = None
-        self.maps = None
+        self.base = model.denoiser()
+        self.evals: dict = {}
+        self._cache: dict = {}
+
+    def _once(self, key, stage, make):
+        """``make()`` the first time ``key`` is asked for, counting its evaluations under ``stage``."""
+        if key not in self._cache:
+            before = dict(self.base.evals)
+            self._cache[key] = make()
+            spent = {k: self.base.evals[k] - before[k] for k in before}
+            total = self.evals.setdefault(stage, {"forward": 0, "forward_backward": 0})
+            for k, v in spent.items():
+                total[k] += v
+        return self._cache[key]
+
+    def positions(self) -> list:
+        words = list(self.settings.subject or self.case.subject)
+        return pipeline.check_subject(self.model.tokenizer, self.case.prompt, words)
 
     def inversion(self):
-        if self._inversion is None:
-            den = self.model.denoiser()
-            self._inversion = pacm.ddim_invert(den, images_to_latents(self.source_image[None])[0], self.cond, self.hints[0],
-                                               steps=self.settings.steps)
-        return self._inversion
+        """Stage 1 alone (the ``no_pacm`` ablation's inversion)."""
+        return self._once("ddim", "ddim_only", lambda: pacm.ddim_invert(
+            self.base, images_to_latents(self.source_image[None])[0], self.cond, self.hints[0],
+            steps=self.recipe.steps))
 
     def pose_aware(self):
-        if self._pose_aware is None:
-            s = self.settings
-            self._pose_aware = pacm.pose_aware_inversion(self.model.denoiser(), self.inversion(), cfg=s.cfg,
-                                                         inner_steps=s.inner_steps, lr=s.lr)
-        return self._pose_aware
+        r = self.recipe
+        return self._once("invert", "invert", lambda: pipeline.invert(
+            self.base, images_to_latents(self.source_image[None])[0], self.cond, self.hints[0], steps=r.steps,
+            cfg=r.cfg, inner_steps=r.inversion_inner_steps, early_stop=r.early_stop))
 
     def embeddings(self):
-        if self._embeddings is None:
-            s = self.settings
-            self._embeddings = pacm.optimize_pose_embeddings(self.model.denoiser(), self.pose_aware(), self.hints[1:],
-                                                             inner_steps=s.inner_steps, lr=s.lr)
-        return self._embeddings
+        r, inv = self.recipe, self.pose_aware()
+        return self._once("optimise", "optimise", lambda: pipeline.optimise(
+            self.base, inv, self.hints[1:], inner_steps=r.inner_steps, schedule=r.schedule))
 
-    def sample(self, dca=None, capture=None, masks=None, inversion=None, embeddings=None, uncond=None):
+    def maps(self) -> torch.Tensor:
+        r, inv, emb, positions = self.recipe, self.pose_aware(), self.embeddings(), self.positions()
+        return self._once("capture", "capture", lambda: pipeline.capture_attention(
+            self.base, lambda patched: patched, inv, emb, positions, factors=None, window=self.settings.window,
+            capture_steps=r.capture_steps))
+
+    def masks(self, prior: bool | None = None, source: str | None = None) -> torch.Tensor:
+        """MGDM's masks as Cross-Attention Mask Extract makes them (``prior``/``source`` override the settings)."""
+        r = self.recipe
+        prior = r.body_prior if prior is None else prior
+        source = self.settings.source_mask if source is None else source
+        size = (self.case.size, self.case.size)
+        if source == "truth":
+            return torch.from_numpy(self.case.body_masks(self.poses)).float()
+        user = torch.from_numpy(self.source_mask).float() if source == "user" else None
+        return pipeline.build_masks(self.maps(), size=size, threshold=r.threshold, dilate=r.dilate,
+                                    prior=pipeline.body_prior(self.poses, size) if prior else None,
+                                    source_mask=user)
+
+    def sample(self, dca=None, masks=None, inversion=None, embeddings=None, uncond=None, stage="sample"):
+        """Frames (F, H, W, 3) sampled through a clone of the model patched with ``dca`` (None: plain attention)."""
         inv = self.pose_aware() if inversion is None else inversion
         emb = self.embeddings() if embeddings is None and inversion is None else embeddings
-        x = pacm.sample_frames(_patched(self.model, dca, capture), inv, emb, hints=self.hints[1:], uncond=uncond,
-                               cfg=self.settings.cfg, window=self.settings.window, masks=masks)
+        den = self.base if dca is None else pipeline.patch_model(self.base, dca=dca)[0]
+        key = ("sample", stage)
+        self._cache.pop(key, None)
+        x = self._once(key, stage, lambda: pipeline.sample(
+            den, inv, emb, masks=masks, window=self.settings.window, hints=self.hints[1:], uncond=uncond,
+            cfg=self.recipe.cfg))
         return latents_to_images(x)
 
-    def capture_pass(self) -> np.ndarray:
-        """DCAM without masks, recording the subject tokens' cross-attention maps (once): the ``no_mgdm`` frames,
-        and the masks for MGDM (the source's own mask as the user's source mask)."""
-        if self._capture is not None:
-            return self._capture
-        s = self.settings
-        positions = find_token_positions(self.model.tokenizer, self.case.prompt, list(s.subject or self.case.subject))
-        store = AttentionMapStore()
-        frames = self.sample(DCAPatch(weights=s.weights), CrossAttentionCapture(positions, store=store, factors=None))
-        self.maps = store.maps(range(len(self.poses)))
-        masks = masks_from_attention_maps(self.maps, size=(self.case.size, self.case.size), dilate=s.mask_dilate)
-        masks[0] = torch.from_numpy(self.source_mask).float()  # the user's source mask
-        self._masks = masks
-        self._capture = frames
-        return frames
-
-    def masks(self) -> torch.Tensor:
-        self.capture_pass()
-        return self._masks
+    def dca(self, masks=None, mgdm=None):
+        r = self.recipe
+        return pipeline.make_dca(r.weights, masks=masks, mgdm=mgdm or r.mgdm)
 
 
 def _baseline(run: Run, seed: int) -> np.ndarray:
     """Plain pose ControlNet: one shared noise, prompt, CFG against the empty prompt, plain attention."""
-    sig = pacm.ddim_uniform_sigmas(run.model.denoiser().sigmas, run.settings.steps)
+    sig = pacm.ddim_uniform_sigmas(run.base.sigmas, run.recipe.steps)
     g = torch.Generator().manual_seed(seed)
     shape = (3, run.case.size, run.case.size)
     z_t = torch.randn(shape, generator=g) * float((1 + sig[0] ** 2) ** 0.5)
     traj = torch.zeros((len(sig),) + shape)  # ddim_uniform may give a step more or less than asked
     traj[-1] = z_t
     noise = pacm.InversionResult(sigmas=sig, trajectory=traj, cond=run.cond, hint=run.hints[0], cfg=1.0)
-    return run.sample(inversion=noise, uncond=run.empty)
+    return run.sample(inversion=noise, uncond=run.empty, stage="baseline")
+
+
+def aligned_poses(case: Case, recipe: pipeline.Recipe) -> np.ndarray:
+    """PATA as PATA Align runs it with the recipe's mode, repair and transition frames."""
+    return pipeline.align_poses(case.source_pose, case.targets, transition_frames=recipe.transition_frames,
+                                mode=recipe.pata_mode, repair=recipe.repair)[0]
 
 
 def run_case(model: StickWorldModel, case: Case, variants=VARIANTS, settings: Settings | None = None,
@@ -240,32 +271,46 @@ def run_case(model: StickWorldModel, case: Case, variants=VARIANTS, settings: Se
     if unknown:
         raise ValueError(f"variants: unknown {unknown}; choose from {VARIANTS}")
     m = len(case.targets)
-    aligned = build_sequence(case.source_pose, case.targets, settings.transition, mode="retarget")
     raw = np.concatenate([case.source_pose[None], case.targets])
-    runs = {"pata": Run(model, case, aligned, settings)}
+    runs = {"pata": Run(model, case, aligned_poses(case, settings.recipe), settings)}
     if "no_pata" in variants:
         runs["raw"] = Run(model, case, raw, settings)
+    runs["pata"].positions()  # the subject check, before any model work (as the nodes do)
     out = {}
     torch.manual_seed(seed)
     for v in variants:
         run = runs["raw" if v == "no_pata" else "pata"]
-        w = settings.weights
         if v in ("full", "no_pata"):
-            frames = run.sample(DCAPatch(weights=w), masks=run.masks())
+            frames = run.sample(run.dca(run.masks()), stage="sample")
         elif v == "no_mgdm":
-            frames = run.capture_pass()
+            frames = run.sample(run.dca(), stage="no_mgdm")
         elif v == "no_dcam":
-            frames = run.sample()
+            frames = run.sample(stage="no_dcam")
+        elif v == "mgdm_multiply":
+            frames = run.sample(run.dca(run.masks(), mgdm="multiply"), stage="mgdm_multiply")
+        elif v == "attention_masks":
+            frames = run.sample(run.dca(run.masks(prior=False)), stage="attention_masks")
+        elif v == "user_mask":
+            frames = run.sample(run.dca(run.masks(source="user")), stage="user_mask")
         elif v == "true_masks":
-            truth = torch.from_numpy(case.body_masks(run.poses)).float()
-            frames = run.sample(DCAPatch(weights=w), masks=truth)
+            frames = run.sample(run.dca(run.masks(source="truth")), stage="true_masks")
         elif v == "no_pacm":
-            frames = run.sample(DCAPatch(weights=w), masks=run.masks(), inversion=run.inversion(), uncond=run.empty)
+            frames = run.sample(run.dca(run.masks()), inversion=run.inversion(), uncond=run.empty, stage="no_pacm")
         else:
             frames = _baseline(run, seed)
         out[v] = {"frames": frames, "poses": run.poses, "targets": slice(len(run.poses) - m, len(run.poses))}
     out["_runs"] = runs
     return out
+
+
+def shipped_evals(run: Run) -> dict:
+    """Model evaluations of the shipped path (``full``) for one case: inversion, optimisation, capture, sampling."""
+    total = {"forward": 0, "forward_backward": 0}
+    for stage in ("invert", "optimise", "capture", "sample"):
+        for k, v in run.evals.get(stage, {}).items():
+            total[k] += v
+    total["equivalents"] = total["forward"] + 3 * total["forward_backward"]
+    return total
 
 
 def score_case(case: Case, result: dict) -> dict:
@@ -283,12 +328,13 @@ def score_case(case: Case, result: dict) -> dict:
     return scores
 
 
-def summarise(per_case: dict) -> dict:
-    """Mean of each metric per variant over cases: ``{variant: {metric: mean}}``."""
-    variants = {v for scores in per_case.values() for v in scores}
+def summarise(per_case: dict, cases=None) -> dict:
+    """Mean of each metric per variant over cases (all, or the names in ``cases``): ``{variant: {metric: mean}}``."""
+    chosen = {k: v for k, v in per_case.items() if cases is None or k in cases}
+    variants = {v for scores in chosen.values() for v in scores}
     out = {}
-    for v in [v for v in VARIANTS if v in variants]:
-        out[v] = {k: float(np.mean([s[v][k] for s in per_case.values() if v in s])) for k in METRICS}
+    for v in [v for v in VARIANTS if v in variants] + sorted(variants - set(VARIANTS)):
+        out[v] = {k: float(np.mean([s[v][k] for s in chosen.values() if v in s])) for k in METRICS}
     return out
 
 

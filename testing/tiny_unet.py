@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import types
 
 import torch
 from torch import nn
@@ -462,11 +463,13 @@ class TinyDenoiser:
     ``model_options["transformer_options"]``), merged with the engine's on every call. ``grad_context()`` is a
     no-op (the weights are ordinary tensors). ``with_patch(kind, key, fn)`` returns a copy sharing the weights
     with ``patches_replace[kind][key] = fn`` added (as ``ModelPatcher.set_model_patch_replace`` on a clone).
-    ``calls`` counts model evaluations.
+    ``calls`` counts model calls; ``evals`` counts evaluations in samples (a call on a batch of B counts B), as
+    ``{"forward": n, "forward_backward": m}`` (a call whose context requires grad counts as forward+backward);
+    clones share one ``evals`` dict.
     """
 
     def __init__(self, unet: TinyUNet, control: TinyPoseControl | None = None, sigmas: torch.Tensor | None = None,
-                 transformer_options: dict | None = None, prior: bool = False):
+                 transformer_options: dict | None = None, prior: bool = False, evals: dict | None = None):
         self.unet = unet
         self.prior = prior
         self.control = control
@@ -476,6 +479,7 @@ class TinyDenoiser:
         self.log_sigmas = self.sigmas.log()
         self.transformer_options = transformer_options or {}
         self.calls = 0
+        self.evals = {"forward": 0, "forward_backward": 0} if evals is None else evals
 
     @property
     def device(self) -> torch.device:
@@ -492,6 +496,8 @@ class TinyDenoiser:
 
     def __call__(self, x, sigma, context, hint, transformer_options):
         self.calls += 1
+        kind = "forward_backward" if torch.is_grad_enabled() and context.requires_grad else "forward"
+        self.evals[kind] += int(x.shape[0])
         to = _merge_options(self.transformer_options, transformer_options or {})
         s = sigma.to(x.dtype).reshape(-1, 1, 1, 1)
         x_in = x * (s * s + 1.0).rsqrt()
@@ -507,12 +513,33 @@ class TinyDenoiser:
     def grad_context(self):
         return contextlib.nullcontext()
 
-    def with_patch(self, kind: str, key: tuple, fn) -> "TinyDenoiser":
+    # ---- the ModelPatcher look-alike that attention.install_patches / pipeline.patch_model use ----------------
+    @property
+    def model(self):
+        """As ComfyUI's ``ModelPatcher.model``: ``model.diffusion_model`` is the UNet (walked for its blocks)."""
+        return types.SimpleNamespace(diffusion_model=self.unet)
+
+    def clone(self) -> "TinyDenoiser":
+        """A copy sharing the weights whose patch tables are its own (as ``ModelPatcher.clone``)."""
         to = copy.copy(self.transformer_options)
-        pr = {k: dict(v) for k, v in to.get("patches_replace", {}).items()}
-        pr.setdefault(kind, {})[key] = fn
-        to["patches_replace"] = pr
-        return TinyDenoiser(self.unet, self.control, self.sigmas, to, self.prior)
+        to["patches_replace"] = {k: dict(v) for k, v in to.get("patches_replace", {}).items()}
+        return TinyDenoiser(self.unet, self.control, self.sigmas, to, self.prior, self.evals)
+
+    def _set_replace(self, kind: str, patch, block_name: str, number: int, transformer_index=None) -> None:
+        key = (block_name, number) if transformer_index is None else (block_name, number, transformer_index)
+        self.transformer_options.setdefault("patches_replace", {}).setdefault(kind, {})[key] = patch
+
+    def set_model_attn1_replace(self, patch, block_name: str, number: int, transformer_index=None) -> None:
+        self._set_replace("attn1", patch, block_name, number, transformer_index)
+
+    def set_model_attn2_replace(self, patch, block_name: str, number: int, transformer_index=None) -> None:
+        self._set_replace("attn2", patch, block_name, number, transformer_index)
+
+    def with_patch(self, kind: str, key: tuple, fn) -> "TinyDenoiser":
+        """A clone with ``patches_replace[kind][key] = fn`` added."""
+        out = self.clone()
+        out._set_replace(kind, fn, *key)
+        return out
 
 
 def make_tiny_denoiser(seed: int = 0, model_channels: int = 16, context_dim: int = 32, heads: int = 2,

@@ -98,7 +98,7 @@ def test_masks_turn_on_mgdm_and_are_validated():
     masks[:, 16:48, 16:48] = 1
     patch = _attn1(_run(FakePatcher(FakeUNet()), masks=masks))[("output", 3)]
     assert patch.masks is not None and patch.masks.shape == (4, 64, 64)
-    with pytest.raises(PoseAnimateError, match="DCA Patch Model: masks: values must lie in"):
+    with pytest.raises(PoseAnimateError, match="DCA Patch Model: input 'masks': values must lie in"):
         _run(FakePatcher(FakeUNet()), masks=masks * 3)
 
 

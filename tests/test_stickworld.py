@@ -12,7 +12,7 @@ from attention import find_token_positions
 from stickworld import bench, metrics
 from stickworld.model import CONTEXT_LENGTH, UNET_CONFIG, StickWorldModel, Tokenizer, load_model
 from stickworld.pictures import contact_sheet, lzw_encode, palette, quantise, write_gif
-from stickworld.world import Character, draw_character, make_batch, random_pose, sample_scene
+from stickworld.world import COLOURS, Character, draw_character, make_batch, random_pose, sample_scene
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -161,38 +161,60 @@ def test_cases_are_held_out_and_on_the_canvas():
         bench.make_case(0, "moonwalk")
 
 
-def test_every_variant_runs_the_engine_and_its_patches(tiny_model, monkeypatch):
+def test_every_variant_runs_the_pipeline_and_its_patches(tiny_model, monkeypatch):
     case = bench.make_case(1, "wave", frames=2)
-    applied = []
-    real = bench.DCAPatch
+    made = []
+    real = bench.pipeline.make_dca
 
     def counting(*args, **kwargs):
         patch = real(*args, **kwargs)
-        applied.append(patch)
+        made.append((patch, kwargs.get("mgdm")))
         return patch
 
-    monkeypatch.setattr(bench, "DCAPatch", counting)
-    settings = bench.Settings(steps=3, inner_steps=1, transition=1)
+    monkeypatch.setattr(bench.pipeline, "make_dca", counting)
+    recipe = bench.pipeline.FULL.replace(steps=3, inversion_inner_steps=1, inner_steps=1, transition_frames=1)
+    settings = bench.Settings(recipe=recipe)
+    assert settings.record()["pata_mode"] == "similarity" and settings.record()["source_mask"] == "attention"
     result = bench.run_case(tiny_model, case, bench.VARIANTS, settings)
     for v in bench.VARIANTS:
         frames = result[v]["frames"]
         n = 1 + 2 if v in ("no_pata",) else 1 + 1 + 2
         assert frames.shape == (n, 32, 32, 3) and np.isfinite(frames).all()
-    # DCA ran on every output block with attention, in every variant that uses it
-    assert len(applied) == 6  # PATA run: capture pass (= no_mgdm), full, no_pacm, true_masks; raw run: capture, no_pata
-    for patch in applied:
+    # DCA ran on every output block with attention, in every variant that uses it (the capture pass does not)
+    uses_dca = [v for v in bench.VARIANTS if v not in ("no_dcam", "baseline")]
+    assert len(made) == len(uses_dca)
+    assert [m for _, m in made].count("multiply") == 1
+    for patch, _ in made:
         assert {k[:2] for k, n in patch.applied.items() if n} == {("output", i) for i in range(4)}
     runs = result["_runs"]
-    assert runs["pata"].maps.shape[0] == 4 and runs["raw"].maps.shape[0] == 3
-    masks = runs["pata"].masks()
-    assert torch.equal(masks[0], torch.from_numpy(runs["pata"].source_mask).float())
+    pata_run = runs["pata"]
+    assert pata_run.maps().shape[0] == 4 and runs["raw"].maps().shape[0] == 3
+    truth = torch.from_numpy(pata_run.source_mask).float()
+    assert torch.equal(pata_run.masks(source="user")[0], truth)
+    prior = bench.pipeline.body_prior(pata_run.poses, (32, 32))
+    assert bool((pata_run.masks() >= prior).all())  # the body prior is inside every fused mask
     assert not np.allclose(result["full"]["frames"], result["no_dcam"]["frames"])
     assert not np.allclose(result["full"]["frames"], result["no_mgdm"]["frames"])
+    # the shipped path's stages were counted once each, by the model
+    ev = bench.shipped_evals(pata_run)
+    assert pata_run.evals["optimise"]["forward_backward"] > 0 and pata_run.evals["sample"]["forward_backward"] == 0
+    assert ev["equivalents"] == ev["forward"] + 3 * ev["forward_backward"]
     scores = bench.score_case(case, result)
     assert set(scores) == set(bench.VARIANTS)
     assert bench.markdown_table(bench.summarise({case.name: scores})).count("\n") == 1 + len(bench.VARIANTS)
     with pytest.raises(ValueError, match="variants"):
         bench.run_case(tiny_model, case, ["full", "magic"], settings)
+
+
+def test_a_subject_missing_from_the_prompt_stops_before_any_model_work(tiny_model, monkeypatch):
+    case = bench.make_case(0, "wave", frames=2)
+    absent = next(c for c in COLOURS if c not in case.prompt.split())
+    settings = bench.Settings(recipe=bench.pipeline.FULL.replace(steps=2), subject=(absent,))
+    den = tiny_model.denoiser()
+    monkeypatch.setattr(tiny_model, "denoiser", lambda *a, **k: den)
+    with pytest.raises(ValueError, match=f"^subject: .*{absent}"):
+        bench.run_case(tiny_model, case, ["full"], settings)
+    assert den.evals == {"forward": 0, "forward_backward": 0}
 
 
 # ------------------------------------------------------------------------------------------------ scripts

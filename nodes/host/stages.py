@@ -1,0 +1,39 @@
+"""Host glue shared by the PACM node files (node files never import each other): the ControlNet widgets, the
+POSEANIMATE_INVERSION check, and the Denoiser every later stage builds with the inversion's ControlNet settings."""
+from __future__ import annotations
+
+from .._common import input_error
+
+
+def control_inputs() -> dict:
+    """The ControlNet strength / start / end widgets (as in ComfyUI's 'Apply ControlNet')."""
+    return {
+        "control_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01,
+                                       "tooltip": "Strength of the pose ControlNet, as in 'Apply ControlNet'. "
+                                                  "Later PACM nodes reuse this value."}),
+        "control_start": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
+                                    "tooltip": "Fraction of the schedule (0 = first, noisiest step) where the "
+                                               "ControlNet starts acting."}),
+        "control_end": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
+                                  "tooltip": "Fraction of the schedule where the ControlNet stops acting."}),
+    }
+
+
+def check_inversion(inversion, node: str, input_name: str = "inversion"):
+    """A POSEANIMATE_INVERSION from Pose-Aware Inversion, or a clear error."""
+    from ...pacm import InversionResult
+
+    if not isinstance(inversion, InversionResult):
+        raise input_error(node, input_name, f"expected a POSEANIMATE_INVERSION, got {type(inversion).__name__}",
+                          "connect the 'inversion' output of Pose-Aware Inversion")
+    return inversion
+
+
+def inversion_denoiser(inversion, model, control_net, node: str, extra_control=None):
+    """A ComfyDenoiser over ``model`` and ``control_net`` with the ControlNet strength and start/end percent
+    the inversion ran with, so every later stage conditions on the pose exactly as the inversion did."""
+    from .adapter import ComfyDenoiser
+
+    ctrl = inversion.settings.get("control") or {"strength": 1.0, "start": 0.0, "end": 1.0}
+    return ComfyDenoiser(model, control_net, strength=ctrl["strength"], start_percent=ctrl["start"],
+                         end_percent=ctrl["end"], extra_control=extra_control, node=node)

@@ -1,0 +1,94 @@
+"""The contracts the recipe runs on: the model as the engine sees it (``Denoiser``), the model as the attention
+patches are installed on it (``PatchableModel``), and the typed ``transformer_options["poseanimate"]`` dict.
+
+The engine (``pacm``) and the patches (``attention``) never import this module (pure layers do not import the
+pipeline); they follow these contracts by construction, and ``tests/test_pipeline.py`` checks every
+``poseanimate`` dict the engine hands to a patch against :func:`check_poseanimate_options`.
+"""
+from __future__ import annotations
+
+from typing import Any, ContextManager, Protocol, TypedDict, runtime_checkable
+
+import torch
+
+MGDM_MODES = ("exclude", "multiply")
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    """The model as ``pacm`` sees it (DEVELOPERS.md, "the model as pacm sees it").
+
+    ``nodes.host.ComfyDenoiser`` implements it over ComfyUI's MODEL + CONTROL_NET; ``testing.tiny_unet``'s
+    ``TinyDenoiser`` over the test / StickWorld UNet.
+    """
+
+    device: torch.device
+    dtype: torch.dtype
+    sigmas: torch.Tensor  # (1000,) the model's discrete sigma table, ascending
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, hint: torch.Tensor | None,
+                 transformer_options: dict) -> torch.Tensor:
+        """x0 prediction, same shape as x (sigma space, x = x0 + sigma * eps, not pre-scaled)."""
+
+    def grad_context(self) -> ContextManager:
+        """Inside it, autograd flows through ``__call__`` into ``context``."""
+
+
+@runtime_checkable
+class PatchableModel(Protocol):
+    """What :func:`pipeline.patch_model` installs attention patches on: ComfyUI's ``ModelPatcher`` (and the test
+    UNet's ``TinyDenoiser``, which mirrors it). ``model.diffusion_model`` is the UNet, walked for its blocks."""
+
+    model: Any
+
+    def clone(self) -> "PatchableModel":
+        """A copy that shares the weights and owns its patches."""
+
+    def set_model_attn1_replace(self, patch, block_name: str, number: int, transformer_index: int | None = None):
+        """Replace self-attention in a block."""
+
+    def set_model_attn2_replace(self, patch, block_name: str, number: int, transformer_index: int | None = None):
+        """Replace cross-attention in a block."""
+
+
+class PoseAnimateOptions(TypedDict, total=False):
+    """``transformer_options["poseanimate"]``: what the engine tells the attention patches (DEVELOPERS.md,
+    "Contract: DCAM windows"). Every key is optional.
+
+    frame_ids: global frame indices of the frames in each chunk (every chunk holds the same frames in the same
+        order); frame 0 is the source and comes first when present.
+    kv_carry: a dict the DCA patch reads and writes during windowed sampling, fresh for every step; key
+        ``(block_name, block_id, block_index, chunk_kind)``, value ``{"first": (k, v), "prev": (k, v)}``.
+    masks: ``(N, H, W)`` character masks in [0, 1] by global frame id; override the patch's own.
+    mgdm: ``"exclude"`` or ``"multiply"``; overrides the patch's own MGDM formulation.
+    """
+
+    frame_ids: list[int]
+    kv_carry: dict
+    masks: torch.Tensor
+    mgdm: str
+
+
+def check_poseanimate_options(options: dict) -> PoseAnimateOptions:
+    """Validate a ``poseanimate`` dict against :class:`PoseAnimateOptions`; return it. ``ValueError`` names the key."""
+    if not isinstance(options, dict):
+        raise ValueError(f"poseanimate: expected a dict, got {type(options).__name__}")
+    unknown = set(options) - set(PoseAnimateOptions.__annotations__)
+    if unknown:
+        raise ValueError(f"poseanimate: unknown keys {sorted(unknown)}; the contract has "
+                         f"{sorted(PoseAnimateOptions.__annotations__)}")
+    ids = options.get("frame_ids")
+    if ids is not None:
+        ids = list(ids)
+        if not ids or len(set(ids)) != len(ids) or min(ids) < 0 or 0 in ids[1:]:
+            raise ValueError(f"frame_ids: {ids} must be distinct non-negative frame ids with frame 0 (if any) first")
+    if "kv_carry" in options and not isinstance(options["kv_carry"], dict):
+        raise ValueError("kv_carry: expected a dict shared by the windows of one step")
+    masks = options.get("masks")
+    if masks is not None and (not isinstance(masks, torch.Tensor) or masks.ndim != 3):
+        raise ValueError("masks: expected an (N, H, W) tensor of character masks by global frame id")
+    if masks is not None and ids is not None and masks.shape[0] <= max(ids):
+        raise ValueError(f"masks: {masks.shape[0]} masks do not cover frame {max(ids)}")
+    if "mgdm" in options and options["mgdm"] not in MGDM_MODES:
+        raise ValueError(f"mgdm: expected one of {MGDM_MODES}, got {options['mgdm']!r}")
+    return options  # type: ignore[return-value]

@@ -1,0 +1,58 @@
+"""The recipe's settings, named once: the node defaults, the bundled workflows and the StickWorld benchmark all
+read them from here, so the benchmark measures the path that ships.
+
+``FULL`` is the bundled ``full`` workflow (the paper's per-frame settings on a 16-frame sequence); ``FAST`` is
+the ``fast`` workflow's preset. Every field names the node input it sets.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+MASK_SOURCES = ("attention", "user", "truth")  # where frame 0's mask comes from (truth: benchmarks only)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """One complete set of node settings, grouped by node."""
+
+    # Load Pose Sequence
+    pose_frames: int = 12              # frames: target poses taken evenly from the file (0 = all)
+    # PATA Align
+    transition_frames: int = 3
+    pata_mode: str = "similarity"
+    repair: bool = True
+    # Pose-Aware Inversion
+    steps: int = 50
+    cfg: float = 7.5
+    inversion_inner_steps: int = 5
+    early_stop: float = 1e-5
+    # Pose Embedding Optimize
+    inner_steps: int = 5
+    schedule: str = "paper"            # see pipeline.SCHEDULES
+    # Cross-Attention Mask Extract
+    threshold: float = 0.0             # 0 = Otsu
+    capture_steps: int = 0             # 0 = every step
+    dilate: int = 1                    # latent pixels
+    body_prior: bool = True            # fuse the attention mask with the frame's skeleton body prior
+    # DCA Patch Model
+    weights: tuple = (0.7, 0.15, 0.15)
+    blocks: str = "all output blocks"
+    mgdm: str = "exclude"              # MGDM formulation (pipeline.contract.MGDM_MODES)
+    use_masks: bool = True             # masks connected to DCA Patch Model (MGDM on)
+    # Sample Frames / Mask Extract
+    window: int = 0                    # 0 = auto (from free memory)
+
+    @property
+    def frames(self) -> int:
+        """Frames made from a sequence with at least ``pose_frames`` poses: source + transitions + targets."""
+        return 1 + self.transition_frames + self.pose_frames
+
+    def replace(self, **changes) -> "Recipe":
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FULL = Recipe()
+FAST = Recipe(steps=20, inversion_inner_steps=2, inner_steps=2, capture_steps=8)
