@@ -61,6 +61,9 @@ def _imports(path: pathlib.Path):
             yield node.level, node.module or ""
 
 
+ABOVE = ("pipeline", "nodes", "testing", "stickworld")  # what the pure layers must never reach
+
+
 @pytest.mark.parametrize("package", PURE)
 def test_pure_layers_never_import_the_host_or_each_other(package):
     files = sorted((ROOT / package).rglob("*.py"))
@@ -72,8 +75,77 @@ def test_pure_layers_never_import_the_host_or_each_other(package):
             if level == 0:
                 assert top not in HOST_MODULES, f"{path} imports the host module {name}"
                 assert top not in set(PURE) - {package}, f"{path} imports sibling layer {name}"
+                assert top not in ABOVE, f"{path} imports {name}, a layer above the engine"
             else:
                 assert level <= depth + 1, f"{path} reaches outside {package}/ with a relative import"
+
+
+def _import_nodes(path: pathlib.Path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield 0, alias.name, ()
+        elif isinstance(node, ast.ImportFrom):
+            yield node.level, node.module or "", tuple(a.name for a in node.names)
+
+
+def test_pipeline_sits_above_the_engine_layers_only():
+    files = sorted((ROOT / "pipeline").rglob("*.py"))
+    assert files
+    for path in files:
+        for level, name, names in _import_nodes(path):
+            top = name.split(".")[0]
+            if level == 0:
+                assert top not in HOST_MODULES | set(ABOVE), f"{path} imports {name}"
+            elif level >= 2:  # reaching out of pipeline/: only the engine layers
+                reached = [name.split(".")[0]] if name else list(names)
+                assert set(reached) <= set(PURE), f"{path} reaches {reached} outside pipeline/"
+
+
+def test_node_files_never_import_each_other_and_never_the_testing_package():
+    node_files = {p.stem for p in (ROOT / "nodes").glob("*.py")} - {"__init__", "_common"}
+    for path in sorted((ROOT / "nodes").rglob("*.py")):
+        inside = path.relative_to(ROOT / "nodes").parts[:-1]
+        for level, name, names in _import_nodes(path):
+            top = name.split(".")[0]
+            if level == 0:
+                assert top not in {"testing", "stickworld", "pipeline"} | set(PURE), \
+                    f"{path} imports {name} top-level (use the package-relative import)"
+                continue
+            reached = name.split(".")[0] if name else ""
+            up = level - 1 - len(inside)  # > 0: above nodes/ (the pack root)
+            if up > 0:
+                assert (reached or set(names)) and not ({reached} | set(names)) & {"testing", "stickworld"}, \
+                    f"{path} imports the testing / stickworld package"
+            elif up == 0 and path.name != "__init__.py":
+                assert reached not in node_files and not set(names) & node_files, \
+                    f"{path} imports another node file ({reached or names}); share code through nodes/host"
+
+
+def test_testing_package_is_never_imported_by_shipped_code():
+    for package in ("nodes", "pipeline") + PURE:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for level, name, names in _import_nodes(path):
+                assert "testing" not in name.split(".") and "testing" not in names, f"{path} imports testing"
+
+
+@pytest.mark.parametrize("package", PURE + ("pipeline",))
+def test_error_messages_name_the_argument_first(package):
+    """One convention: a ValueError's message starts with the argument (``"steps: ..."``), then the fix."""
+    bad = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
+                    and getattr(node.exc.func, "id", None) == "ValueError" and node.exc.args):
+                continue
+            first = node.exc.args[0]
+            text = first.value if isinstance(first, ast.Constant) else (
+                "".join(v.value if isinstance(v, ast.Constant) else "{x}" for v in first.values)
+                if isinstance(first, ast.JoinedStr) else None)
+            if text is not None and not re.match(r"^(\{x\}|[A-Za-z_][A-Za-z0-9_./]*): ", text):
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: {text[:60]!r}")
+    assert not bad, "messages must start with '<argument>: ':\n" + "\n".join(bad)
 
 
 def test_import_without_comfyui_under_any_folder_name(tmp_path):
