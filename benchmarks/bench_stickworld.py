@@ -1,12 +1,15 @@
-"""StickWorld quality benchmark: PoseAnimate, its ablations and a plain pose-ControlNet baseline on held-out
-StickWorld characters x backgrounds x the bundled pose sequences, with the shipped trained model.
+"""StickWorld quality benchmark: the shipped PoseAnimate path (the pipeline steps with the bundled `full`
+workflow's node settings), its ablations, a plain pose-ControlNet baseline, and the speed/quality frontier of
+cheaper optimisation settings, on held-out StickWorld characters x backgrounds x the bundled pose sequences.
 
-    python benchmarks/bench_stickworld.py                       # the full benchmark (docs/stickworld.md's table)
-    python benchmarks/bench_stickworld.py --cases 2 --frames 4 --steps 10 --inner 2   # a quick look
+    python benchmarks/bench_stickworld.py                        # docs/stickworld: the table, the frontier, the sheet
+    python benchmarks/bench_stickworld.py --seed 7 --no-frontier --out out/heldout   # another held-out case set
+    python benchmarks/bench_stickworld.py --cases 2 --frames 4 --steps 10 --inner 2  # a quick look
 
-Writes ``stickworld_bench.json`` (settings, per-case and mean metrics, timings), ``stickworld_bench.md`` (the
-table) and ``stickworld_sheet.png`` (contact sheet: the target poses, then every variant's frames, for the
-first ``--sheet-cases`` cases) into ``--out``, and prints the table.
+Writes into --out: stickworld_bench.json (settings, per-case and mean metrics, the means over characters whose
+silhouette extends past the skeleton and over the others, model evaluations, timings), stickworld_bench.md (the
+table), stickworld_sheet.png (contact sheet of the first --sheet-cases cases) and, unless --no-frontier,
+speed_frontier.json and speed_frontier.png. Prints the tables.
 """
 from __future__ import annotations
 
@@ -23,11 +26,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from stickworld.bench import VARIANTS, Settings, make_cases, markdown_table, run_case, score_case, summarise  # noqa: E402
+import pipeline  # noqa: E402
+from stickworld import frontier  # noqa: E402
+from stickworld.bench import (BENCH_SEED, VARIANTS, Settings, make_cases, markdown_table, run_case,  # noqa: E402
+                              score_case, shipped_evals, summarise)
 from stickworld.model import WEIGHTS, load_model  # noqa: E402
 from stickworld.pictures import contact_sheet, save_png  # noqa: E402
 from stickworld.world import pose_hint  # noqa: E402
 
+NAME = "bench_stickworld.py"
+
+
+def fail(flag: str, problem: str, fix: str) -> None:
+    sys.exit(f"{NAME}: {flag}: {problem}. Fix: {fix}")
 
 
 def sheet_rows(case, result) -> list:
@@ -45,49 +56,114 @@ def sheet_rows(case, result) -> list:
     return rows
 
 
-def main(argv=None) -> dict:
+def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default=str(WEIGHTS))
     ap.add_argument("--cases", type=int, default=8, help="held-out cases (sequences cycle wave, walk, dance, turn)")
     ap.add_argument("--frames", type=int, default=8, help="target frames per sequence")
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--inner", type=int, default=5, help="Adam iterations per step")
-    ap.add_argument("--transition", type=int, default=3, help="PATA transition frames")
+    ap.add_argument("--steps", type=int, default=0, help="DDIM steps (0 = the full workflow's)")
+    ap.add_argument("--inner", type=int, default=-1, help="Adam iterations per step, inversion and frames "
+                                                           "(-1 = the full workflow's)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rows", default=",".join(frontier.ROWS), help="frontier rows")
+    ap.add_argument("--no-frontier", action="store_true", help="skip the speed/quality frontier")
+    ap.add_argument("--seed", type=int, default=BENCH_SEED, help="seed of the held-out case set")
+    ap.add_argument("--noise-seed", type=int, default=0, help="seed of the baseline's noise")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "stickworld"))
     ap.add_argument("--sheet-cases", type=int, default=2)
     args = ap.parse_args(argv)
+    for flag, value, least in (("--cases", args.cases, 1), ("--frames", args.frames, 1), ("--steps", args.steps, 0),
+                               ("--inner", args.inner, -1), ("--threads", args.threads, 0),
+                               ("--sheet-cases", args.sheet_cases, 0)):
+        if value < least:
+            fail(flag, f"must be at least {least}, got {value}", f"pass {flag} {max(least, 1)} or more")
+    if not pathlib.Path(args.weights).is_file():
+        fail("--weights", f"no file {args.weights}", "pass the path of a StickWorld checkpoint (.pt)")
+    args.variant_list = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in args.variant_list if v not in VARIANTS]
+    if bad or not args.variant_list:
+        fail("--variants", f"unknown or empty {bad}", f"choose from {','.join(VARIANTS)}")
+    args.row_list = [r.strip() for r in args.rows.split(",") if r.strip()]
+    bad = [r for r in args.row_list if r not in frontier.ROWS]
+    if bad:
+        fail("--rows", f"unknown {bad}", f"choose from {','.join(frontier.ROWS)}")
+    if not args.no_frontier and (frontier.REFERENCE not in args.row_list or "full" not in args.variant_list):
+        fail("--rows", f"the frontier needs the reference row '{frontier.REFERENCE}' and the variant 'full'",
+             "keep both, or pass --no-frontier")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    model = load_model(args.weights)
-    settings = Settings(steps=args.steps, inner_steps=args.inner, transition=args.transition)
-    cases = make_cases(args.cases, frames=args.frames)
-    per_case, timings, rows = {}, {}, []
+    try:
+        model = load_model(args.weights)
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a user error here
+        fail("--weights", f"cannot load {args.weights} ({type(exc).__name__}: {exc})",
+             "pass a checkpoint written by scripts/stickworld_train.py")
+    recipe = pipeline.FULL
+    if args.steps:
+        recipe = recipe.replace(steps=args.steps)
+    if args.inner >= 0:
+        recipe = recipe.replace(inversion_inner_steps=args.inner, inner_steps=args.inner)
+    settings = Settings(recipe=recipe)
+    cases = make_cases(args.cases, frames=args.frames, seed=args.seed)
+    per_case, evals, timings, rows, frontier_cases = {}, {}, {}, [], {}
     t_all = time.time()
     for i, case in enumerate(cases):
         t = time.time()
-        result = run_case(model, case, variants, settings, seed=args.seed)
+        result = run_case(model, case, args.variant_list, settings, seed=args.noise_seed)
         per_case[case.name] = score_case(case, result)
+        run = result["_runs"]["pata"]
+        evals[case.name] = {"shipped": shipped_evals(run), "stages": run.evals}
+        if not args.no_frontier:
+            frontier_cases[case.name] = frontier.run_rows(model, case, args.row_list, settings, reference_run=run)
         timings[case.name] = round(time.time() - t, 1)
         print(f"{case.name}: {timings[case.name]} s  ({case.prompt})", flush=True)
         if i < args.sheet_cases:
             rows += sheet_rows(case, result)
+    extended = [c.name for c in cases if getattr(c.character, "extended", False)]
+    plain = [c.name for c in cases if c.name not in extended]
     summary = summarise(per_case)
-    table = markdown_table(summary)
+    report = {
+        "settings": settings.record() | {"cases": args.cases, "frames": args.frames, "seed": args.seed,
+                                         "noise_seed": args.noise_seed, "weights": pathlib.Path(args.weights).name},
+        "model": getattr(model, "meta", {}), "mean": summary,
+        "mean_extended_silhouette": summarise(per_case, extended) if extended else {},
+        "mean_skeleton_silhouette": summarise(per_case, plain) if plain else {},
+        "cases_extended_silhouette": extended, "per_case": per_case,
+        "evals": {"shipped_mean": {k: float(np.mean([e["shipped"][k] for e in evals.values()]))
+                                   for k in ("forward", "forward_backward", "equivalents")},
+                  "per_case": evals},
+        "seconds": {"total": round(time.time() - t_all, 1), "per_case": timings},
+    }
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"settings": vars(settings) | {"cases": args.cases, "frames": args.frames, "seed": args.seed,
-                                            "weights": pathlib.Path(args.weights).name},
-              "model": getattr(model, "meta", {}), "mean": summary, "per_case": per_case,
-              "seconds": {"total": round(time.time() - t_all, 1), "per_case": timings}}
+    table = markdown_table(summary)
     (out / "stickworld_bench.json").write_text(json.dumps(report, indent=1, default=list) + "\n")
     (out / "stickworld_bench.md").write_text(table + "\n")
     if rows:
         save_png(out / "stickworld_sheet.png", contact_sheet(rows))
     print(table)
+    for label, names in (("extended silhouettes", extended), ("skeleton silhouettes", plain)):
+        if names and len(names) < len(cases):
+            print(f"\n{label} ({len(names)} cases):\n" + markdown_table(summarise(per_case, names)))
+    if not args.no_frontier:
+        rows_summary = frontier.summarise_rows(frontier_cases)
+        fast = frontier.choose_fast(rows_summary)
+        doc = {"reference": frontier.REFERENCE, "fast_default": fast["name"], "fast_target": fast,
+               "rows": rows_summary,
+               "settings": report["settings"], "per_case": frontier_cases}
+        (out / "speed_frontier.json").write_text(json.dumps(doc, indent=1, default=list) + "\n")
+        frontier.plot_frontier(rows_summary, out / "speed_frontier.png", fast=fast["name"])
+        ref = rows_summary[frontier.REFERENCE]
+        print("\n| row | evals | share | pose IoU | identity | background | temporal |\n|---|---|---|---|---|---|---|")
+        for n, s in rows_summary.items():
+            print(f"| {n} | {s['evals']:.0f} | {s['evals'] / ref['evals']:.1%} | {s['pose_iou']:.3f} | "
+                  f"{s['identity']:.3f} | {s['background']:.4f} | {s['temporal']:.4f} |")
+        print(f"fast default: {fast}")
     print(f"total {report['seconds']['total']} s; wrote {out}")
     return report
 

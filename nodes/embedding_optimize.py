@@ -43,10 +43,12 @@ class PoseAnimatePoseEmbeddingOptimize:
                                                "images 1..N are the target frames."}),
                 "inner_steps": ("INT", {"default": FULL.inner_steps, "min": 0, "max": 100,
                                         "tooltip": "Adam iterations per step and frame."}),
-                "schedule": (list(SCHEDULES), {"default": FULL.schedule, "tooltip": SCHEDULE_TOOLTIP}),
                 "frames_per_batch": ("INT", {"default": 0, "min": 0, "max": 4096,
                                              "tooltip": "Frames optimised together; 0 = choose from free GPU "
                                                         "memory. Lower it if you run out of memory."}),
+            },
+            "optional": {
+                "schedule": (list(SCHEDULES), {"default": FULL.schedule, "tooltip": SCHEDULE_TOOLTIP}),
             },
         }
 

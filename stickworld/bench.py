@@ -228,16 +228,19 @@ class Run:
                                     source_mask=user)
 
     def sample(self, dca=None, masks=None, inversion=None, embeddings=None, uncond=None, stage="sample"):
-        """Frames (F, H, W, 3) sampled through a clone of the model patched with ``dca`` (None: plain attention)."""
+        """Frames (F, H, W, 3) sampled through a clone of the model patched with ``dca`` (None: plain attention);
+        computed once per ``stage`` name, whose evaluations are counted under it."""
         inv = self.pose_aware() if inversion is None else inversion
         emb = self.embeddings() if embeddings is None and inversion is None else embeddings
         den = self.base if dca is None else pipeline.patch_model(self.base, dca=dca)[0]
-        key = ("sample", stage)
-        self._cache.pop(key, None)
-        x = self._once(key, stage, lambda: pipeline.sample(
+        x = self._once(("sample", stage), stage, lambda: pipeline.sample(
             den, inv, emb, masks=masks, window=self.settings.window, hints=self.hints[1:], uncond=uncond,
             cfg=self.recipe.cfg))
         return latents_to_images(x)
+
+    def full(self) -> np.ndarray:
+        """The shipped path's frames: DCAM + MGDM with the recipe's masks."""
+        return self.sample(self.dca(self.masks()), stage="sample")
 
     def dca(self, masks=None, mgdm=None):
         r = self.recipe
@@ -281,7 +284,7 @@ def run_case(model: StickWorldModel, case: Case, variants=VARIANTS, settings: Se
     for v in variants:
         run = runs["raw" if v == "no_pata" else "pata"]
         if v in ("full", "no_pata"):
-            frames = run.sample(run.dca(run.masks()), stage="sample")
+            frames = run.full()
         elif v == "no_mgdm":
             frames = run.sample(run.dca(), stage="no_mgdm")
         elif v == "no_dcam":

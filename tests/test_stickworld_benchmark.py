@@ -34,12 +34,26 @@ def test_shipped_weights_record_how_they_were_made(model):
     assert (ASSETS / "loss.png").stat().st_size > 0
 
 
-def test_full_method_beats_plain_controlnet_on_identity_and_background(model):
-    settings = bench.Settings(steps=REDUCED["steps"], inner_steps=REDUCED["inner_steps"])
+def test_full_method_beats_plain_controlnet_on_identity_and_background(model, monkeypatch):
+    """The shipped path (the pipeline steps with the full workflow's settings, fewer steps) against the baseline."""
+    called = []
+    for step in ("invert", "optimise", "capture_attention", "build_masks", "make_dca", "patch_model", "sample"):
+        real = getattr(bench.pipeline, step)
+
+        def spy(*args, _real=real, _name=step, **kwargs):
+            called.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(bench.pipeline, step, spy)
+    recipe = bench.pipeline.FULL.replace(steps=REDUCED["steps"], inversion_inner_steps=REDUCED["inner_steps"],
+                                         inner_steps=REDUCED["inner_steps"])
+    settings = bench.Settings(recipe=recipe)
     per_case = {}
     for case in bench.make_cases(REDUCED["cases"], frames=REDUCED["frames"]):
         result = bench.run_case(model, case, ["full", "baseline"], settings)
         per_case[case.name] = bench.score_case(case, result)
+    assert set(called) == {"invert", "optimise", "capture_attention", "build_masks", "make_dca", "patch_model",
+                           "sample"}
     mean = bench.summarise(per_case)
     table = bench.markdown_table(mean)
     assert mean["full"]["identity"] < mean["baseline"]["identity"], table

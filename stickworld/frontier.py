@@ -1,0 +1,140 @@
+"""The speed/quality frontier: the shipped path (``full``) under cheaper optimisation schedules and settings, each
+costed in model evaluations counted by the model and scored on the StickWorld benchmark's held-out cases.
+
+``ROWS`` maps a row name to the recipe changes it makes to the reference (``pipeline.FULL``, the paper's
+setting). ``run_rows`` animates one case with every row, sharing the inversion between rows whose inversion
+settings agree (its evaluations are still charged to every row that uses it).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import pipeline
+
+from .bench import Run, Settings, aligned_poses, score_case, shipped_evals
+
+REFERENCE = "paper"
+ROWS: dict[str, dict] = {
+    "paper": {},
+}
+FAST_CANDIDATES: tuple = ()
+
+
+def row_recipe(name: str, base: pipeline.Recipe = pipeline.FULL) -> pipeline.Recipe:
+    if name not in ROWS:
+        raise ValueError(f"rows: unknown row {name!r}; choose from {list(ROWS)}")
+    return base.replace(**ROWS[name])
+
+
+def run_rows(model, case, rows=None, settings: Settings | None = None, reference_run: Run | None = None) -> dict:
+    """``{row: {"scores": {...}, "evals": {...}}}`` for one case. ``reference_run``: the main benchmark's ``full``
+    run of this case (its recipe must equal the reference row's), reused instead of running the paper setting
+    again."""
+    settings = settings or Settings()
+    rows = list(ROWS) if rows is None else list(rows)
+    inversions: dict = {}
+    out = {}
+    for name in rows:
+        recipe = row_recipe(name, settings.recipe)
+        if reference_run is not None and recipe == reference_run.recipe:
+            run = reference_run
+        else:
+            run = Run(model, case, aligned_poses(case, recipe), Settings(
+                recipe=recipe, source_mask=settings.source_mask, subject=settings.subject, window=settings.window))
+            key = (recipe.steps, recipe.cfg, recipe.inversion_inner_steps, recipe.early_stop)
+            if key in inversions:
+                shared = inversions[key]
+                run._cache["invert"] = shared._cache["invert"]
+                run.evals["invert"] = dict(shared.evals["invert"])
+            run.pose_aware()
+            inversions.setdefault(key, run)
+        frames = run.full()
+        m = len(case.targets)
+        result = {"full": {"frames": frames, "poses": run.poses, "targets": slice(len(run.poses) - m, len(run.poses))}}
+        out[name] = {"scores": score_case(case, result)["full"], "evals": shipped_evals(run)}
+    return out
+
+
+def summarise_rows(per_case: dict) -> dict:
+    """Mean scores and mean evaluations per row over cases."""
+    rows = {r for case in per_case.values() for r in case}
+    out = {}
+    for r in [r for r in ROWS if r in rows]:
+        items = [case[r] for case in per_case.values() if r in case]
+        entry = {k: float(np.mean([i["scores"][k] for i in items])) for k in items[0]["scores"]}
+        entry["evals"] = float(np.mean([i["evals"]["equivalents"] for i in items]))
+        entry["evals_forward"] = float(np.mean([i["evals"]["forward"] for i in items]))
+        entry["evals_forward_backward"] = float(np.mean([i["evals"]["forward_backward"] for i in items]))
+        entry["settings"] = ROWS[r]
+        out[r] = entry
+    return out
+
+
+def choose_fast(summary: dict, reference: str = REFERENCE, budget: float = 0.2, tolerance: float = 0.05) -> dict:
+    """The target of the fast default: at most ``budget`` of the reference's evaluations with identity and
+    background within ``tolerance`` (relative) of it. Returns ``{"name", "meets_target", "why"}``: the cheapest
+    row that meets it, else the row with the best (identity + background, relative to the reference) among the
+    rows within the budget."""
+    ref = summary[reference]
+    within = {n: s for n, s in summary.items() if n != reference and s["evals"] <= budget * ref["evals"]}
+
+    def rel(s, k):
+        return s[k] / ref[k] - 1.0
+
+    meets = {n: s for n, s in within.items() if rel(s, "identity") <= tolerance and rel(s, "background") <= tolerance}
+    if meets:
+        name = min(meets, key=lambda n: meets[n]["evals"])
+        return {"name": name, "meets_target": True,
+                "why": f"cheapest row within {budget:.0%} of the reference's evaluations with identity and "
+                       f"background within {tolerance:.0%}"}
+    if not within:
+        return {"name": None, "meets_target": False, "why": f"no row within {budget:.0%} of the evaluations"}
+    name = min(within, key=lambda n: rel(within[n], "identity") + rel(within[n], "background"))
+    return {"name": name, "meets_target": False,
+            "why": f"no row within {budget:.0%} of the evaluations keeps identity and background within "
+                   f"{tolerance:.0%}; this one loses least"}
+
+
+def plot_frontier(summary: dict, path, reference: str = REFERENCE, fast: str | None = None,
+                  size=(720, 300)) -> None:
+    """Two panels side by side: identity distance and background error (lower is better) against model
+    evaluations (log axis), one labelled point per row; the reference in red, the fast default in green."""
+    import cv2
+
+    from .pictures import save_png
+
+    names = list(summary)
+    ev = np.log10([summary[n]["evals"] for n in names])
+    lo, hi = np.floor(ev.min() * 4) / 4 - 0.1, np.ceil(ev.max() * 4) / 4 + 0.1
+    panel_w, h = size[0] // 2, size[1]
+    pad = 46
+    panels = []
+    for metric, title in (("identity", "identity distance"), ("background", "background error")):
+        img = np.full((h, panel_w, 3), 255, np.uint8)
+        vals = np.array([summary[n][metric] for n in names])
+        vlo, vhi = 0.0, float(vals.max()) * 1.15 or 1.0
+
+        def xy(e, v):
+            x = pad + (e - lo) / (hi - lo) * (panel_w - pad - 12)
+            y = h - pad - (v - vlo) / (vhi - vlo) * (h - pad - 24)
+            return int(round(x)), int(round(y))
+
+        cv2.rectangle(img, (pad, 24), (panel_w - 12, h - pad), (200, 200, 200), 1)
+        for e in np.arange(np.ceil(lo * 2) / 2, hi, 0.5):
+            x, _ = xy(e, vlo)
+            cv2.putText(img, f"{10 ** e:.0f}", (x - 12, h - pad + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 1,
+                        cv2.LINE_AA)
+        for v in np.linspace(vlo, vhi, 4)[1:]:
+            _, y = xy(lo, v)
+            cv2.putText(img, f"{v:.3g}", (2, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(img, f"{title} (lower is better)", (pad, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+        cv2.putText(img, "model evaluations per case (log)", (pad, h - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.38,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+        for n, e, v in zip(names, ev, vals):
+            colour = (40, 40, 210) if n == reference else (40, 170, 40) if n == fast else (160, 90, 30)
+            x, y = xy(e, v)
+            cv2.circle(img, (x, y), 3, colour, -1, cv2.LINE_AA)
+            cv2.putText(img, n, (x + 4, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.3, colour, 1, cv2.LINE_AA)
+        panels.append(img[..., ::-1])  # drawn in BGR, saved as RGB
+    save_png(path, np.concatenate(panels, axis=1))
