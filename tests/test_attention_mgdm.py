@@ -245,5 +245,29 @@ def test_host_function_gets_every_call_and_transformer_options_when_it_takes_the
         ref = DCAPatch(masks=masks, mgdm=mgdm)(q, k, v, _opts([0]))
         assert torch.allclose(out, ref, atol=1e-6)
         seen.clear()
-        DCAPatch(masks=masks, attention=strict, mgdm=mgdm)(q, k, v, _opts([0]))
+        strict_patch = DCAPatch(masks=masks, attention=strict, mgdm=mgdm)
+        strict_patch(q, k, v, _opts([0]))
         assert seen
+        clone = copy.deepcopy(strict_patch)  # after a call (the signature check is cached on the patch)
+        assert torch.equal(clone(q, k, v, _opts([0])), strict_patch(q, k, v, _opts([0])))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_window_previous_frames_are_views_not_copies(masked):
+    """A window [f..f+w) attends to frames f-1..f+w-2: kv_carry's one frame plus a view of its own K/V (no
+    copy of the window's K/V); every multi-frame K the attention function sees is the window's own."""
+    seen = []
+
+    def attn(q, k, v, heads, mask=None, **kw):
+        seen.append((k.shape[0], k.untyped_storage().data_ptr()))
+        return sdpa_attention(q, k, v, heads, mask=mask)
+
+    q, k, v = _qkv(frames=8)
+    patch = DCAPatch(masks=_blob_masks(8) if masked else None, attention=attn)
+    carry = {}
+    patch(q[:4], k[:4], v[:4], _opts([0], frame_ids=[0, 1, 2, 3], kv_carry=carry))
+    seen.clear()
+    kw = k[4:].clone()
+    patch(q[4:], kw, v[4:].clone(), _opts([0], frame_ids=[4, 5, 6, 7], kv_carry=carry))
+    multi = [p for n, p in seen if n > 1]
+    assert multi and all(p == kw.untyped_storage().data_ptr() for p in multi)
