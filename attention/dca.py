@@ -172,10 +172,20 @@ def _region_term(qg, kr, vr, key_masks, character, mgdm, heads, attn, kw):
     w_all = (key_masks if character else 1 - key_masks).to(qg.dtype).unsqueeze(-1)
     n = kr.shape[0]
     step = max(1, -(-n // MULTIPLY_SLICES))
+    if torch.is_grad_enabled() and (kr.requires_grad or vr.requires_grad):
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            yield a, b, attn(qg[a:b], kr[a:b] * w_all[a:b], vr[a:b] * w_all[a:b], heads, **kw)
+        return
+    # one pair of buffers reused by every slice (stream-ordered on CUDA, so reuse is safe)
+    kb = torch.empty((min(step, n),) + tuple(kr.shape[1:]), dtype=qg.dtype, device=qg.device)
+    vb = torch.empty_like(kb)
     for a in range(0, n, step):
         b = min(n, a + step)
-        w = w_all[a:b]
-        yield a, b, attn(qg[a:b], kr[a:b] * w, vr[a:b] * w, heads, **kw)
+        ks, vs = kb[:b - a], vb[:b - a]
+        torch.mul(kr[a:b], w_all[a:b], out=ks)
+        torch.mul(vr[a:b], w_all[a:b], out=vs)
+        yield a, b, attn(qg[a:b], ks, vs, heads, **kw)
 
 
 def _term(qg, kr, vr, key_masks, character, mgdm, heads, attn, kw):
