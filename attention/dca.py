@@ -132,7 +132,7 @@ def _dense_bias(query_char: torch.Tensor, key_masks: torch.Tensor, dtype) -> tor
 
 def _prev_segments(prev_kv, nt: int):
     """``prev_kv`` as [(t0, t1, K, V)]: targets t0..t1-1 attend to K[0..], V[0..] (one piece or several)."""
-    pieces = [prev_kv] if isinstance(prev_kv[0], torch.Tensor) else list(prev_kv)
+    pieces = [prev_kv] if len(prev_kv) == 2 and isinstance(prev_kv[0], torch.Tensor) else list(prev_kv)
     segs, t0 = [], 0
     for kp, vp in pieces:
         segs.append((t0, t0 + kp.shape[0], kp, vp))

@@ -34,7 +34,6 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from attention import DCAPatch, dual_consistency_attention, sdpa_attention  # noqa: E402
 
-_HAS_MUL = "mgdm" in dual_consistency_attention.__code__.co_varnames
 SHAPES = {320: 64, 640: 32, 1280: 16}  # width -> token grid side at latent 64x64
 
 
@@ -128,11 +127,14 @@ def main(argv=None):
     p.add_argument("--window", type=int, default=None,
                    help="also time the attn1 patch run in windows of this many frames (kv_carry)")
     p.add_argument("--variants", nargs="*", default=None,
-                   help="only these variants (plain always runs): dca dca+mgdm mgdm-mul win win+mgdm")
+                   choices=["dca", "dca+mgdm", "mgdm-mul", "win", "win+mgdm"],
+                   help="only these variants (plain always runs; win variants need --window)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="default float16 on CUDA, float32 on CPU")
     a = p.parse_args(argv)
+    if a.window is not None and a.window < 1:
+        p.error(f"--window: must be >= 1 frames, got {a.window}; pass e.g. --window 4")
     if not a.device.startswith("cuda"):
         _fixed_mmap_threshold()
     device = torch.device(a.device)
@@ -156,9 +158,8 @@ def main(argv=None):
             "plain": lambda: sdpa_attention(q, k, v, heads),
             "dca": lambda: dual_consistency_attention(q, k, v, heads),
             "dca+mgdm": lambda: dual_consistency_attention(q, k, v, heads, masks=masks),
+            "mgdm-mul": lambda: dual_consistency_attention(q, k, v, heads, masks=masks, mgdm="multiply"),
         }
-        if _HAS_MUL:
-            variants["mgdm-mul"] = lambda: dual_consistency_attention(q, k, v, heads, masks=masks, mgdm="multiply")
         if a.window:
             variants["win"] = lambda: windowed(q, k, v, heads, a.window, side=side)
             variants["win+mgdm"] = lambda: windowed(q, k, v, heads, a.window, masks, side)

@@ -271,3 +271,18 @@ def test_window_previous_frames_are_views_not_copies(masked):
     patch(q[4:], kw, v[4:].clone(), _opts([0], frame_ids=[4, 5, 6, 7], kv_carry=carry))
     multi = [p for n, p in seen if n > 1]
     assert multi and all(p == kw.untyped_storage().data_ptr() for p in multi)
+
+
+def test_dca_chunk_prev_pieces_equal_one_tensor_and_are_checked():
+    q, k, v = _qkv(frames=6)
+    masks = _soft(_blob_masks(6).reshape(6, 48))
+    for mgdm in ("exclude", "multiply"):
+        kw = dict(has_source=False, first_kv=(k[:1], v[:1]), masks=masks[3:], first_mask=masks[:1],
+                  prev_masks=masks[2:5], mgdm=mgdm)
+        one = dca_chunk(q[3:], k[3:], v[3:], HEADS, W, prev_kv=(k[2:5], v[2:5]), **kw)
+        pieces = dca_chunk(q[3:], k[3:], v[3:], HEADS, W, prev_kv=[(k[2:3], v[2:3]), (k[3:5], v[3:5])], **kw)
+        assert torch.allclose(one, pieces, atol=1e-6)
+    with pytest.raises(ValueError, match="^prev_kv: .*2 previous frames for 3 target"):
+        dca_chunk(q[3:], k[3:], v[3:], HEADS, W, has_source=False, first_kv=(k[:1], v[:1]), prev_kv=(k[2:4], v[2:4]))
+    with pytest.raises(ValueError, match="^prev_kv: "):
+        dca_chunk(q[3:], k[3:], v[3:], HEADS, W, has_source=False, first_kv=(k[:1], v[:1]), prev_kv=[])
