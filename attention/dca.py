@@ -295,6 +295,7 @@ def dca_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
         for a, b, kp, vp in segs:
             for c, d, r in _region_term(qg[a:b], kp, vp, mp[a:b], character, mgdm, heads, attn, kw):
                 o[a + c:a + d].add_(r, alpha=l2)
+        r = None  # release the last term before the next one is computed
         o.add_(_term(q1, k0, v0, m0, character, mgdm, heads, attn, kw).reshape(nt, m, C), alpha=l1)
         del qg, q1
         if binary:  # every query lies in exactly one group: copy, pads go to the spare row
