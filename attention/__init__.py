@@ -3,14 +3,17 @@
 Pure torch; never imports ComfyUI. Everything the nodes need:
 
 DCAM / MGDM
-    ``dual_consistency_attention(q, k, v, heads, weights=(0.7, 0.15, 0.15), masks=None, *, attention=None)``
+    ``dual_consistency_attention(q, k, v, heads, weights=(0.7, 0.15, 0.15), masks=None, *, attention=None,
+        mgdm="exclude")``
         One chunk (F, L, heads*d), frame 0 first -> (F, L, heads*d). Frame 0: plain self-attention; frame
         i >= 1: ``l1*A(Q_i,K_0,V_0) + l2*A(Q_i,K_{i-1},V_{i-1}) + l3*A(Q_i,K_i,V_i)``. ``masks`` (F, L) in
-        [0, 1] turns on MGDM (character queries see only character keys, background only background).
-    ``DCAPatch(weights=(0.7, 0.15, 0.15), masks=None, blocks=None, attention=None)``
+        [0, 1] turns on MGDM: ``mgdm="exclude"`` (character queries see only character keys, background only
+        background) or ``mgdm="multiply"`` (keys/values multiplied by the mask resp. 1 - mask, the outputs
+        blended by the query's mask).
+    ``DCAPatch(weights=(0.7, 0.15, 0.15), masks=None, blocks=None, attention=None, mgdm="exclude")``
         ComfyUI ``attn1`` replace callable ``(q, k, v, extra_options) -> out``. ``masks`` (N, H, W) in [0, 1]
         indexed by frame, any resolution. ``blocks`` None = every ("output", *) block. Honors
-        ``transformer_options["poseanimate"]`` (frame_ids, kv_carry, masks; see DEVELOPERS.md).
+        ``transformer_options["poseanimate"]`` (frame_ids, kv_carry, masks, mgdm; see docs/attention.md).
         ``patch.calls`` / ``patch.applied`` count calls per (block_name, block_id, block_index).
 
 Cross-attention capture and masks
@@ -39,13 +42,15 @@ Installing on a ComfyUI model (in a node)::
 ``blocks`` cover. Errors for bad arguments are ``ValueError`` whose message starts with the argument name.
 """
 from .capture import AttentionMapStore, CrossAttentionCapture, token_maps
-from .dca import DEFAULT_WEIGHTS, dca_chunk, dual_consistency_attention, sdpa_attention, validate_weights
+from .dca import (DEFAULT_WEIGHTS, MGDM_MODES, dca_chunk, dual_consistency_attention, sdpa_attention,
+                  validate_mgdm, validate_weights)
 from .masks import masks_from_attention_maps, otsu_threshold
 from .patch import DCAPatch, check_image_masks, install_patches
 from .tokens import find_token_positions
 
 __all__ = [
     "DEFAULT_WEIGHTS",
+    "MGDM_MODES",
     "AttentionMapStore",
     "CrossAttentionCapture",
     "DCAPatch",
@@ -58,5 +63,6 @@ __all__ = [
     "otsu_threshold",
     "sdpa_attention",
     "token_maps",
+    "validate_mgdm",
     "validate_weights",
 ]

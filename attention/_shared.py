@@ -2,9 +2,19 @@
 from __future__ import annotations
 
 import collections
+import inspect
 import logging
 
 from .dca import sdpa_attention
+
+
+def _takes_transformer_options(fn) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is p.VAR_KEYWORD or (p.name == "transformer_options" and p.kind is not p.POSITIONAL_ONLY)
+               for p in params)
 
 
 class SharedState:
@@ -42,10 +52,22 @@ class CountedPatch:
     attention = None
 
     def _attn(self, extra_options):
-        """The attention function to call and its extra keyword arguments."""
+        """The attention function to call and its extra keyword arguments.
+
+        A host function gets ``attn_precision`` and, if it takes ``transformer_options`` (by name or through
+        ``**kwargs``, as ComfyUI's ``optimized_attention`` does), the call's options as
+        ``transformer_options``, as ComfyUI's own attention layers pass them: that is how ComfyUI applies a
+        model's ``optimized_attention_override`` (its attention backend switch) to every call.
+        """
         if self.attention is None:
             return sdpa_attention, {}
-        return self.attention, {"attn_precision": extra_options.get("attn_precision")}
+        kw = {"attn_precision": extra_options.get("attn_precision")}
+        known = self.__dict__.get("_attn_signature")
+        if known is None or known[0] is not self.attention:
+            known = self._attn_signature = (self.attention, _takes_transformer_options(self.attention))
+        if known[1]:
+            kw["transformer_options"] = extra_options
+        return self.attention, kw
 
     @property
     def calls(self):

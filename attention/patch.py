@@ -8,7 +8,7 @@ import torch
 
 from ._shared import CountedPatch, SharedState
 from .blocks import attention_block_ids, block_selected, normalise_blocks, resize_masks, token_grid
-from .dca import DEFAULT_WEIGHTS, dca_chunk, validate_weights
+from .dca import DEFAULT_WEIGHTS, MGDM_MODES, dca_chunk, validate_mgdm, validate_weights
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,11 @@ class DCAPatch(CountedPatch):
         blocks: where DCA acts: None = every ("output", *) block, or a list of names / (name, id) /
             (name, id, transformer_index). Other blocks it is installed on get plain attention.
         attention: optional attention function ``fn(q, k, v, heads, mask=None, attn_precision=None)``
-            (ComfyUI's ``comfy.ldm.modules.attention.optimized_attention`` fits); default torch SDPA.
+            (ComfyUI's ``comfy.ldm.modules.attention.optimized_attention`` fits); default torch SDPA. Every
+            attention call of the patch goes through it, the masked MGDM calls included.
+        mgdm: MGDM formulation with masks, "exclude" (default) or "multiply" (see
+            :func:`attention.dual_consistency_attention`); ``transformer_options["poseanimate"]["mgdm"]``
+            overrides it per call.
 
     Batch layout: ``extra_options["cond_or_uncond"]`` lists the chunks (the batch is those chunks
     concatenated); every chunk holds the same frames, by default frames 0..F-1 with frame 0 (the source)
@@ -55,8 +59,9 @@ class DCAPatch(CountedPatch):
     """
 
     def __init__(self, weights: Sequence[float] = DEFAULT_WEIGHTS, masks: Optional[torch.Tensor] = None,
-                 blocks=None, attention=None):
+                 blocks=None, attention=None, mgdm: str = "exclude"):
         self.weights = validate_weights(weights)
+        self.mgdm = validate_mgdm(mgdm)
         self.masks = check_image_masks(masks)
         self.blocks = normalise_blocks(blocks)
         self.attention = attention
@@ -83,12 +88,13 @@ class DCAPatch(CountedPatch):
             return attn(q, k, v, heads, **kw)
         frames, chunks, ids, pa = plan
         masks = self._token_masks(q, extra_options, pa, ids)
+        mgdm = self._mgdm(pa)
         carry = pa.get("kv_carry")
         outs = []
         for c, kind in enumerate(chunks):
             sl = slice(c * frames, (c + 1) * frames)
             outs.append(self._chunk(q[sl], k[sl], v[sl], heads, ids, masks, carry,
-                                    (key[0], key[1], block_index, kind), attn, kw))
+                                    (key[0], key[1], block_index, kind), attn, kw, mgdm))
         self.state.applied[key] += 1
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
@@ -121,6 +127,16 @@ class DCAPatch(CountedPatch):
                     return f"chunk of frames {ids} lacks frame {ids[0] - 1} and kv_carry holds no previous frame"
         return frames, chunks, ids, pa
 
+    def _mgdm(self, pa):
+        mgdm = pa.get("mgdm", None)
+        if mgdm is None:
+            return self.mgdm
+        if mgdm not in MGDM_MODES:
+            self.state.warn_once(logger, "mgdm", f"PoseAnimate DCA: poseanimate mgdm must be one of {MGDM_MODES}, "
+                                 f"got {mgdm!r}; using the patch's own {self.mgdm!r} (this warning is shown once)")
+            return self.mgdm
+        return mgdm
+
     def _token_masks(self, q, extra_options, pa, ids):
         source = pa.get("masks", None)
         if source is None:
@@ -152,7 +168,7 @@ class DCAPatch(CountedPatch):
             cache[ck] = hit
         return hit[1]
 
-    def _chunk(self, q, k, v, heads, ids, masks, carry, carry_key, attn, kw):
+    def _chunk(self, q, k, v, heads, ids, masks, carry, carry_key, attn, kw, mgdm):
         n = q.shape[0]
         has_source = ids[0] == 0
         entry = carry.get(carry_key) if carry is not None else None
@@ -173,21 +189,26 @@ class DCAPatch(CountedPatch):
         first_kv = None if has_source else tuple(t.to(q) for t in entry["first"])
         prev_kv = None
         if not (has_source and refs == list(range(n - 1))):
-            if -1 in refs:
-                pk, pv = (t.to(q) for t in entry["prev"])
-                kk, vv = torch.cat([k, pk]), torch.cat([v, pv])
-            else:
-                kk, vv = k, v
-            index = torch.tensor([r if r >= 0 else n for r in refs], device=q.device)
-            prev_kv = (kk.index_select(0, index), vv.index_select(0, index))
+            # one piece per run of consecutive references: chunk slices are views, so a window
+            # [f..f+w) costs no copy of its K/V (only kv_carry's one previous frame is separate)
+            prev_kv = []
+            for r in refs:
+                if r >= 0 and prev_kv and prev_kv[-1][0] >= 0 and prev_kv[-1][1] == r:
+                    prev_kv[-1][1] = r + 1
+                else:
+                    prev_kv.append([r, r + 1])
+            prev_kv = [tuple(t.to(q) for t in entry["prev"]) if a < 0 else (k[a:b], v[a:b])
+                       for a, b in prev_kv]
         mq = m0 = mp = None
         if masks is not None:
             mq = masks[ids]
             m0 = masks[:1]
             mp = masks[ref_ids]
         out = dca_chunk(q, k, v, heads, self.weights, has_source=has_source, first_kv=first_kv, prev_kv=prev_kv,
-                        masks=mq, first_mask=m0, prev_masks=mp, attention=attn, attention_kwargs=kw)
+                        masks=mq, first_mask=m0, prev_masks=mp, attention=attn, attention_kwargs=kw, mgdm=mgdm)
         if carry is not None:
+            # copies, not views: a view would keep this window's whole K/V (every DCA block, every chunk
+            # kind) alive until the next window; the copy is one frame per block
             new = dict(entry)
             if has_source:
                 new["first"] = (k[:1].clone(), v[:1].clone())

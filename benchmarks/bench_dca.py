@@ -6,6 +6,9 @@ SD1.5 shapes: latent 64x64, so the upsampling blocks' token grids are 16x16 (wid
     plain   torch SDPA self-attention of every frame (what the UNet does without the patch)
     dca     attention.dual_consistency_attention(q, k, v, 8)
     dca+mgdm  the same with binary character masks (an ellipse that drifts across frames, ~30% of tokens)
+    mgdm-mul  the same with MGDM's "multiply" formulation (mgdm="multiply")
+    win / win+mgdm  (with --window W) the DCAPatch attn1 patch run window by window (W frames each, frame ids
+              and one kv_carry dict, as pacm.sample_frames calls it); equals the all-at-once result
 
 Time: best of the repeats. "x plain" compares CPU time (process_time, all threads) on the CPU, where wall
 time on a shared machine mostly measures the neighbours, and wall time on CUDA.
@@ -29,7 +32,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from attention import dual_consistency_attention, sdpa_attention  # noqa: E402
+from attention import DCAPatch, dual_consistency_attention, sdpa_attention  # noqa: E402
 
 SHAPES = {320: 64, 640: 32, 1280: 16}  # width -> token grid side at latent 64x64
 
@@ -100,16 +103,38 @@ def ellipse_masks(frames, side, device):
     return torch.stack(ms).reshape(frames, side * side)
 
 
+def windowed(q, k, v, heads, window, masks=None, side=None):
+    """DCAPatch over consecutive windows of ``window`` frames sharing one kv_carry dict (one chunk, cond)."""
+    frames = q.shape[0]
+    patch = DCAPatch(masks=None if masks is None else masks.reshape(frames, side, side))
+    carry = {}
+    out = torch.empty_like(q)
+    for lo in range(0, frames, window):
+        hi = min(frames, lo + window)
+        opts = {"n_heads": heads, "block": ("output", 3), "block_index": 0, "cond_or_uncond": [0],
+                "original_shape": [hi - lo, 4, side, side],
+                "poseanimate": {"frame_ids": list(range(lo, hi)), "kv_carry": carry}}
+        out[lo:hi] = patch(q[lo:hi], k[lo:hi], v[lo:hi], opts)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="4 frames, 1 repeat, widths 640 and 1280")
     p.add_argument("--frames", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--widths", type=int, nargs="*", default=None, choices=sorted(SHAPES))
+    p.add_argument("--window", type=int, default=None,
+                   help="also time the attn1 patch run in windows of this many frames (kv_carry)")
+    p.add_argument("--variants", nargs="*", default=None,
+                   choices=["dca", "dca+mgdm", "mgdm-mul", "win", "win+mgdm"],
+                   help="only these variants (plain always runs; win variants need --window)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="default float16 on CUDA, float32 on CPU")
     a = p.parse_args(argv)
+    if a.window is not None and a.window < 1:
+        p.error(f"--window: must be >= 1 frames, got {a.window}; pass e.g. --window 4")
     if not a.device.startswith("cuda"):
         _fixed_mmap_threshold()
     device = torch.device(a.device)
@@ -133,7 +158,14 @@ def main(argv=None):
             "plain": lambda: sdpa_attention(q, k, v, heads),
             "dca": lambda: dual_consistency_attention(q, k, v, heads),
             "dca+mgdm": lambda: dual_consistency_attention(q, k, v, heads, masks=masks),
+            "mgdm-mul": lambda: dual_consistency_attention(q, k, v, heads, masks=masks, mgdm="multiply"),
         }
+        if a.window:
+            variants["win"] = lambda: windowed(q, k, v, heads, a.window, side=side)
+            variants["win+mgdm"] = lambda: windowed(q, k, v, heads, a.window, masks, side)
+        if a.variants is not None:
+            for name in [n for n in variants if n != "plain" and n not in a.variants]:
+                del variants[name]
         base_t = base_m = None
         with torch.inference_mode():
             for name, fn in variants.items():
