@@ -116,6 +116,7 @@ class PoseAnimateDCAPatchModel:
     def patch(self, model, first_frame_weight, previous_frame_weight, own_frame_weight, blocks, custom_blocks,
               masks=None, mgdm=FULL.mgdm):
         from .. import pipeline
+        from .host.stages import host_attention
 
         weights = (float(first_frame_weight), float(previous_frame_weight), float(own_frame_weight))
         unet = getattr(getattr(model, "model", None), "diffusion_model", None)
@@ -126,6 +127,6 @@ class PoseAnimateDCAPatchModel:
             if masks is not None:
                 masks = pipeline.check_masks(masks, masks.shape[0] if getattr(masks, "ndim", 0) == 3 else 1)
             selection = select_blocks(unet, blocks, custom_blocks)
-            dca = pipeline.make_dca(weights, masks=masks, blocks=selection, mgdm=mgdm)
+            dca = pipeline.make_dca(weights, masks=masks, blocks=selection, mgdm=mgdm, attention_fn=host_attention())
             patched, _ = pipeline.patch_model(model, dca=dca)
         return (patched,)

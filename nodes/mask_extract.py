@@ -112,6 +112,7 @@ class PoseAnimateCrossAttentionMaskExtract:
     def extract(self, model, control_net, clip, embeddings, prompt, subject, threshold, capture_steps,
                 window_size, dilate, source_mask=None, pose_keypoint=None):
         from .. import pata, pipeline
+        from .host.stages import host_attention
         from .host import ComfyProgress, engine_mode, plain, plain_fields
         from .host.stages import inversion_denoiser
         from .host.types import check_embeddings
@@ -152,7 +153,7 @@ class PoseAnimateCrossAttentionMaskExtract:
         with node_errors(NODE), engine_mode():
             maps = pipeline.capture_attention(
                 model, denoiser, plain_fields(inversion), plain_fields(poses), positions, factors=factors, window=w,
-                capture_steps=int(capture_steps), callback=ComfyProgress())
+                capture_steps=int(capture_steps), callback=ComfyProgress(), attention_fn=host_attention())
         with node_errors(NODE, {"source_mask": "source_mask", "threshold": "threshold", "dilate": "dilate"}):
             masks = pipeline.build_masks(maps, size=image_hw, latent_size=latent_hw, threshold=float(threshold),
                                          dilate=int(dilate), prior=prior,

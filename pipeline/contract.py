@@ -11,7 +11,9 @@ from typing import Any, ContextManager, Protocol, TypedDict, runtime_checkable
 
 import torch
 
-MGDM_MODES = ("exclude", "multiply")
+from ._layers import attention
+
+MGDM_MODES = attention.MGDM_MODES  # "exclude" (the node's default), "multiply" (the paper's formulation)
 
 
 @runtime_checkable

@@ -148,16 +148,16 @@ class _CaptureDone(Exception):
 def capture_attention(model: PatchableModel, make_denoiser: Callable[[PatchableModel], Denoiser],
                       inversion: pacm.InversionResult, embeddings: pacm.PoseEmbeddings, positions: list[int], *,
                       factors=None, window: int | None = None, capture_steps: int = 0,
-                      callback: Callback | None = None, **engine) -> torch.Tensor:
+                      callback: Callback | None = None, attention_fn=None, **engine) -> torch.Tensor:
     """Sample the frames once with a cross-attention capture patch on a clone of ``model`` (its self-attention
     as it is: plain on an unpatched model) and return the subject tokens' mean maps ``(N + 1, h, w)``.
 
     ``make_denoiser(patched)`` gives the Denoiser over the patched clone; ``capture_steps`` > 0 stops after that
     many of the inversion's steps (the character's layout is set early); ``factors``: the layer grids to read
-    (e.g. (4, 2) for SD1.5, None = every resolution)."""
+    (e.g. (4, 2) for SD1.5, None = every resolution); ``attention_fn``: the host's attention function."""
     frames = embeddings.frames + 1
     store = attention.AttentionMapStore()
-    capture = attention.CrossAttentionCapture(positions, store=store, factors=factors)
+    capture = attention.CrossAttentionCapture(positions, store=store, factors=factors, attention=attention_fn)
     patched, _ = patch_model(model, capture=capture)
     den = make_denoiser(patched)
     steps = inversion.steps
@@ -228,17 +228,18 @@ def build_masks(maps: torch.Tensor, *, size, threshold: float = 0.0, dilate: int
 
 
 # ------------------------------------------------------------------------------------------------ attention patches
-def make_dca(weights=(0.7, 0.15, 0.15), masks: torch.Tensor | None = None, blocks=None,
-             mgdm: str = "exclude") -> attention.DCAPatch:
-    """The DCAM (+ MGDM with ``masks``) self-attention patch. ``weights`` are normalised to sum 1."""
+def make_dca(weights=(0.7, 0.15, 0.15), masks: torch.Tensor | None = None, blocks=None, mgdm: str = "exclude",
+             attention_fn=None) -> attention.DCAPatch:
+    """The DCAM (+ MGDM with ``masks``) self-attention patch. ``weights`` are normalised to sum 1;
+    ``attention_fn``: the host's attention function (ComfyUI's ``optimized_attention``), default torch SDPA."""
     raw = tuple(float(x) for x in weights)
     if len(raw) != 3 or min(raw) < 0 or sum(raw) <= 0:
         raise argument_error("weights", f"the weights {raw} must be three values >= 0 with a positive sum",
                              "set at least one weight above 0 (the paper uses 0.7, 0.15, 0.15)")
     if mgdm not in MGDM_MODES:
         raise argument_error("mgdm", f"unknown formulation {mgdm!r}", f"choose one of {', '.join(MGDM_MODES)}")
-    kwargs = {} if mgdm == "exclude" else {"mgdm": mgdm}
-    return attention.DCAPatch(weights=tuple(x / sum(raw) for x in raw), masks=masks, blocks=blocks, **kwargs)
+    return attention.DCAPatch(weights=tuple(x / sum(raw) for x in raw), masks=masks, blocks=blocks, mgdm=mgdm,
+                              attention=attention_fn)
 
 
 def patch_model(model: PatchableModel, *, dca: attention.DCAPatch | None = None, capture=None):

@@ -37,3 +37,13 @@ def inversion_denoiser(inversion, model, control_net, node: str, extra_control=N
     ctrl = inversion.settings.get("control") or {"strength": 1.0, "start": 0.0, "end": 1.0}
     return ComfyDenoiser(model, control_net, strength=ctrl["strength"], start_percent=ctrl["start"],
                          end_percent=ctrl["end"], extra_control=extra_control, node=node)
+
+
+def host_attention():
+    """ComfyUI's ``optimized_attention`` (the function its own attention layers call, honouring its attention
+    options), for the DCA and capture patches; None where ComfyUI is absent (the unit tests), i.e. torch SDPA."""
+    try:
+        from comfy.ldm.modules.attention import optimized_attention
+    except ImportError:
+        return None
+    return optimized_attention
