@@ -38,7 +38,7 @@ class Recipe:
     weights: tuple = (0.7, 0.15, 0.15)
     blocks: str = "all output blocks"
     mgdm: str = "exclude"              # MGDM formulation (pipeline.contract.MGDM_MODES)
-    use_masks: bool = True             # masks connected to DCA Patch Model (MGDM on)
+    use_masks: bool = False            # masks connected to DCA Patch Model (MGDM on); off: docs/stickworld.md
     # Sample Frames / Mask Extract
     window: int = 0                    # 0 = auto (from free memory)
 

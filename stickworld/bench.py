@@ -6,24 +6,25 @@ Variants (``VARIANTS``); every one starts from the same case and, where it can, 
 ``full`` (``Run`` computes each stage once):
 
 * ``full``: the shipped path. PATA in the node's ``similarity`` mode with the recipe's transition frames ->
-  ``pipeline.invert`` (DDIM + pose-aware inversion) -> ``pipeline.optimise`` -> ``pipeline.capture_attention`` on
-  the unpatched model (as Cross-Attention Mask Extract: plain self-attention while capturing) ->
-  ``pipeline.build_masks`` (attention map united with the skeleton body prior; frame 0's mask from attention
-  too, as for a photo without a user mask) -> ``pipeline.make_dca`` + ``pipeline.patch_model`` (DCAM + MGDM) ->
-  ``pipeline.sample``.
+  ``pipeline.invert`` (DDIM + pose-aware inversion) -> ``pipeline.optimise`` -> DCAM through
+  ``pipeline.make_dca`` + ``pipeline.patch_model`` -> ``pipeline.sample``; with MGDM when the recipe connects
+  masks (``Recipe.use_masks``), made as ``with_mgdm`` below.
 * ``no_pacm``: plain DDIM inversion, no embedding optimisation: sampling with CFG against the empty prompt.
 * ``no_dcam``: plain self-attention while sampling (so no MGDM either).
 * ``no_mgdm``: DCAM without masks.
+* ``with_mgdm``: DCAM + MGDM as Cross-Attention Mask Extract makes the masks: ``pipeline.capture_attention`` on
+  the unpatched model (plain self-attention while capturing) -> ``pipeline.build_masks`` (attention map united
+  with the skeleton body prior; frame 0's mask from attention too, as for a photo without a user mask).
 * ``no_pata``: the target poses as they come (scaled to the canvas, not aligned), no transition frames.
 * ``baseline``: a plain pose-ControlNet: every frame sampled from one shared noise with the prompt and CFG
   against the empty prompt; no inversion, no attention fusion.
-* ``mgdm_multiply``: ``full`` with the paper's MGDM formulation (keys and values multiplied by the masks)
+* ``mgdm_multiply``: ``with_mgdm`` with the paper's MGDM formulation (keys and values multiplied by the masks)
   instead of the exclusion the node uses by default.
-* ``attention_masks``: ``full`` with masks from cross-attention alone (no body prior): the mask method the pack
+* ``attention_masks``: ``with_mgdm`` with masks from cross-attention alone (no body prior): the mask method the pack
   shipped before.
-* ``user_mask``: ``full`` with the source's true mask as the user's MASK for frame 0 (the workflows' optional
+* ``user_mask``: ``with_mgdm`` with the source's true mask as the user's MASK for frame 0 (the workflows' optional
   source mask).
-* ``true_masks``: a diagnostic, not an ablation: ``full`` with MGDM given the world's true character masks,
+* ``true_masks``: a diagnostic, not an ablation: ``with_mgdm`` given the world's true character masks,
   which separates MGDM itself from the quality of its masks.
 """
 from __future__ import annotations
@@ -47,8 +48,8 @@ from .world import random_angles, sample_scene
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 POSES = ROOT / "assets" / "poses"
 SEQUENCES = ("wave", "walk", "dance", "turn")
-VARIANTS = ("full", "no_pacm", "no_dcam", "no_mgdm", "no_pata", "baseline", "mgdm_multiply", "attention_masks",
-            "user_mask", "true_masks")
+VARIANTS = ("full", "no_pacm", "no_dcam", "no_mgdm", "no_pata", "baseline", "with_mgdm", "mgdm_multiply",
+            "attention_masks", "user_mask", "true_masks")
 BENCH_SEED = 20240   # held-out scenes come from this seed's streams; training draws from --seed 0's stream
 METRICS = {"pose_iou": "higher", "identity": "lower", "background": "lower", "temporal": "lower"}
 
@@ -77,7 +78,8 @@ class Settings:
                 "capture": "plain self-attention (unpatched model), every step" if r.capture_steps == 0 else
                 f"plain self-attention (unpatched model), first {r.capture_steps} steps",
                 "masks": "cross-attention united with the skeleton body prior" if r.body_prior else "cross-attention",
-                "mgdm": r.mgdm, "window": self.window}
+                "mgdm": r.mgdm if r.use_masks else "off (no masks connected to DCA Patch Model)",
+                "window": self.window}
 
 
 @dataclasses.dataclass
@@ -228,19 +230,30 @@ class Run:
                                     source_mask=user)
 
     def sample(self, dca=None, masks=None, inversion=None, embeddings=None, uncond=None, stage="sample"):
-        """Frames (F, H, W, 3) sampled through a clone of the model patched with ``dca`` (None: plain attention);
-        computed once per ``stage`` name, whose evaluations are counted under it."""
+        """Frames (F, H, W, 3) sampled through a clone of the model patched with the DCA patch ``dca()`` makes
+        (None: plain attention); computed once per ``stage`` name, whose evaluations are counted
+        under it. Masks are made by the caller, outside the stage."""
         inv = self.pose_aware() if inversion is None else inversion
         emb = self.embeddings() if embeddings is None and inversion is None else embeddings
-        den = self.base if dca is None else pipeline.patch_model(self.base, dca=dca)[0]
-        x = self._once(("sample", stage), stage, lambda: pipeline.sample(
-            den, inv, emb, masks=masks, window=self.settings.window, hints=self.hints[1:], uncond=uncond,
-            cfg=self.recipe.cfg))
-        return latents_to_images(x)
+
+        def make():
+            patch = None if dca is None else dca()
+            den = self.base if patch is None else pipeline.patch_model(self.base, dca=patch)[0]
+            return pipeline.sample(den, inv, emb, masks=masks, window=self.settings.window, hints=self.hints[1:],
+                                   uncond=uncond, cfg=self.recipe.cfg)
+
+        return latents_to_images(self._once(("sample", stage), stage, make))
 
     def full(self) -> np.ndarray:
-        """The shipped path's frames: DCAM + MGDM with the recipe's masks."""
-        return self.sample(self.dca(self.masks()), stage="sample")
+        """The shipped path's frames: DCAM, with MGDM and the recipe's masks when the recipe connects them."""
+        return self.with_mgdm() if self.recipe.use_masks else self.without_mgdm()
+
+    def with_mgdm(self) -> np.ndarray:
+        masks = self.masks()
+        return self.sample(lambda: self.dca(masks), stage="sample" if self.recipe.use_masks else "with_mgdm")
+
+    def without_mgdm(self) -> np.ndarray:
+        return self.sample(self.dca, stage="sample" if not self.recipe.use_masks else "no_mgdm")
 
     def dca(self, masks=None, mgdm=None):
         r = self.recipe
@@ -265,6 +278,14 @@ def aligned_poses(case: Case, recipe: pipeline.Recipe) -> np.ndarray:
                                 mode=recipe.pata_mode, repair=recipe.repair)[0]
 
 
+MASK_VARIANTS = {  # variant -> the masks its MGDM gets
+    "mgdm_multiply": lambda run: run.masks(),
+    "attention_masks": lambda run: run.masks(prior=False),
+    "user_mask": lambda run: run.masks(source="user"),
+    "true_masks": lambda run: run.masks(source="truth"),
+}
+
+
 def run_case(model: StickWorldModel, case: Case, variants=VARIANTS, settings: Settings | None = None,
              seed: int = 0) -> dict:
     """Animate ``case`` with each variant. Returns ``{variant: {"frames": (F, H, W, 3) every generated frame
@@ -285,20 +306,18 @@ def run_case(model: StickWorldModel, case: Case, variants=VARIANTS, settings: Se
         run = runs["raw" if v == "no_pata" else "pata"]
         if v in ("full", "no_pata"):
             frames = run.full()
+        elif v == "with_mgdm":
+            frames = run.with_mgdm()
         elif v == "no_mgdm":
-            frames = run.sample(run.dca(), stage="no_mgdm")
+            frames = run.without_mgdm()
         elif v == "no_dcam":
             frames = run.sample(stage="no_dcam")
-        elif v == "mgdm_multiply":
-            frames = run.sample(run.dca(run.masks(), mgdm="multiply"), stage="mgdm_multiply")
-        elif v == "attention_masks":
-            frames = run.sample(run.dca(run.masks(prior=False)), stage="attention_masks")
-        elif v == "user_mask":
-            frames = run.sample(run.dca(run.masks(source="user")), stage="user_mask")
-        elif v == "true_masks":
-            frames = run.sample(run.dca(run.masks(source="truth")), stage="true_masks")
+        elif v in MASK_VARIANTS:
+            masks, mgdm = MASK_VARIANTS[v](run), "multiply" if v == "mgdm_multiply" else None
+            frames = run.sample(lambda: run.dca(masks, mgdm), stage=v)
         elif v == "no_pacm":
-            frames = run.sample(run.dca(run.masks()), inversion=run.inversion(), uncond=run.empty, stage="no_pacm")
+            masks = run.masks() if run.recipe.use_masks else None
+            frames = run.sample(lambda: run.dca(masks), inversion=run.inversion(), uncond=run.empty, stage=v)
         else:
             frames = _baseline(run, seed)
         out[v] = {"frames": frames, "poses": run.poses, "targets": slice(len(run.poses) - m, len(run.poses))}
@@ -307,9 +326,11 @@ def run_case(model: StickWorldModel, case: Case, variants=VARIANTS, settings: Se
 
 
 def shipped_evals(run: Run) -> dict:
-    """Model evaluations of the shipped path (``full``) for one case: inversion, optimisation, capture, sampling."""
+    """Model evaluations of the shipped path (``full``) for one case: inversion, optimisation, the capture pass
+    (when the recipe uses masks), sampling."""
     total = {"forward": 0, "forward_backward": 0}
-    for stage in ("invert", "optimise", "capture", "sample"):
+    stages = ("invert", "optimise", "capture", "sample") if run.recipe.use_masks else ("invert", "optimise", "sample")
+    for stage in stages:
         for k, v in run.evals.get(stage, {}).items():
             total[k] += v
     total["equivalents"] = total["forward"] + 3 * total["forward_backward"]

@@ -181,9 +181,11 @@ def test_every_variant_runs_the_pipeline_and_its_patches(tiny_model, monkeypatch
         n = 1 + 2 if v in ("no_pata",) else 1 + 1 + 2
         assert frames.shape == (n, 32, 32, 3) and np.isfinite(frames).all()
     # DCA ran on every output block with attention, in every variant that uses it (the capture pass does not)
-    uses_dca = [v for v in bench.VARIANTS if v not in ("no_dcam", "baseline")]
+    uses_dca = [v for v in bench.VARIANTS if v not in ("no_dcam", "baseline", "no_mgdm")]  # full is no_mgdm here
     assert len(made) == len(uses_dca)
     assert [m for _, m in made].count("multiply") == 1
+    assert sum(p.masks is not None for p, _ in made) == 5  # with_mgdm, mgdm_multiply, attention/user/true masks
+    assert np.array_equal(result["full"]["frames"], result["no_mgdm"]["frames"])  # the recipe connects no masks
     for patch, _ in made:
         assert {k[:2] for k, n in patch.applied.items() if n} == {("output", i) for i in range(4)}
     runs = result["_runs"]
@@ -194,7 +196,7 @@ def test_every_variant_runs_the_pipeline_and_its_patches(tiny_model, monkeypatch
     prior = bench.pipeline.body_prior(pata_run.poses, (32, 32))
     assert bool((pata_run.masks() >= prior).all())  # the body prior is inside every fused mask
     assert not np.allclose(result["full"]["frames"], result["no_dcam"]["frames"])
-    assert not np.allclose(result["full"]["frames"], result["no_mgdm"]["frames"])
+    assert not np.allclose(result["with_mgdm"]["frames"], result["no_mgdm"]["frames"])
     # the shipped path's stages were counted once each, by the model
     ev = bench.shipped_evals(pata_run)
     assert pata_run.evals["optimise"]["forward_backward"] > 0 and pata_run.evals["sample"]["forward_backward"] == 0
