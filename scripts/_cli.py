@@ -25,13 +25,16 @@ class CliError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``<prog>: error: <message>`` and exit status 2, no usage block."""
+    """argparse with one-line errors: ``<prog>: error: <message>`` and exit status ``usage_status`` (2, as
+    argparse's own), no usage block."""
 
-    def error(self, message):  # noqa: D401 (argparse's hook)
-        self.exit(USAGE, f"{self.prog}: error: {message}. Fix: see {self.prog} --help\n")
+    usage_status = USAGE
 
-    def fail(self, exc: CliError, status: int = USAGE):
-        self.exit(status, f"{self.prog}: error: {exc}\n")
+    def error(self, message):  # argparse's hook
+        self.exit(self.usage_status, f"{self.prog}: error: {message}. Fix: see {self.prog} --help\n")
+
+    def fail(self, exc: CliError):
+        self.exit(self.usage_status, f"{self.prog}: error: {exc}\n")
 
 
 def _number(kind, text: str):
