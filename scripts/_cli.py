@@ -93,7 +93,8 @@ def readable_file(flag: str, path, what: str = "file") -> pathlib.Path:
 def image_file(flag: str, path) -> pathlib.Path:
     """A readable PNG / JPEG / WEBP / GIF / BMP / TIFF file (by its first bytes)."""
     path = readable_file(flag, path, "image file")
-    head = path.read_bytes()[:16]
+    with open(path, "rb") as fh:
+        head = fh.read(16)
     if not (any(head.startswith(sig) for sig in IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")):
         raise CliError(f"{flag}: {path} is not an image (not PNG, JPEG, WEBP, GIF, BMP or TIFF). "
                        f"Fix: give a picture file")
