@@ -9,7 +9,6 @@ character (a single source pose with other proportions, on another canvas, for t
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import pathlib
@@ -18,8 +17,11 @@ import sys
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "scripts"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from _cli import CliError, Parser, atomic_output  # noqa: E402
 
 from pata.figure import ADULT, body3d, project  # noqa: E402
 
@@ -86,15 +88,22 @@ def make_character() -> list[dict]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(prog="make_example_poses.py", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "assets" / "poses"), help="output folder")
     args = ap.parse_args(argv)
     out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        ap.fail(CliError(f"--out: {out} is a file, not a folder. Fix: name a folder (it is created if missing)"))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        ap.fail(CliError(f"--out: cannot create the folder {out} ({exc.strerror or exc}). Fix: choose a folder "
+                         f"you can write to"))
     files = {name: make_sequence(name) for name in SEQUENCES}
     files["character"] = make_character()
     for name, frames in files.items():
-        (out / f"{name}.json").write_text(json.dumps(frames, separators=(",", ":")) + "\n")
+        with atomic_output(out / f"{name}.json") as tmp:
+            tmp.write_text(json.dumps(frames, separators=(",", ":")) + "\n")
         print(f"{out / (name + '.json')}: {len(frames)} frames")
 
 

@@ -19,7 +19,6 @@ Inputs of other types are sockets. A widget fed by a link keeps its widget value
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib
 import importlib.util
@@ -34,6 +33,10 @@ import types
 import uuid
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.insert(0, str(ROOT / "scripts"))
+
+from _cli import CliError, Parser, atomic_output, output_path  # noqa: E402
 WORKFLOWS = ROOT / "workflows"
 CORE_SPECS = ROOT / "tests" / "data" / "comfy_core_nodes.json"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -462,9 +465,11 @@ def render_picture(ui: dict, path: pathlib.Path, scale: float = 0.5) -> None:
             d.text(xy(x + 18, wy + 2), label[: int(w / 9)], fill=(200, 200, 200), font=small)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() in (".jpg", ".jpeg"):
-        img.save(path, quality=80, optimize=True)
+        with atomic_output(path) as tmp:
+            img.save(tmp, quality=80, optimize=True)
     else:
-        img.save(path, optimize=True)
+        with atomic_output(path) as tmp:
+            img.save(tmp, optimize=True)
 
 
 # ------------------------------------------------------------------------------------ core extraction
@@ -540,7 +545,7 @@ def extract_core(path: str) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(prog="make_workflows.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--check", action="store_true", help="exit 1 when a bundled workflow file is out of date")
     p.add_argument("--extract-core", action="store_true", help="refresh tests/data/comfy_core_nodes.json")
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI checkout (--extract-core)")
@@ -549,12 +554,23 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.extract_core:
         if not args.comfyui:
-            p.error("--extract-core needs --comfyui or COMFYUI_PATH")
+            p.fail(CliError("--extract-core needs --comfyui or COMFYUI_PATH. Fix: pass --comfyui /path/to/ComfyUI"))
+        if not (pathlib.Path(args.comfyui) / "comfy" / "model_management.py").is_file():
+            p.fail(CliError(f"--comfyui: {args.comfyui} is not a ComfyUI checkout (no comfy/model_management.py). "
+                            f"Fix: give the folder that holds ComfyUI's main.py"))
         data = extract_core(os.path.abspath(args.comfyui))
         CORE_SPECS.parent.mkdir(parents=True, exist_ok=True)
-        CORE_SPECS.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        with atomic_output(CORE_SPECS) as tmp:
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         print(f"wrote {CORE_SPECS} ({len(data['ids'])} ids, {len(data['nodes'])} specs)")
         return 0
+    if args.picture:
+        try:
+            output_path("--picture", args.picture, (".png",))
+        except CliError as exc:
+            p.fail(exc)
+        if importlib.util.find_spec("PIL") is None:
+            p.fail(CliError("--picture needs Pillow, which is not installed. Fix: pip install pillow"))
     graphs = build_all()
     files = render(graphs)
     if args.picture:
@@ -569,7 +585,8 @@ def main(argv=None) -> int:
         return 1 if stale else 0
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        with atomic_output(path) as tmp:
+            tmp.write_text(text)
     print(f"wrote {len(files)} files ({len(stale)} changed)")
     return 0
 

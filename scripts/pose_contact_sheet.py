@@ -10,7 +10,6 @@ Inputs are POSE_KEYPOINT / OpenPose JSON files (a list of frames, one frame, or 
 """
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
@@ -18,10 +17,12 @@ import cv2
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "scripts"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import pata  # noqa: E402
+from _cli import CliError, Parser, atomic_output, int_at_least, output_path, readable_file  # noqa: E402
 
 LABEL_H = 18
 
@@ -88,22 +89,53 @@ def contact_sheet(target_path, source_path, transition: int = 6, mode: str = "si
     return np.concatenate(rows, axis=0)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="Contact sheet of a pose sequence before and after PATA.")
+def check_pose_file(flag: str, path) -> list[dict]:
+    """The frames of a pose file or folder, or CliError naming ``flag`` when it is missing or no pose file."""
+    path = pathlib.Path(path)
+    if not path.is_dir():
+        readable_file(flag, path, "pose file")
+    try:
+        frames = pata.load_pose_json(path, flag)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if not any("people" in frame for frame in frames):
+        raise CliError(f"{flag}: {path} is not a pose file (no frame has a 'people' list). Fix: give a "
+                       f"POSE_KEYPOINT or OpenPose JSON file, e.g. assets/poses/walk.json")
+    return frames
+
+
+def build_parser() -> Parser:
+    ap = Parser(prog="pose_contact_sheet.py", description="Contact sheet of a pose sequence before and after PATA.")
     ap.add_argument("target", help="target pose sequence (POSE_KEYPOINT / OpenPose JSON file or folder)")
     ap.add_argument("--source", default=str(ROOT / "assets" / "poses" / "character.json"),
                     help="source pose file (its first frame is used); default: assets/poses/character.json")
-    ap.add_argument("--transition", type=int, default=6, help="transition frames (default 6)")
+    ap.add_argument("--transition", type=int_at_least(0), default=6, help="transition frames (default 6)")
     ap.add_argument("--mode", choices=("similarity", "retarget"), default="similarity")
     ap.add_argument("--no-repair", action="store_true", help="turn temporal repair off")
-    ap.add_argument("--columns", type=int, default=8, help="thumbnails per row (default 8)")
-    ap.add_argument("--thumb-height", type=int, default=160, help="thumbnail height in pixels (default 160)")
+    ap.add_argument("--columns", type=int_at_least(1, 64), default=8, help="thumbnails per row (default 8)")
+    ap.add_argument("--thumb-height", type=int_at_least(16, 2048), default=160,
+                    help="thumbnail height in pixels (default 160)")
     ap.add_argument("--out", default="pata_contact_sheet.png", help="output PNG path")
+    return ap
+
+
+def main(argv=None) -> None:
+    ap = build_parser()
     args = ap.parse_args(argv)
-    sheet = contact_sheet(args.target, args.source, args.transition, args.mode, not args.no_repair,
-                          args.columns, args.thumb_height)
-    cv2.imwrite(args.out, cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-    print(f"wrote {args.out} ({sheet.shape[1]}x{sheet.shape[0]})")
+    try:
+        out = output_path("--out", args.out, (".png",))
+        check_pose_file("TARGET", args.target)
+        check_pose_file("--source", args.source)
+        sheet = contact_sheet(args.target, args.source, args.transition, args.mode, not args.no_repair,
+                              args.columns, args.thumb_height)
+    except CliError as exc:
+        ap.fail(exc)
+    except ValueError as exc:  # PATA's own messages name the input ("target: ...", "source: ...") and the fix
+        ap.fail(CliError(str(exc).replace("source: ", "--source: ", 1).replace("target: ", "TARGET: ", 1)))
+    with atomic_output(out) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"OpenCV could not write {out}")
+    print(f"wrote {out} ({sheet.shape[1]}x{sheet.shape[0]})")
 
 
 if __name__ == "__main__":

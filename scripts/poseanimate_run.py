@@ -1,19 +1,26 @@
 #!/usr/bin/env python3
 """Run a bundled PoseAnimate workflow headlessly against a running ComfyUI server.
 
-    python scripts/poseanimate_run.py --workflow full --image me.png --pose assets/poses/walk.json \
-        --prompt "a knight in silver armour" --seed 7 --out out/knight
+    python scripts/poseanimate_run.py --workflow full --image me.png --pose examples/walk.json \
+        --source-pose me_pose.json --prompt "a knight in silver armour" --seed 7 --out out/knight
+
+Pose files (--pose, --source-pose): a local JSON file is checked and uploaded; ``examples/<name>.json`` names a
+pose file bundled with the pack (walk, wave, turn, dance, character) and ``input:<name>`` a file already in the
+server's input folder; both are passed to the server as names. A local path that does not exist is an error.
 
 What it does, with the standard library only:
 
 1. loads the API-format workflow (``workflows/api/<name>.json`` or any API-format JSON file);
-2. uploads the character image (and the pose file, when it is a local file) with ``POST /upload/image``;
-3. sets the image, pose file, prompt, subject word, seed and sizes in the graph, finding nodes by
+2. uploads the character image (and the pose files, when they are local files) with ``POST /upload/image``;
+3. sets the image, pose files, prompt, subject word, seed and sizes in the graph, finding nodes by
    ``class_type`` and title rather than by node id, plus any ``--set NODE.INPUT=VALUE`` overrides;
 4. queues it with ``POST /prompt`` (with a ``client_id``) and prints progress lines while it polls
    ``GET /queue`` and ``GET /history/{prompt_id}``;
 5. downloads every saved output (frames, and the video when the graph makes one) with ``GET /view``
    into the output folder and writes ``poseanimate_run.json`` there listing them.
+
+Every argument and local file is checked before the server is contacted; bad input gets one line naming the
+flag and the fix. Downloaded files are written whole (temporary name, renamed when complete).
 
 Exit status: 0 done; 1 bad arguments or local files; 2 the server rejected the graph (validation errors,
 printed per node); 3 the graph failed while running (the node's own message is printed); 4 interrupted;
@@ -21,7 +28,6 @@ printed per node); 3 the graph failed while running (the node's own message is p
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import copy
 import json
@@ -39,11 +45,18 @@ import uuid
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKFLOW_DIR = ROOT / "workflows" / "api"
+EXAMPLES_DIR = ROOT / "assets" / "poses"
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.insert(0, str(ROOT / "scripts"))
+
+from _cli import CliError, Parser, atomic_output, image_file, int_at_least, float_between  # noqa: E402
+from _cli import readable_file  # noqa: E402
 
 EXIT_OK, EXIT_USAGE, EXIT_REJECTED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TIMEOUT, EXIT_UNREACHABLE = range(7)
 
 POSE_NODE = "PoseAnimateLoadPoseSequence"
 POSE_INPUTS = ("pose_file", "pose_path", "path", "file", "poses")
+EXAMPLE_PREFIX, SERVER_PREFIX = "examples/", "input:"
 MASK_NODE = "PoseAnimateCrossAttentionMaskExtract"
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".mov", ".gif", ".webp", ".apng"}
 
@@ -254,13 +267,93 @@ def load_workflow(name_or_path: str) -> dict:
             raise RunError(f"--workflow: no file {name_or_path!r} and no bundled workflow of that name; "
                            f"bundled: {', '.join(names) or 'none'}", EXIT_USAGE)
         path = candidate
-    graph = json.loads(path.read_text())
+    try:
+        graph = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RunError(f"--workflow: cannot read {path} ({exc.strerror or exc}). Fix: check the file's permissions",
+                       EXIT_USAGE) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RunError(f"--workflow: {path} is not valid JSON ({exc}). Fix: pass an API-format workflow JSON "
+                       f"(ComfyUI's 'Export (API)') or a bundled name: full, fast, remix, long", EXIT_USAGE) from None
+    if not isinstance(graph, dict):
+        raise RunError(f"--workflow: {path} is not an API-format ComfyUI workflow (a JSON object of nodes). "
+                       f"Fix: export one with ComfyUI's 'Export (API)'", EXIT_USAGE)
     if "nodes" in graph and "links" in graph:
         raise RunError(f"--workflow: {path} is a UI-format workflow; pass its API-format twin "
                        f"(workflows/api/) or export one with ComfyUI's 'Export (API)'", EXIT_USAGE)
     if not graph or not all(isinstance(n, dict) and "class_type" in n for n in graph.values()):
-        raise RunError(f"--workflow: {path} is not an API-format ComfyUI workflow", EXIT_USAGE)
+        raise RunError(f"--workflow: {path} is not an API-format ComfyUI workflow (nodes with a class_type). "
+                       f"Fix: export one with ComfyUI's 'Export (API)'", EXIT_USAGE)
     return graph
+
+
+def _usage(exc: CliError) -> RunError:
+    return RunError(str(exc), EXIT_USAGE)
+
+
+def check_pose_file(flag: str, path: pathlib.Path) -> None:
+    """A local pose file: readable JSON in the POSE_KEYPOINT / OpenPose shape (frames with a 'people' list)."""
+    try:
+        readable_file(flag, path, "pose file")
+    except CliError as exc:
+        raise RunError(f"{exc}; or name a bundled pose as {EXAMPLE_PREFIX}<name>.json or a file in the server's "
+                       f"input folder as {SERVER_PREFIX}<name>", EXIT_USAGE) from None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RunError(f"{flag}: {path} is not valid JSON ({exc}). Fix: give a POSE_KEYPOINT or OpenPose JSON "
+                       f"file", EXIT_USAGE) from None
+    frames = [data] if isinstance(data, dict) else data
+    if not (isinstance(frames, list) and frames and all(isinstance(f, dict) for f in frames)
+            and any(isinstance(f.get("people"), list) for f in frames)):
+        raise RunError(f"{flag}: {path} is not a pose file (expected a POSE_KEYPOINT / OpenPose JSON: frames with "
+                       f"a 'people' list). Fix: give a pose JSON such as assets/poses/walk.json", EXIT_USAGE)
+
+
+def pose_argument(flag: str, value: str) -> tuple[str, object]:
+    """('local', Path) for a local file, ('name', str) for a bundled example or a server input file."""
+    if value.startswith(SERVER_PREFIX):
+        name = value[len(SERVER_PREFIX):]
+        if not name:
+            raise RunError(f"{flag}: {value!r} names no file. Fix: {flag} {SERVER_PREFIX}my_poses.json", EXIT_USAGE)
+        return "name", name
+    if value.startswith(EXAMPLE_PREFIX):
+        name = value[len(EXAMPLE_PREFIX):]
+        if EXAMPLES_DIR.is_dir():
+            names = sorted(p.name for p in EXAMPLES_DIR.glob("*.json"))
+            if name not in names:
+                raise RunError(f"{flag}: {value!r} is not a bundled pose file. Fix: use one of "
+                               f"{', '.join(EXAMPLE_PREFIX + n for n in names)}", EXIT_USAGE)
+        return "name", value
+    path = pathlib.Path(value)
+    check_pose_file(flag, path)
+    return "local", path
+
+
+def check_arguments(args) -> None:
+    """Every check on the command line and the local files, before the workflow is loaded or a server is
+    contacted. Stores the parsed pose arguments on ``args`` (``pose_spec``, ``source_pose_spec``)."""
+    try:
+        if args.image:
+            image_file("--image", args.image)
+    except CliError as exc:
+        raise _usage(exc) from None
+    args.pose_spec = pose_argument("--pose", args.pose) if args.pose else None
+    args.source_pose_spec = pose_argument("--source-pose", args.source_pose) if args.source_pose else None
+    specs = [x for x in (args.pose_spec, args.source_pose_spec) if x and x[0] == "local"]
+    if len(specs) == 2 and specs[0][1].name == specs[1][1].name and \
+            specs[0][1].read_bytes() != specs[1][1].read_bytes():
+        raise RunError(f"--source-pose: {specs[1][1]} has the same file name as --pose {specs[0][1]} (both are "
+                       f"uploaded to input/poseanimate/). Fix: rename one of them", EXIT_USAGE)
+    for axis in ("width", "height"):
+        value = getattr(args, axis)
+        if value is not None and value % 8:
+            raise RunError(f"--{axis}: {value} is not a multiple of 8 (SD1.5 latents are 1/8 of the image). "
+                           f"Fix: e.g. --{axis} {max(8, value // 8 * 8)}", EXIT_USAGE)
+    out = pathlib.Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out: {out} is a file. Fix: name a folder for the outputs (it is created if missing)",
+                       EXIT_USAGE)
 
 
 def find_nodes(graph: dict, class_type: str | None = None, title: str | None = None) -> list[str]:
@@ -310,11 +403,11 @@ def apply_settings(graph: dict, args, client: Client | None) -> tuple[dict, list
     """Return a copy of ``graph`` with the command-line settings applied, and notes on what was set."""
     graph = copy.deepcopy(graph)
     notes = []
+    if not hasattr(args, "pose_spec"):
+        check_arguments(args)
 
     if args.image:
         image = pathlib.Path(args.image)
-        if not image.is_file():
-            raise RunError(f"--image: no such file {image}", EXIT_USAGE)
         ids = find_nodes(graph, "LoadImage", "source") or find_nodes(graph, "LoadImage")
         if not ids:
             raise RunError("--image: the workflow has no LoadImage node", EXIT_USAGE)
@@ -322,18 +415,26 @@ def apply_settings(graph: dict, args, client: Client | None) -> tuple[dict, list
         set_input(graph, ids[0], "image", name)
         notes.append(f"image -> {name} ({_node_label(graph, ids[0])})")
 
-    if args.pose:
-        ids = find_nodes(graph, POSE_NODE)
+    for flag, spec, role in (("--pose", args.pose_spec, "sequence"), ("--source-pose", args.source_pose_spec, "source")):
+        if spec is None:
+            continue
+        loaders = find_nodes(graph, POSE_NODE)
+        source_ids = [i for i in loaders if "source" in graph[i].get("_meta", {}).get("title", "").lower()]
+        ids = source_ids if role == "source" else [i for i in loaders if i not in source_ids]
         if not ids:
-            raise RunError(f"--pose: the workflow has no {POSE_NODE} node", EXIT_USAGE)
+            where = "titled 'Source pose'" if role == "source" else "for the target poses"
+            raise RunError(f"{flag}: the workflow has no {POSE_NODE} node {where}. Fix: leave {flag} out or use a "
+                           f"bundled workflow (full, fast, remix, long)", EXIT_USAGE)
         inputs = graph[ids[0]]["inputs"]
         field = next((f for f in POSE_INPUTS if f in inputs and not is_link(inputs[f])), None)
         if field is None:
-            raise RunError(f"--pose: {_node_label(graph, ids[0])} has none of the inputs {POSE_INPUTS}", EXIT_USAGE)
-        pose = pathlib.Path(args.pose)
-        value = client.upload(pose, subfolder="poseanimate", overwrite=True) if pose.is_file() and client else args.pose
+            raise RunError(f"{flag}: {_node_label(graph, ids[0])} has none of the inputs {POSE_INPUTS}", EXIT_USAGE)
+        kind, value = spec
+        if kind == "local":
+            value = client.upload(value, subfolder="poseanimate", overwrite=True) if client else \
+                f"poseanimate/{value.name}"
         set_input(graph, ids[0], field, value)
-        notes.append(f"pose -> {value} ({_node_label(graph, ids[0])}.{field})")
+        notes.append(f"{flag[2:]} -> {value} ({_node_label(graph, ids[0])}.{field})")
 
     if args.prompt is not None:
         ids = find_nodes(graph, title="prompt")
@@ -520,7 +621,9 @@ def download(client: Client, entry: dict, out_dir: pathlib.Path, include_temp: b
         rel = pathlib.Path(*[p for p in sub.replace("\\", "/").split("/") if p not in ("", ".", "..")]) / name
         target = out_dir / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(client.view(item))
+        data = client.view(item)
+        with atomic_output(target) as tmp:
+            tmp.write_bytes(data)
         is_video = animated or pathlib.Path(name).suffix.lower() in VIDEO_SUFFIXES - {".webp"}
         (videos if is_video else frames).append(str(rel))
     log(f"saved {len(frames)} frame(s) and {len(videos)} video(s) to {out_dir}")
@@ -530,8 +633,13 @@ def download(client: Client, entry: dict, out_dir: pathlib.Path, include_temp: b
 # ---------------------------------------------------------------------------------------------- main
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+class _Parser(Parser):
+    usage_status = EXIT_USAGE
+
+
+def build_parser() -> Parser:
+    p = _Parser(
+        prog="poseanimate_run",
         description="Run a bundled PoseAnimate workflow on a running ComfyUI server and download the frames.",
         epilog="Exit status: 0 done, 1 bad arguments, 2 graph rejected, 3 graph failed, 4 interrupted, "
                "5 timed out, 6 server unreachable.")
@@ -540,21 +648,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workflow", default="full",
                    help="bundled workflow name in workflows/api/ (full, fast, remix, long) or an API-format JSON")
     p.add_argument("--image", help="character image to animate (uploaded to the server's input folder)")
-    p.add_argument("--pose", help="pose sequence: a local file (uploaded) or a name the server's pose loader knows")
+    p.add_argument("--pose", help="target pose sequence: a local JSON file (uploaded), examples/<name>.json (bundled "
+                                  "with the pack) or input:<name> (already in the server's input folder)")
+    p.add_argument("--source-pose", help="pose of the character in --image, for the workflow's 'Source pose' "
+                                         "loader; same forms as --pose")
     p.add_argument("--prompt", help="positive prompt describing the character")
     p.add_argument("--negative", help="negative prompt")
     p.add_argument("--subject", help="subject word(s) in the prompt for the cross-attention character mask")
-    p.add_argument("--seed", type=int, help="seed for every seed input in the graph")
-    p.add_argument("--width", type=int, help="frame width in pixels (multiple of 8)")
-    p.add_argument("--height", type=int, help="frame height in pixels (multiple of 8)")
+    p.add_argument("--seed", type=int_at_least(0), help="seed for every seed input in the graph")
+    p.add_argument("--width", type=int_at_least(8, 16384), help="frame width in pixels (multiple of 8)")
+    p.add_argument("--height", type=int_at_least(8, 16384), help="frame height in pixels (multiple of 8)")
     p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE",
                    help="set any widget input; NODE is an id, a title or a class_type; VALUE is JSON or text. "
                         "Repeatable")
     p.add_argument("--prefix", help="subfolder in ComfyUI's output folder for the saved files")
     p.add_argument("--out", default="poseanimate_out", help="folder for the downloaded outputs")
     p.add_argument("--include-previews", action="store_true", help="also download temporary preview images")
-    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the result")
-    p.add_argument("--poll", type=float, default=1.0, help="seconds between progress polls")
+    p.add_argument("--timeout", type=float_between(0, 1e7), default=3600.0, help="seconds to wait for the result")
+    p.add_argument("--poll", type=float_between(0, 3600), default=1.0, help="seconds between progress polls")
     p.add_argument("--no-live", action="store_true",
                    help="do not open ComfyUI's websocket for per-node progress; only poll /queue and /history")
     p.add_argument("--dry-run", action="store_true", help="print the edited API graph and exit; contacts no server")
@@ -564,6 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: list[str] | None = None, log=print) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_arguments(args)
         graph = load_workflow(args.workflow)
         if args.dry_run:
             graph, notes = apply_settings(graph, args, None)
@@ -594,7 +706,8 @@ def run(argv: list[str] | None = None, log=print) -> int:
         out_dir = pathlib.Path(args.out)
         files = download(client, entry, out_dir, args.include_previews, log)
         manifest = {"prompt_id": prompt_id, "server": client.base, "workflow": args.workflow, **files}
-        (out_dir / "poseanimate_run.json").write_text(json.dumps(manifest, indent=2))
+        with atomic_output(out_dir / "poseanimate_run.json") as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2))
         if not files["frames"] and not files["videos"]:
             log("warning: the workflow finished but saved no files")
         return EXIT_OK

@@ -2,7 +2,14 @@
 
 Every function receives an empty ``Graph`` (node specs attached) and returns it filled. Titles matter: the
 headless command finds the nodes it edits by type and title ("Source image", "Prompt", "Negative prompt",
-"Pose sequence", "Resize source"), so keep them when you edit a workflow.
+"Pose sequence", "Source pose", "Resize source"), so keep them when you edit a workflow.
+
+The source pose comes from a pose file through Load Pose Sequence, not from Pose Extract: Pose Extract needs
+the optional package controlnet-aux, whose requirements (torchvision, timm, scikit-image,
+opencv-python-headless, huggingface_hub) do not sit well beside ComfyUI's torch -- in a ComfyUI Python with
+torch 2.13.0, `pip install --dry-run controlnet-aux` would replace torch with 2.14.1 and add the CUDA 13
+libraries. So the bundled workflows run after the README's install, and Pose Extract stays the documented
+alternative (see docs/workflows.md).
 """
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ OPENPOSE = "control_v11p_sd15_openpose.pth"
 CANNY = "control_v11p_sd15_canny.pth"
 LORA = "your_style_lora.safetensors"
 POSE_FILE = "examples/walk.json"
+SOURCE_POSE_FILE = "examples/character.json"
 PROMPT = "a young woman in a red dress and white sneakers, full body, plain studio background, best quality"
 NEGATIVE = "blurry, deformed, extra limbs, bad anatomy, lowres, watermark"
 SUBJECT = "woman"
@@ -20,7 +28,8 @@ MODELS_NOTE = f"""
 - **Load Checkpoint**: any SD1.5 checkpoint or fine-tune (default name `{CKPT}`), in `models/checkpoints`.
 - **Load OpenPose ControlNet**: an SD1.5 OpenPose ControlNet, e.g. `{OPENPOSE}`, in `models/controlnet`.
 
-PoseAnimate is training-free: nothing else is downloaded or trained.
+PoseAnimate is training-free: nothing is trained, and these workflows download nothing. (Pose Extract, if
+you add it, downloads the OpenPose annotator weights `lllyasviel/Annotators` on its first run.)
 """
 
 HOW_NOTE = """
@@ -29,9 +38,13 @@ HOW_NOTE = """
 2. **Prompt**: describe the picture; name the character with the word in **Subject** (mask extraction).
 3. **Pose sequence**: a bundled example (`examples/...`) or a POSE_KEYPOINT / OpenPose JSON file you put in
    ComfyUI's `input` folder.
-4. **Source pose**: found in your image by *Pose Extract*, which needs `pip install controlnet-aux` (weights
-   from `lllyasviel/Annotators`). Without it, use *DWPose Estimator* from comfyui_controlnet_aux and connect
-   its POSE_KEYPOINT to PATA Align's `source_pose`.
+4. **Source pose**: the pose of the character in your picture, as a POSE_KEYPOINT / OpenPose JSON file in
+   ComfyUI's `input` folder. The default `examples/character.json` is a sample (one standing figure on a
+   640x640 canvas); it fits only a picture of a character standing that way. To find the pose in the picture
+   inside the graph instead, add *DWPose Estimator* (comfyui_controlnet_aux) or this pack's *Pose Extract*
+   (needs `pip install controlnet-aux`, which is not installed with the pack because it pulls its own
+   torchvision/timm; it downloads annotator weights on first use) on **Resize source** and connect its
+   POSE_KEYPOINT to PATA Align's `source_pose`.
 5. Queue. Frames land in `output/PoseAnimate/`, the MP4 next to them. Frame 0 is the source, then the
    transition frames, then the target poses.
 
@@ -64,10 +77,10 @@ def _pipeline(g, *, steps, cfg, inner_inv, inner_opt, capture_steps, window, fra
     positive = g.node("CLIPTextEncode", title="Positive prompt", text=prompt.out(), clip=clip)
 
     seq = g.node("PoseAnimateLoadPoseSequence", title="Pose sequence", pose_file=pose_file)
-    source_pose = g.node("PoseAnimatePoseExtract", title="Source pose (OpenPose)", image=resized.out())
-    align = g.node("PoseAnimatePATAAlign", title="PATA Align", source_pose=source_pose.out("pose_keypoint"),
+    source_pose = g.node("PoseAnimateLoadPoseSequence", title="Source pose", pose_file=SOURCE_POSE_FILE)
+    align = g.node("PoseAnimatePATAAlign", title="PATA Align", source_pose=source_pose.out("pose"),
                    target_pose=seq.out("pose"), transition_frames=transition_frames, mode="similarity",
-                   repair=True, width=0, height=0)
+                   repair=True, width=512, height=512)  # = Resize source (the pose file has its own canvas)
     poses = align.out("pose_images")
 
     latent = g.node("VAEEncode", title="Encode source", pixels=resized.out(), vae=vae)
@@ -111,8 +124,10 @@ def full(g):
     g.note(HOW_NOTE, title="How to use")
     g.note(MODELS_NOTE, title="Models")
     g.note("""
-### Settings (paper defaults)
-- 50 DDIM steps, CFG 7.5, 5 inner iterations per step for the inversion and for each frame.
+### Settings
+- The paper's settings per frame: 50 DDIM steps, CFG 7.5, 5 inner iterations per step for the inversion and
+  for each frame. The paper animates 16 frames; this sequence makes 49 (40 walk poses + 8 transition frames
+  + the source).
 - DCA weights 0.7 / 0.15 / 0.15 (source / previous / own frame) on every decoder attention block.
 - Masks from the subject word's cross-attention turn on MGDM. Check **Mask check**; if a mask misses the
   character, change **Subject**, set a fixed threshold, or feed a segmentation mask into `source_mask`.
@@ -190,7 +205,8 @@ windows in frame order and hands the source's and the previous window's attentio
 frames are the same as sampling everything at once while peak GPU memory stays flat as the sequence grows.
 Time grows linearly with the number of frames.
 
-Lower the window on small GPUs (4 fits 8 GB at 512x512), raise it on large ones for speed. Use a long pose
+Lower the window on small GPUs, raise it on large ones for speed (peak memory grows with the window, not
+with the sequence; no memory figure per window has been measured for real SD1.5 yet). Use a long pose
 file (hundreds of poses work); PATA inserts transition frames between distant poses.
 """, title="Long sequence in windows")
     g.note(MODELS_NOTE, title="Models")

@@ -350,9 +350,9 @@ def files(tmp_path):
     wf = tmp_path / "wf.json"
     wf.write_text(json.dumps(_graph()))
     image = tmp_path / "hero.png"
-    image.write_bytes(b"\x89PNG hero image bytes")
+    image.write_bytes(b"\x89PNG\r\n\x1a\n hero image bytes")
     pose = tmp_path / "dance.json"
-    pose.write_text(json.dumps({"frames": []}))
+    pose.write_text(json.dumps([{"people": [], "canvas_width": 512, "canvas_height": 512}]))
     return wf, image, pose, tmp_path / "out"
 
 
@@ -509,11 +509,144 @@ def test_bundled_workflow_runs_headless(server, files, path):
 
 def test_dry_run_prints_the_edited_graph_without_a_server(files, capsys):
     wf, image, pose, _ = files
-    code = cli.run(["--server", "127.0.0.1:9", "--workflow", str(wf), "--image", str(image), "--pose", "run.json",
-                    "--prompt", "a cat", "--seed", "9", "--dry-run"])
+    code = cli.run(["--server", "127.0.0.1:9", "--workflow", str(wf), "--image", str(image),
+                    "--pose", "input:run.json", "--prompt", "a cat", "--seed", "9", "--dry-run"])
     assert code == 0
     captured = capsys.readouterr()
     graph = json.loads(captured.out)
     assert graph["1"]["inputs"]["image"] == "hero.png" and graph["2"]["inputs"]["pose_file"] == "run.json"
     assert graph["3"]["inputs"]["text"] == "a cat" and graph["6"]["inputs"]["seed"] == 9
     assert "set prompt -> node 3 (Positive prompt).text" in captured.err
+
+
+# ------------------------------------------------------------------ bad input: one line, exit 1, no server contact
+
+
+def _bad(capsys, argv) -> str:
+    """Run with ``argv`` against an address nobody listens on: the checks must fail before any connection.
+    Returns the one line on stderr."""
+    code = cli.run(["--server", "127.0.0.1:9", *argv], log=lambda s: None)
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USAGE, err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("poseanimate_run: error: ") and "cannot reach" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--width", "-512", "argument --width: must be between 8 and 16384, got -512"),
+    ("--height", "0", "argument --height: must be between 8 and 16384, got 0"),
+    ("--width", "wide", "argument --width: 'wide' is not a whole number"),
+    ("--seed", "-1", "argument --seed: must be at least 0, got -1"),
+    ("--timeout", "0", "argument --timeout: must be above 0"),
+    ("--poll", "-1", "argument --poll: must be above 0"),
+])
+def test_bad_numbers_are_one_line_and_exit_1(files, capsys, flag, value, expected):
+    wf = files[0]
+    with pytest.raises(SystemExit) as exc:
+        cli.run(["--server", "127.0.0.1:9", "--workflow", str(wf), flag, value])
+    assert exc.value.code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("poseanimate_run: error: ") and expected in err, err
+
+
+def test_width_not_a_multiple_of_8(files, capsys):
+    line = _bad(capsys, ["--workflow", str(files[0]), "--width", "500"])
+    assert line.startswith("poseanimate_run: error: --width: 500 is not a multiple of 8") and "Fix: e.g. --width 496" in line
+
+
+def test_missing_local_pose_file_is_an_error_not_a_server_name(files, capsys):
+    wf, image, _, _ = files
+    line = _bad(capsys, ["--workflow", str(wf), "--image", str(image), "--pose", "my_walk.json", "--dry-run"])
+    assert "--pose: no such pose file: my_walk.json" in line, line
+    assert "examples/<name>.json" in line and "input:<name>" in line, line
+
+
+def test_missing_source_pose_file(files, capsys):
+    wf, image, _, _ = files
+    line = _bad(capsys, ["--workflow", str(wf), "--image", str(image), "--source-pose", "nope.json"])
+    assert "--source-pose: no such pose file: nope.json" in line, line
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("not json at all", "is not valid JSON"),
+    (json.dumps({"frames": []}), "is not a pose file"),
+    (json.dumps([1, 2, 3]), "is not a pose file"),
+])
+def test_pose_file_that_is_not_a_pose_file(files, tmp_path, capsys, content, expected):
+    wf, image, _, _ = files
+    bad = tmp_path / "bad_pose.json"
+    bad.write_text(content)
+    line = _bad(capsys, ["--workflow", str(wf), "--image", str(image), "--pose", str(bad)])
+    assert f"--pose: {bad} {expected}" in line and "Fix:" in line, line
+
+
+def test_unknown_bundled_pose_name(files, capsys):
+    wf, image, _, _ = files
+    line = _bad(capsys, ["--workflow", str(wf), "--image", str(image), "--pose", "examples/moonwalk.json"])
+    assert "--pose: 'examples/moonwalk.json' is not a bundled pose file" in line and "examples/walk.json" in line
+
+
+def test_bundled_and_server_pose_names_are_sent_as_names(files, capsys):
+    wf, image, _, _ = files
+    for value, sent in (("examples/walk.json", "examples/walk.json"), ("input:mine/run.json", "mine/run.json")):
+        assert cli.run(["--workflow", str(wf), "--image", str(image), "--pose", value, "--dry-run"]) == 0
+        graph = json.loads(capsys.readouterr().out)
+        assert graph["2"]["inputs"]["pose_file"] == sent
+
+
+def test_source_pose_goes_to_the_source_pose_loader(capsys):
+    """In the bundled workflows --pose sets 'Pose sequence' and --source-pose sets 'Source pose'."""
+    poses = ROOT / "assets" / "poses"
+    assert cli.run(["--workflow", "full", "--pose", "examples/turn.json", "--source-pose",
+                    str(poses / "character.json"), "--dry-run"]) == 0
+    graph = json.loads(capsys.readouterr().out)
+    loaders = {n["_meta"]["title"]: n["inputs"]["pose_file"] for n in graph.values()
+               if n["class_type"] == "PoseAnimateLoadPoseSequence"}
+    assert loaders == {"Pose sequence": "examples/turn.json", "Source pose": "poseanimate/character.json"}
+
+
+def test_source_pose_without_a_source_pose_loader(files, capsys):
+    wf, image, pose, _ = files
+    line = _bad(capsys, ["--workflow", str(wf), "--image", str(image), "--source-pose", str(pose), "--dry-run"])
+    assert "--source-pose: the workflow has no PoseAnimateLoadPoseSequence node titled 'Source pose'" in line
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "--image: no such image file"),
+    (b"just some text", "is not an image"),
+])
+def test_bad_image(files, tmp_path, capsys, content, expected):
+    wf = files[0]
+    image = tmp_path / "me.png"
+    if content is not None:
+        image.write_bytes(content)
+    line = _bad(capsys, ["--workflow", str(wf), "--image", str(image)])
+    assert expected in line and "Fix:" in line, line
+
+
+def test_image_that_is_a_folder(files, tmp_path, capsys):
+    line = _bad(capsys, ["--workflow", str(files[0]), "--image", str(tmp_path)])
+    assert f"--image: {tmp_path} is a folder" in line, line
+
+
+def test_malformed_workflow_json_names_the_file(tmp_path, capsys):
+    wf = tmp_path / "broken.json"
+    wf.write_text('{"1": {"class_type": "LoadImage",')
+    line = _bad(capsys, ["--workflow", str(wf)])
+    assert f"--workflow: {wf} is not valid JSON" in line and "Fix:" in line, line
+
+
+def test_workflow_json_that_is_not_a_graph(tmp_path, capsys):
+    wf = tmp_path / "list.json"
+    wf.write_text("[1, 2]")
+    line = _bad(capsys, ["--workflow", str(wf)])
+    assert f"--workflow: {wf} is not an API-format ComfyUI workflow" in line, line
+
+
+def test_out_that_is_a_file(files, capsys):
+    wf, image, pose, _ = files
+    line = _bad(capsys, ["--workflow", str(wf), "--image", str(image), "--out", str(pose)])
+    assert f"--out: {pose} is a file" in line, line

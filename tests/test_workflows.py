@@ -336,3 +336,19 @@ def test_api_comparison_catches_a_changed_twin():
     ks = next(k for k, v in api.items() if v["class_type"] == "KSampler")
     api[ks]["inputs"]["steps"] = 99
     assert api != ui_to_api(g.ui())
+
+
+@pytest.mark.parametrize("name", ["full", "fast", "remix", "long"])
+def test_bundled_workflow_needs_no_optional_package(name):
+    """The bundled workflows run after the README's install: the source pose comes from a bundled pose file
+    through Load Pose Sequence ('Source pose'), not from Pose Extract (which needs controlnet-aux)."""
+    graph = json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
+    assert not [n for n in graph.values() if n["class_type"] == "PoseAnimatePoseExtract"]
+    align = next(n for n in graph.values() if n["class_type"] == "PoseAnimatePATAAlign")
+    source = graph[align["inputs"]["source_pose"][0]]
+    assert source["class_type"] == "PoseAnimateLoadPoseSequence" and source["_meta"]["title"] == "Source pose"
+    pose_file = source["inputs"]["pose_file"]
+    assert pose_file.startswith("examples/") and (ROOT / "assets" / "poses" / pose_file[9:]).is_file()
+    resize = next(n for n in graph.values() if n["_meta"]["title"] == "Resize source")
+    assert (align["inputs"]["width"], align["inputs"]["height"]) == (resize["inputs"]["width"],
+                                                                     resize["inputs"]["height"])

@@ -1,4 +1,5 @@
-"""Host tests: run against a real ComfyUI checkout on the CPU. Skipped unless COMFYUI_PATH is set.
+"""Host tests: run against a real ComfyUI checkout on the CPU. Reported as skipped (with the reason) unless
+COMFYUI_PATH is set.
 
 Set COMFYUI_PATH to a ComfyUI checkout whose requirements are installed in the running Python. ComfyUI needs
 torchvision only for imports that these tests never exercise; where no torchvision is installed (there is no
@@ -17,10 +18,20 @@ COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tiny_models and other host helpers
 
 
-def pytest_ignore_collect(collection_path, config):
-    """Without ComfyUI, do not even import the host test modules (they import comfy at top level)."""
-    if not COMFYUI_PATH and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
-        return True
+SKIP_REASON = "COMFYUI_PATH not set: host tests need a ComfyUI checkout (COMFYUI_PATH=/path/to/ComfyUI)"
+
+
+class _HostModuleWithoutComfyUI(pytest.File):
+    """A host test module seen without ComfyUI: reported as skipped with the reason, never imported
+    (the modules import comfy at top level)."""
+
+    def collect(self):
+        pytest.skip(SKIP_REASON, allow_module_level=True)
+
+
+def pytest_pycollect_makemodule(module_path, parent):
+    if not COMFYUI_PATH:
+        return _HostModuleWithoutComfyUI.from_parent(parent, path=module_path)
     return None
 
 

@@ -178,12 +178,13 @@ def test_headless_reports_real_execution_error(comfy_server, tmp_path, capsys):
     wf = tmp_path / "core.json"
     wf.write_text(json.dumps(_core_graph()))
     broken = tmp_path / "broken.png"
-    broken.write_bytes(b"this is not a picture")
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nthis is not a picture")  # passes the local signature check only
     code = cli.run(["--server", url, "--workflow", str(wf), "--image", str(broken), "--out", str(tmp_path / "out"),
                     "--timeout", "120", "--poll", "0.2"], log=lambda s: None)
     assert code == cli.EXIT_FAILED
     err = capsys.readouterr().err
-    assert "the workflow failed at node 1 (Source image)" in err and "UnidentifiedImageError" in err
+    # the server's own exception for the unreadable picture (Pillow: "OSError: Truncated File Read" here)
+    assert "the workflow failed at node 1 (Source image): OSError: " in err, err
 
 
 def test_headless_runs_bundled_full_workflow(comfy_server, tmp_path, capsys):

@@ -151,9 +151,10 @@ def test_long_workflow_keeps_model_calls_flat_as_the_sequence_grows():
 SWAPPED = """What the host run swaps in workflow 'full' (everything else is the bundled API graph as is):
 model files -> tiny generated ones (tiny-sd15.safetensors: SD1.5-shaped 1-level UNet + real-architecture CLIP-L
 with random weights + TAESD VAE; tiny-openpose.safetensors: matching ControlNet); sizes -> 64x64; step counts
--> 2 DDIM steps and 1 inner iteration (CPU time); the OpenPose detector behind Pose Extract -> the stand-in
-package tests/host/fake_controlnet_aux (its weights cannot be downloaded here), which finds the pose of
-assets/poses/character.json in any non-flat image and nobody in a flat one."""
+-> 2 DDIM steps and 1 inner iteration (CPU time). The bundled source pose is the pose file
+examples/character.json; where a test wires in Pose Extract (the documented alternative) its OpenPose detector
+is the stand-in package tests/host/fake_controlnet_aux (its weights cannot be downloaded here), which finds the
+pose of assets/poses/character.json in any non-flat image and nobody in a flat one."""
 
 
 def _tiny_api(name: str, ckpt: str = "tiny-sd15.safetensors") -> dict:
@@ -268,13 +269,18 @@ def test_full_workflow_refuses_a_model_that_is_not_sd15(runner):
 
 
 def test_full_workflow_no_person_in_the_source(runner):
-    """A source image where the detector finds nobody fails at PATA Align with its own message."""
+    """With Pose Extract wired in as the source pose (the documented alternative to the bundled pose file), a
+    source image where the detector finds nobody fails at PATA Align with its own message."""
     from PIL import Image
 
     graph = _tiny_api("full")
     name = "flat-source.png"
     Image.new("RGB", (96, 128), (128, 128, 128)).save(runner.base / "input" / name)
     graph[_node_id(graph, "LoadImage")]["inputs"]["image"] = name
+    graph["901"] = {"class_type": "PoseAnimatePoseExtract", "_meta": {"title": "Source pose (Pose Extract)"},
+                    "inputs": {"image": [_node_id(graph, "ImageScale"), 0], "model": "lllyasviel/Annotators",
+                               "detect_resolution": 64, "include_hands": False, "include_face": False}}
+    graph[_node_id(graph, "PoseAnimatePATAAlign")]["inputs"]["source_pose"] = ["901", 0]
     ok, _, messages, valid = runner.run(graph)
     assert valid[0] and not ok
     failed = [m[1] for m in messages if m[0] == "execution_error"]
