@@ -13,6 +13,15 @@ alternative (see docs/workflows.md).
 """
 from __future__ import annotations
 
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from pipeline import FAST, FULL  # noqa: E402  (the settings that ship, shared with the node defaults)
+
 CKPT = "v1-5-pruned-emaonly.safetensors"
 OPENPOSE = "control_v11p_sd15_openpose.pth"
 CANNY = "control_v11p_sd15_canny.pth"
@@ -35,7 +44,7 @@ you add it, downloads the OpenPose annotator weights `lllyasviel/Annotators` on 
 HOW_NOTE = """
 ### PoseAnimate — how to use
 1. **Source image**: one picture of the character (full body works best).
-2. **Prompt**: describe the picture; name the character with the word in **Subject** (mask extraction).
+2. **Prompt**: describe the picture (with MGDM on, name the character with the word in **Subject**).
 3. **Pose sequence**: a bundled example (`examples/...`) or a POSE_KEYPOINT / OpenPose JSON file you put in
    ComfyUI's `input` folder.
 4. **Source pose**: the pose of the character in your picture, as a POSE_KEYPOINT / OpenPose JSON file in
@@ -50,9 +59,17 @@ HOW_NOTE = """
 
 Pipeline (Zhu et al., IJCAI 2024): **PATA Align** fits the target poses to the source character →
 **Pose-Aware Inversion** inverts the source under its own pose → **Pose Embedding Optimize** tunes
-per-frame embeddings for every target pose → **Cross-Attention Mask Extract** finds the character →
-**DCA Patch Model** (DCAM + MGDM attention) → **Sample Frames**. Frame 0 is the source.
+per-frame embeddings for every target pose → (optional: **Cross-Attention Mask Extract** finds the character)
+→ **DCA Patch Model** (DCAM, + MGDM with masks) → **Sample Frames**. Frame 0 is the source.
 """
+
+
+MGDM_NOTE = ("""- MGDM (mask-guided decoupling) is on: **Cross-Attention Mask Extract** finds the character from the
+  **Subject** word's cross-attention, united with a body drawn from each frame's skeleton. Check **Mask check**;
+  a cut-out source image (transparent background) gives frame 0 its own mask.""" if FULL.use_masks else
+             """- MGDM (mask-guided decoupling) is off: on the StickWorld benchmark it did not beat DCAM alone on both
+  identity and background (docs/stickworld.md). To try it, add **Cross-Attention Mask Extract** (connect
+  PATA Align's `pose_keypoint` for the body prior) and connect its masks to **DCA Patch Model**.""")
 
 
 def _loaders(g, lora=False):
@@ -66,9 +83,12 @@ def _loaders(g, lora=False):
     return model, clip, ckpt.out("VAE"), cnet.out()
 
 
-def _pipeline(g, *, steps, cfg, inner_inv, inner_opt, capture_steps, window, frames_per_batch, masks=True,
-              lora=False, fps=8.0, prefix="PoseAnimate", pose_file=POSE_FILE, transition_frames=8):
-    """The paper's pipeline; returns a dict of the interesting node outputs."""
+def _pipeline(g, recipe, *, window=None, frames_per_batch=0, lora=False, fps=8.0, prefix="PoseAnimate",
+              pose_file=POSE_FILE):
+    """The paper's pipeline with a ``pipeline.Recipe``'s node settings; returns the interesting node outputs.
+    With ``recipe.use_masks`` the masks of Cross-Attention Mask Extract (attention + the skeleton's body prior,
+    the source image's own mask for frame 0 when it has one) turn on MGDM in DCA Patch Model."""
+    window = recipe.window if window is None else window
     model, clip, vae, cnet = _loaders(g, lora)
     image = g.node("LoadImage", title="Source image", image="example.png")
     resized = g.node("ImageScale", title="Resize source", image=image.out("IMAGE"), upscale_method="lanczos",
@@ -76,31 +96,41 @@ def _pipeline(g, *, steps, cfg, inner_inv, inner_opt, capture_steps, window, fra
     prompt = g.node("PrimitiveStringMultiline", title="Prompt", value=PROMPT)
     positive = g.node("CLIPTextEncode", title="Positive prompt", text=prompt.out(), clip=clip)
 
-    seq = g.node("PoseAnimateLoadPoseSequence", title="Pose sequence", pose_file=pose_file)
+    seq = g.node("PoseAnimateLoadPoseSequence", title="Pose sequence", pose_file=pose_file,
+                 frames=recipe.pose_frames)
     source_pose = g.node("PoseAnimateLoadPoseSequence", title="Source pose", pose_file=SOURCE_POSE_FILE)
     align = g.node("PoseAnimatePATAAlign", title="PATA Align", source_pose=source_pose.out("pose"),
-                   target_pose=seq.out("pose"), transition_frames=transition_frames, mode="similarity",
-                   repair=True, width=512, height=512)  # = Resize source (the pose file has its own canvas)
+                   target_pose=seq.out("pose"), transition_frames=recipe.transition_frames, mode=recipe.pata_mode,
+                   repair=recipe.repair, width=512, height=512)  # = Resize source (the pose file has its own canvas)
     poses = align.out("pose_images")
 
     latent = g.node("VAEEncode", title="Encode source", pixels=resized.out(), vae=vae)
     inversion = g.node("PoseAnimatePoseAwareInversion", title="Pose-Aware Inversion", model=model,
                        control_net=cnet, latent=latent.out(), positive=positive.out(), source_pose=poses,
-                       steps=steps, cfg=cfg, inner_steps=inner_inv)
+                       steps=recipe.steps, cfg=recipe.cfg, inner_steps=recipe.inversion_inner_steps)
     recon = g.node("VAEDecode", title="Decode reconstruction", samples=inversion.out("reconstruction"), vae=vae)
     g.node("PreviewImage", title="Inversion check (should look like the source)", images=recon.out())
     emb = g.node("PoseAnimatePoseEmbeddingOptimize", title="Pose Embedding Optimize", inversion=inversion.out(),
-                 model=model, control_net=cnet, positive=positive.out(), poses=poses, inner_steps=inner_opt,
-                 frames_per_batch=frames_per_batch)
-    mask_out = None
-    if masks:
+                 model=model, control_net=cnet, positive=positive.out(), poses=poses, inner_steps=recipe.inner_steps,
+                 frames_per_batch=frames_per_batch, schedule=recipe.schedule)
+    dca_inputs = {}
+    if recipe.use_masks:
+        # the source image's own mask (a cut-out's alpha; LoadImage's MASK is 1 where transparent), resized as
+        # the image is; a picture without alpha gives a full mask, which Mask Extract ignores
+        inverted = g.node("InvertMask", title="Source mask (alpha)", mask=image.out("MASK"))
+        as_image = g.node("MaskToImage", title="Source mask as image", mask=inverted.out())
+        scaled = g.node("ImageScale", title="Resize source mask", image=as_image.out(), upscale_method="bilinear",
+                        width=512, height=512, crop="center")
+        src_mask = g.node("ImageToMask", title="Source mask", image=scaled.out(), channel="red")
         mx = g.node("PoseAnimateCrossAttentionMaskExtract", title="Cross-Attention Mask Extract", model=model,
                     control_net=cnet, clip=clip, embeddings=emb.out(), prompt=prompt.out(), subject=SUBJECT,
-                    capture_steps=capture_steps, window_size=window)
+                    threshold=recipe.threshold, capture_steps=recipe.capture_steps, window_size=window,
+                    dilate=recipe.dilate, source_mask=src_mask.out(), pose_keypoint=align.out("pose_keypoint"))
         g.node("PreviewImage", title="Mask check", images=mx.out("preview"))
-        mask_out = mx.out("masks")
-    dca_inputs = {"masks": mask_out} if mask_out is not None else {}
-    dca = g.node("PoseAnimateDCAPatchModel", title="DCA Patch Model", model=model, **dca_inputs)
+        dca_inputs = {"masks": mx.out("masks"), "mgdm": recipe.mgdm}
+    dca = g.node("PoseAnimateDCAPatchModel", title="DCA Patch Model", model=model,
+                 first_frame_weight=recipe.weights[0], previous_frame_weight=recipe.weights[1],
+                 own_frame_weight=recipe.weights[2], blocks=recipe.blocks, **dca_inputs)
     frames = g.node("PoseAnimateSampleFrames", title="Sample Frames", model=dca.out(), control_net=cnet,
                     positive=positive.out(), embeddings=emb.out(), window_size=window)
     decoded = g.node("VAEDecode", title="Decode frames", samples=frames.out(), vae=vae)
@@ -119,26 +149,26 @@ def _save(g, images, fps, prefix):
 
 
 def full(g):
-    p = _pipeline(g, steps=50, cfg=7.5, inner_inv=5, inner_opt=5, capture_steps=0, window=0, frames_per_batch=0)
+    p = _pipeline(g, FULL)
     _save(g, p["decoded"].out(), p["fps"], p["prefix"])
     g.note(HOW_NOTE, title="How to use")
     g.note(MODELS_NOTE, title="Models")
-    g.note("""
+    g.note(f"""
 ### Settings
-- The paper's settings per frame: 50 DDIM steps, CFG 7.5, 5 inner iterations per step for the inversion and
-  for each frame. The paper animates 16 frames; this sequence makes 49 (40 walk poses + 8 transition frames
-  + the source).
-- DCA weights 0.7 / 0.15 / 0.15 (source / previous / own frame) on every decoder attention block.
-- Masks from the subject word's cross-attention turn on MGDM. Check **Mask check**; if a mask misses the
-  character, change **Subject**, set a fixed threshold, or feed a segmentation mask into `source_mask`.
+- The paper's settings: {FULL.frames} frames ({FULL.pose_frames} walk poses taken evenly from the file's 40 +
+  {FULL.transition_frames} PATA transition frames + the source), {FULL.steps} DDIM steps, CFG {FULL.cfg},
+  {FULL.inner_steps} inner iterations per step for the inversion and for each frame. Set **Pose sequence**'s
+  `frames` to 0 to animate every pose of the file.
+- DCA weights {FULL.weights[0]} / {FULL.weights[1]} / {FULL.weights[2]} (source / previous / own frame) on every
+  decoder attention block.
+{MGDM_NOTE}
 - **Inversion check** should look like your source image; if not, raise the inversion's inner steps.
 """, title="Settings")
     return g
 
 
 def fast(g):
-    p = _pipeline(g, steps=20, cfg=7.5, inner_inv=2, inner_opt=2, capture_steps=8, window=0, frames_per_batch=0,
-                  prefix="PoseAnimate/fast", pose_file="examples/turn.json", transition_frames=4)
+    p = _pipeline(g, FAST, prefix="PoseAnimate/fast", pose_file="examples/turn.json")
     _save(g, p["decoded"].out(), p["fps"], p["prefix"])
     g.note(HOW_NOTE, title="How to use")
     g.note("""
@@ -155,8 +185,9 @@ render the final take with the **full** workflow and the same seed-free settings
 
 
 def remix(g):
-    p = _pipeline(g, steps=30, cfg=7.5, inner_inv=3, inner_opt=3, capture_steps=12, window=0, frames_per_batch=0,
-                  lora=True, prefix="PoseAnimate/remix", pose_file="examples/wave.json")
+    remix_recipe = FULL.replace(steps=30, inversion_inner_steps=3, inner_steps=3, capture_steps=12, pose_frames=0,
+                                transition_frames=8)
+    p = _pipeline(g, remix_recipe, lora=True, prefix="PoseAnimate/remix", pose_file="examples/wave.json")
     vae, decoded = p["vae"], p["decoded"]
     edges = g.node("Canny", title="Canny of the frames", image=decoded.out(), low_threshold=0.3,
                    high_threshold=0.7)
@@ -193,7 +224,7 @@ def remix(g):
 
 
 def long(g):
-    p = _pipeline(g, steps=50, cfg=7.5, inner_inv=5, inner_opt=5, capture_steps=0, window=8, frames_per_batch=8,
+    p = _pipeline(g, FULL.replace(pose_frames=0, transition_frames=8), window=8, frames_per_batch=8,
                   prefix="PoseAnimate/long", pose_file="examples/dance.json")
     _save(g, p["decoded"].out(), 12.0, p["prefix"])
     g.note(HOW_NOTE, title="How to use")
