@@ -136,6 +136,25 @@ def test_counts_with_early_stopping_follow_inner_iters(model, data):
     assert m.samples == emb.evals["forward"] + emb.evals["forward_backward"]
 
 
+@pytest.mark.parametrize("mode, probe", [("inner", {"forward": 6, "forward_backward": 3}),
+                                         ("alg1", {"forward": 3, "forward_backward": 3})])
+def test_probe_passes_are_counted(model, data, inv6, monkeypatch, mode, probe):
+    """The CUDA micro-batch probe (one optimisation step on 1 and on 2 frames) costs real passes: counted."""
+    def fake_auto(model, n, run):
+        run(1)
+        run(2)
+        return 2
+
+    monkeypatch.setattr(engine, "_auto_batch_size", fake_auto)
+    m = Counting(model)
+    N, T, I = 2, inv6.steps, 2
+    emb = pacm.optimize_pose_embeddings(m, inv6, data["targets"][:N], inner_steps=I, early_stop=-1.0, mode=mode)
+    run = ({"forward": 2 * N * T, "forward_backward": N * T * I} if mode == "inner"
+           else {"forward": N * T, "forward_backward": N * T})
+    assert emb.evals == {k: run[k] + probe[k] for k in run}
+    assert m.samples == emb.evals["forward"] + emb.evals["forward_backward"]
+
+
 # ----------------------------------------------------------------------------------------------- alg1
 def _alg1_reference(model, inv, hint, cfg, lr):
     """The paper's Algorithm 1 written directly: one torch.optim.Adam step per timestep from the source's
