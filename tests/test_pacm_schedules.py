@@ -346,6 +346,29 @@ def test_reconstruction_is_the_sampled_source_frame(model, model64, data, inv6):
     assert pacm.ddim_invert(model, data["latent"], data["cond"], steps=3).reconstruction is None
 
 
+def test_schedules_run_under_inference_mode(model, data, inv6):
+    """As the host runs nodes: under torch.inference_mode(), grad_context() leaving it."""
+    class InferenceHost(Counting):
+        grad_calls = 0
+
+        def __call__(self, x, sigma, context, hint, transformer_options):
+            if torch.is_grad_enabled() and context.requires_grad:
+                assert not torch.is_inference_mode_enabled()
+                self.grad_calls += 1
+            return super().__call__(x, sigma, context, hint, transformer_options)
+
+        def grad_context(self):
+            return torch.inference_mode(False)
+
+    kws = [dict(mode="alg1"), dict(optimize_steps=2, warm_start=True, batch_size=1, adaptive=0.5, inner_steps=2)]
+    host = InferenceHost(model)
+    with torch.inference_mode():
+        got = [pacm.optimize_pose_embeddings(host, inv6, data["targets"][:2], **kw).uncond for kw in kws]
+    assert host.grad_calls > 0
+    for g, kw in zip(got, kws):
+        assert torch.equal(g, pacm.optimize_pose_embeddings(model, inv6, data["targets"][:2], **kw).uncond)
+
+
 # ----------------------------------------------------------------------------------------------- validation
 @pytest.mark.parametrize("kw, name", [
     ({"mode": "paper"}, "mode"), ({"optimize_steps": 0}, "optimize_steps"), ({"optimize_steps": 2.0},
