@@ -9,6 +9,10 @@ code at SD1.5's sizes with random weights (859.5M UNet + 361M ControlNet copy, c
 ``--denoiser module:function`` calls ``function(device=..., dtype=...)`` for any object implementing the
 Denoiser protocol of DEVELOPERS.md (give ``--tokens``/``--context-dim`` to match it).
 
+Every stage reports its model evaluations (``pacm.EvalCount``: forwards and forward+backward passes in sample
+units). ``--mode``, ``--optimize-steps``, ``--warm-start``, ``--adaptive``, ``--loss-scale`` select the optimisation
+schedule (docs/pacm.md).
+
 Frame-by-frame optimisation (the paper's loop) is timed on ``--single-frames`` frames (default 2) and
 extrapolated linearly to all frames; the batched run optimises all frames in micro-batches. Peak memory is
 ``torch.cuda.max_memory_allocated`` per stage on CUDA, and on CPU the peak of live tensor bytes created by the
@@ -126,6 +130,12 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=5, help="inner Adam iterations per step")
     ap.add_argument("--window", type=int, default=4, help="frames per model evaluation in sample_frames")
     ap.add_argument("--batch-size", type=int, default=None, help="optimisation micro-batch (default: auto)")
+    ap.add_argument("--mode", choices=["inner", "alg1"], default="inner",
+                    help="optimisation schedule: inner Adam loop per step, or the paper's Alg. 1 (one step)")
+    ap.add_argument("--optimize-steps", type=int, default=None, help="optimise only the first K steps")
+    ap.add_argument("--warm-start", action="store_true", help="start each frame from its predecessor's embeddings")
+    ap.add_argument("--adaptive", type=float, default=None, help="adaptive inner-loop stop (relative decrease)")
+    ap.add_argument("--loss-scale", type=float, default=None, help="loss scale (default: automatic by dtype)")
     ap.add_argument("--single-frames", type=int, default=2, help="frames timed frame by frame (extrapolated)")
     ap.add_argument("--tokens", type=int, default=77)
     ap.add_argument("--context-dim", type=int, default=None)
@@ -135,6 +145,12 @@ def main(argv=None):
     ap.add_argument("--scaling", default="8,16,32",
                     help="frame counts for the windowed vs all-at-once peak-memory comparison ('' to skip)")
     args = ap.parse_args(argv)
+    if args.optimize_steps is not None and args.optimize_steps < 1:
+        ap.error("--optimize-steps: must be >= 1; omit it to optimise every step")
+    if args.adaptive is not None and not 0 < args.adaptive < 1:
+        ap.error("--adaptive: must be a fraction between 0 and 1, e.g. 0.05")
+    if args.loss_scale is not None and args.loss_scale < 1:
+        ap.error("--loss-scale: must be >= 1 (a power of two such as 4096), or omit it for automatic")
     if args.threads:
         torch.set_num_threads(args.threads)
     res = args.res or (512 if args.size == "sd15" else 64)
@@ -170,38 +186,52 @@ def main(argv=None):
 
     def stage(name, fn):
         c0, i0 = model.calls, model.items
-        out, sec, peak = measure(fn, args.device, memory)
+        counts = pacm.EvalCount()
+        out, sec, peak = measure(lambda: fn(counts), args.device, memory)
         calls = model.calls - c0
         items = model.items - i0
         if peak is not None and torch.device(args.device).type == "cpu":
             calls //= 2    # the memory pass repeats the stage
             items //= 2
-        rows.append((name, sec, peak, calls, items))
+            counts = pacm.EvalCount(counts.forward // 2, counts.forward_backward // 2)
+        rows.append((name, sec, peak, calls, items, counts))
         return out, sec
 
-    inv, t_inv = stage("ddim_invert", lambda: pacm.ddim_invert(model, latent, cond, hint, steps=args.steps))
+    opt = dict(inner_steps=args.iters, mode=args.mode, optimize_steps=args.optimize_steps,
+               warm_start=args.warm_start, adaptive=args.adaptive, loss_scale=args.loss_scale)
+    inv, t_inv = stage("ddim_invert",
+                       lambda c: pacm.ddim_invert(model, latent, cond, hint, steps=args.steps, counts=c))
     inv, t_pa = stage("pose_aware_inversion",
-                      lambda: pacm.pose_aware_inversion(model, inv, inner_steps=args.iters))
+                      lambda c: pacm.pose_aware_inversion(model, inv, inner_steps=args.iters, adaptive=args.adaptive,
+                                                          loss_scale=args.loss_scale, counts=c))
     emb, t_opt = stage(f"optimize_pose_embeddings, batched ({args.frames} frames)",
-                       lambda: pacm.optimize_pose_embeddings(model, inv, hints, inner_steps=args.iters,
-                                                             batch_size=args.batch_size))
+                       lambda c: pacm.optimize_pose_embeddings(model, inv, hints, batch_size=args.batch_size,
+                                                               counts=c, **opt))
     k = max(1, min(args.single_frames, args.frames))
     single, t_single = stage(f"optimize frame by frame ({k} frames, batch_size=1)",
-                             lambda: pacm.optimize_pose_embeddings(model, inv, hints[:k], inner_steps=args.iters,
-                                                                   batch_size=1))
+                             lambda c: pacm.optimize_pose_embeddings(model, inv, hints[:k], batch_size=1, counts=c,
+                                                                     **opt))
     frames, t_sample = stage(f"sample_frames ({args.frames + 1} frames, window {args.window})",
-                             lambda: pacm.sample_frames(model, inv, emb, window=args.window))
+                             lambda c: pacm.sample_frames(model, inv, emb, window=args.window, counts=c))
 
-    print(f"\n{'stage':58s} {'time [s]':>9s} {'peak [MiB]':>11s} {'calls':>7s} {'frame evals':>12s}")
-    for name, sec, peak, calls, items in rows:
+    print(f"\nschedule: mode {args.mode}, optimize_steps {args.optimize_steps}, warm_start {args.warm_start}, "
+          f"adaptive {args.adaptive}, loss_scale {emb.settings['loss_scale']:g}")
+    print(f"\n{'stage':58s} {'time [s]':>9s} {'peak [MiB]':>11s} {'calls':>7s} {'frame evals':>12s} "
+          f"{'fwd':>7s} {'fwd+bwd':>8s} {'fwd-equiv':>10s}")
+    for name, sec, peak, calls, items, counts in rows:
         p = "-" if peak is None else f"{peak / 2**20:.1f}"
-        print(f"{name:58s} {sec:9.2f} {p:>11s} {calls:7d} {items:12d}")
+        print(f"{name:58s} {sec:9.2f} {p:>11s} {calls:7d} {items:12d} {counts.forward:7d} "
+              f"{counts.forward_backward:8d} {counts.equivalents:10d}")
+    print("(fwd, fwd+bwd: the engine's EvalCount in sample units; fwd-equiv = fwd + 3 * fwd+bwd)")
     per_frame_single = t_single / k
     per_frame_batched = t_opt / args.frames
     total = t_inv + t_pa + t_opt + t_sample
     print(f"\nmicro-batch used: {emb.settings['batch_size']}")
     print(f"frame-by-frame optimisation, extrapolated to {args.frames} frames: {per_frame_single * args.frames:.2f} s")
-    print(f"batched vs frame-by-frame optimisation speed ratio: {per_frame_single / per_frame_batched:.2f}x")
+    if rows[3][5].equivalents and rows[2][5].equivalents:
+        print(f"batched vs frame-by-frame optimisation speed ratio: {per_frame_single / per_frame_batched:.2f}x")
+    else:
+        print("batched vs frame-by-frame optimisation speed ratio: n/a (no optimisation pass ran)")
     err = float((emb.uncond[:k] - single.uncond).norm() / single.uncond.norm())
     print(f"batched vs frame-by-frame embeddings, relative difference: {err:.2e}")
     print(f"whole run (batched, all four stages): {total:.2f} s")

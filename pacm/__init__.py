@@ -2,11 +2,11 @@
 sampling for PoseAnimate, in ComfyUI's sigma space (x = x0 + sigma * eps; the model returns x0).
 
 Public API: ``ddim_invert``, ``pose_aware_inversion``, ``optimize_pose_embeddings``, ``sample_frames``,
-the result types ``InversionResult`` / ``PoseEmbeddings`` and the schedule helper ``ddim_uniform_sigmas``.
+the result types ``InversionResult`` / ``PoseEmbeddings``, the evaluation counter ``EvalCount`` and the schedule helper ``ddim_uniform_sigmas``.
 See ``docs/pacm.md``. The model is reached only through the ``Denoiser`` protocol of DEVELOPERS.md.
 """
 from .engine import ddim_invert, optimize_pose_embeddings, pose_aware_inversion, sample_frames
-from .results import InversionResult, PoseEmbeddings
+from .results import EvalCount, InversionResult, PoseEmbeddings
 from .schedule import ddim_uniform_sigmas, sd15_sigma_table
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "sample_frames",
     "InversionResult",
     "PoseEmbeddings",
+    "EvalCount",
     "ddim_uniform_sigmas",
     "sd15_sigma_table",
 ]

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .results import InversionResult, PoseEmbeddings
+from .results import EvalCount, InversionResult, PoseEmbeddings
 from .schedule import ddim_uniform_sigmas, vp_scale
 
 log = logging.getLogger(__name__)
@@ -110,63 +110,183 @@ def _adam_update(p, g, m, v, step: int, lr: float):
     return p, m, v
 
 
+class _Tally:
+    """Adds model evaluations (sample units) to a stage's own ``EvalCount`` and to the caller's, if any."""
+
+    def __init__(self, counts: EvalCount | None):
+        if counts is not None and not isinstance(counts, EvalCount):
+            raise ValueError(f"counts: expected a pacm.EvalCount or None, got {type(counts).__name__}")
+        self.own = EvalCount()
+        self.counts = counts
+
+    def forward(self, n: int) -> None:
+        self.own.forward += n
+        if self.counts is not None:
+            self.counts.forward += n
+
+    def forward_backward(self, n: int) -> None:
+        self.own.forward_backward += n
+        if self.counts is not None:
+            self.counts.forward_backward += n
+
+
+def _auto_loss_scale(model) -> float:
+    """1 for float32/float64 models, 2**12 for float16/bfloat16 ones (with dynamic back-off)."""
+    return 2.0 ** 12 if model.dtype in (torch.float16, torch.bfloat16) else 1.0
+
+
+def _check_loss_scale(loss_scale) -> None:
+    if loss_scale is not None and (isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float))
+                                   or not math.isfinite(loss_scale) or loss_scale < 1):
+        raise ValueError(f"loss_scale: expected None (automatic) or a finite number >= 1 (a power of two such as "
+                         f"4096 keeps the gradient exact), got {loss_scale!r}")
+
+
+def _check_common(inner_steps, lr, adaptive) -> None:
+    if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 0:
+        raise ValueError(f"inner_steps: must be a non-negative integer, got {inner_steps!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"lr: must be a finite number >= 0, got {lr!r}")
+    if adaptive is not None and (isinstance(adaptive, bool) or not isinstance(adaptive, (int, float))
+                                 or not 0 < adaptive < 1):
+        raise ValueError(f"adaptive: expected None (off) or a fraction between 0 and 1 (e.g. 0.05: stop a frame's "
+                         f"inner loop once an iteration lowers its loss by less than 5 %), got {adaptive!r}")
+
+
+def _lr_at(lr: float, i: int, T: int) -> float:
+    """Learning rate of step i of T: ``lr * (1 - i / (2 * T))`` (null-text inversion's ``lr * (1 - i / 100)`` at
+    T = 50, positive and decaying to about lr / 2 for any T)."""
+    return lr * (1 - i / (2 * T))
+
+
+def _nonfinite_loss(step: int, values: torch.Tensor) -> ValueError:
+    kind = "NaN" if bool(torch.isnan(values).any()) else "inf"
+    return ValueError(f"inner_steps: the loss became non-finite at step {step} ({kind}); the model may be running in "
+                      "float16 without enough range, or an input holds NaN/inf. Fix: run the model in float32 or "
+                      "bfloat16 and check the latent, prompt and pose inputs")
+
+
+def _grad_pass(model, emb, sel, x, sigma, sigma_next, x0_cond, hints, target, cfg, scale, transformer_options,
+               loss_scale: float, tally: _Tally, step: int):
+    """One forward + backward of the uncond branch for the frames ``sel``: returns (per-frame loss (b,),
+    gradient (b, L, D), x_next (b, C, h, w) computed with the pre-update embedding, loss scale in effect).
+
+    The loss is multiplied by ``loss_scale`` before ``torch.autograd.grad`` and the gradient divided by it
+    afterwards (power-of-two scales are exact); if the scaled gradient is non-finite the scale is halved and
+    the pass redone (down to 1). A non-finite loss raises ``ValueError``."""
+    b = int(sel.numel())
+    while True:
+        with model.grad_context(), torch.enable_grad():
+            # Indexing makes fresh (non-inference) tensors: the host runs nodes under torch.inference_mode()
+            # and grad_context() leaves it; inference tensors must not enter the autograd graph.
+            e = emb[sel].requires_grad_(True)
+            xs, x0c, tg = x[sel], x0_cond[sel], target[sel]
+            hs = None if hints is None else hints[sel]
+            x0_u = _call(model, xs, sigma, e, hs, [1] * b, transformer_options)
+            x0 = x0_u + cfg * (x0c - x0_u)
+            xn = _ddim(xs, x0, sigma, sigma_next)
+            per = ((xn - tg) * scale).pow(2).flatten(1).mean(1)
+            loss = per.sum() if loss_scale == 1.0 else per.sum() * loss_scale
+            (grad,) = torch.autograd.grad(loss, e)
+        tally.forward_backward(b)
+        if loss_scale != 1.0:
+            grad = grad / loss_scale
+        per = per.detach()
+        finite = torch.stack([per.isfinite().all(), grad.isfinite().all()]).tolist()
+        if not finite[0]:
+            raise _nonfinite_loss(step, per)
+        if finite[1]:
+            return per, grad, xn.detach(), loss_scale
+        if loss_scale <= 1.0:
+            raise ValueError(f"loss_scale: the gradient became non-finite at step {step} even without loss scaling "
+                             "(the loss itself is finite); the model may be running in float16 without enough "
+                             "range. Fix: run the model in float32 or bfloat16")
+        loss_scale = max(loss_scale / 2, 1.0)
+
+
 def _optimise_step(model, x, sigma, sigma_next, x0_cond, emb_init, hints, target, cfg, lr, threshold, inner_steps,
-                   transformer_options):
+                   transformer_options, *, mode: str = "inner", adaptive: float | None = None,
+                   loss_scale: float = 1.0, tally: _Tally | None = None, step: int = 0,
+                   uncond_is_cond: bool = False):
     """Null-text-style optimisation of the uncond-slot embedding of B independent frames for one DDIM step.
 
     x, x0_cond, target: (B, C, h, w); emb_init (B, L, D); hints (B, 3, H, W) or None. Every frame is its own
     CFG chunk (cond_or_uncond = [1] * B), so cross-frame attention patches see B separate single-frame chunks.
     Per frame: loss = mean((vp(x_next) - vp(target))**2) in alpha space; loss summed over frames, so each
-    frame's gradient is its own; Adam per element with per-frame early stopping (a frame stops after the
-    iteration whose pre-update loss fell under ``threshold``, as null-text inversion). Returns
-    (emb (B, L, D), x_next (B, C, h, w), loss_before (B,), loss_after (B,), iters (B,)).
+    frame's gradient is its own; Adam per element.
+
+    mode "inner": up to ``inner_steps`` Adam iterations with per-frame early stopping (a frame stops after the
+    iteration whose pre-update loss fell under ``threshold``, as null-text inversion, or — with ``adaptive`` —
+    whose loss fell by less than that fraction of the previous iteration's), then one no-grad forward takes the
+    step with the optimised embedding (skipped when ``inner_steps == 0`` and ``uncond_is_cond``: CFG then is
+    the cond branch, ``x0 = x0_cond``, exactly). mode "alg1" (``inner_steps >= 1``): one forward + backward;
+    the step is taken with that forward's x_next (pre-update embedding) and the embedding gets one Adam update.
+
+    Returns (emb (B, L, D), x_next (B, C, h, w), loss_before (B,), loss_after (B,), iters (B,), loss_scale).
     """
+    tally = _Tally(None) if tally is None else tally
     b = x.shape[0]
     scale = vp_scale(float(sigma_next))
+    if mode == "alg1" and inner_steps > 0:
+        sel = torch.arange(b, device=emb_init.device)
+        per, grad, x_next, loss_scale = _grad_pass(
+            model, emb_init.detach(), sel, x, sigma, sigma_next, x0_cond, hints, target, cfg, scale,
+            transformer_options, loss_scale, tally, step)
+        zeros = torch.zeros_like(grad)
+        emb, _m, _v = _adam_update(emb_init.detach(), grad, zeros, zeros, 1, lr)
+        if not bool(emb.isfinite().all()):
+            raise ValueError(f"lr: the embedding became non-finite at step {step}. Fix: lower lr")
+        loss = per.float().cpu()
+        return emb, x_next, loss, loss.clone(), torch.ones(b, dtype=torch.long), loss_scale
     emb = emb_init.detach().clone()
     m = torch.zeros_like(emb)
     v = torch.zeros_like(emb)
     active = torch.ones(b, dtype=torch.bool)
     iters = torch.zeros(b, dtype=torch.long)
+    prev = None if adaptive is None else torch.full((b,), math.inf, dtype=torch.float64)
     loss_before = None
     for j in range(inner_steps):
         idx = active.nonzero().flatten()
         if idx.numel() == 0:
             break
         sel = idx.to(emb.device)
-        with model.grad_context(), torch.enable_grad():
-            # Fresh (non-inference) copies: the host runs nodes under torch.inference_mode() and
-            # grad_context() leaves it; inference tensors must not enter the autograd graph.
-            e = emb[sel].clone().requires_grad_(True)
-            xs, x0c, tg = x[sel].clone(), x0_cond[sel].clone(), target[sel].clone()
-            hs = None if hints is None else hints[sel].clone()
-            x0_u = _call(model, xs, sigma, e, hs, [1] * len(idx), transformer_options)
-            x0 = x0_u + cfg * (x0c - x0_u)
-            xn = _ddim(xs, x0, sigma, sigma_next)
-            per = ((xn - tg) * scale).pow(2).flatten(1).mean(1)
-            (grad,) = torch.autograd.grad(per.sum(), e)
-        per = per.detach()
+        per, grad, _xn, loss_scale = _grad_pass(
+            model, emb, sel, x, sigma, sigma_next, x0_cond, hints, target, cfg, scale, transformer_options,
+            loss_scale, tally, step)
         if loss_before is None:
             loss_before = per.float().cpu()
-        p, mm, vv = _adam_update(e.detach(), grad, m[sel], v[sel], j + 1, lr)
+        p, mm, vv = _adam_update(emb[sel], grad, m[sel], v[sel], j + 1, lr)
         emb[sel], m[sel], v[sel] = p, mm, vv
         iters[idx] += 1
         stop = (per < threshold).cpu()
+        if adaptive is not None:
+            per_cpu = per.double().cpu()
+            last = prev[idx]
+            stop |= (last - per_cpu) < adaptive * last      # relative decrease under `adaptive` (never at j = 0)
+            prev[idx] = per_cpu
         active[idx[stop]] = False
+    if inner_steps > 0 and not bool(emb.isfinite().all()):
+        raise ValueError(f"lr: the embedding became non-finite at step {step}. Fix: lower lr")
     with torch.no_grad():
-        x0_u = _call(model, x, sigma, emb, hints, [1] * b, transformer_options)
-        x0 = x0_u + cfg * (x0_cond - x0_u)
+        if inner_steps == 0 and uncond_is_cond:
+            x0 = x0_cond
+        else:
+            x0_u = _call(model, x, sigma, emb, hints, [1] * b, transformer_options)
+            tally.forward(b)
+            x0 = x0_u + cfg * (x0_cond - x0_u)
         x_next = _ddim(x, x0, sigma, sigma_next)
         loss_after = ((x_next - target) * scale).pow(2).flatten(1).mean(1).float().cpu()
+    if not bool(loss_after.isfinite().all()):
+        raise _nonfinite_loss(step, loss_after)
     if loss_before is None:
         loss_before = loss_after.clone()
-    return emb, x_next, loss_before, loss_after, iters
+    return emb, x_next, loss_before, loss_after, iters, loss_scale
 
 
 # --------------------------------------------------------------------------------------------- stage 1
 def ddim_invert(model, latent: torch.Tensor, cond: torch.Tensor, hint: torch.Tensor | None = None, *,
                 steps: int = 50, sigmas: torch.Tensor | None = None, callback: Callback | None = None,
-                transformer_options: dict | None = None) -> InversionResult:
+                transformer_options: dict | None = None, counts: EvalCount | None = None) -> InversionResult:
     """DDIM inversion (eta 0) of the source latent under its pose at guidance 1 (stage 1).
 
     Args:
@@ -180,14 +300,17 @@ def ddim_invert(model, latent: torch.Tensor, cond: torch.Tensor, hint: torch.Ten
         sigmas: optional explicit ``(T + 1,)`` descending schedule ending with 0 (ComfyUI SIGMAS).
         callback: ``callback("invert", done, total)`` after every model call; an exception stops the run.
         transformer_options: passthrough dict merged into every model call's transformer_options.
+        counts: an ``EvalCount`` this stage adds its model evaluations to (T forwards of one sample).
 
     Each step t = 1..T goes from Z_{t-1} (noise level s = sigmas[T-t+1]) to Z_t (s' = sigmas[T-t]) with the
     model evaluated at s' on Z_{t-1} re-scaled so the network sees the alpha-space latent Z_{t-1}/sqrt(1+s^2)
     (exactly the diffusers/null-text DDIM inversion): ``eps = (x - x0) / s'`` with
     ``x = Z_{t-1} * sqrt((1+s'^2)/(1+s^2))``, ``Z_t = Z_{t-1} + (s' - s) * eps``. cond_or_uncond is ``[0]``.
 
-    Returns an ``InversionResult`` with ``trajectory`` ``(T + 1, C, h, w)`` (Z_0..Z_T), ``uncond`` None, cfg 1.
+    Returns an ``InversionResult`` with ``trajectory`` ``(T + 1, C, h, w)`` (Z_0..Z_T), ``uncond`` None, cfg 1,
+    ``evals`` this stage's counts.
     """
+    tally = _Tally(counts)
     z0 = _one("latent", latent, 3)
     cond = _one("cond", cond, 2)
     hint = _one("hint", hint, 3, allow_none=True)
@@ -203,6 +326,7 @@ def ddim_invert(model, latent: torch.Tensor, cond: torch.Tensor, hint: torch.Ten
             s, s_up = float(sig[T - t + 1]), float(sig[T - t])
             x = z * math.sqrt((1 + s_up ** 2) / (1 + s ** 2))
             x0 = _call(model, x, s_up, ctx, hb, [0], transformer_options)
+            tally.forward(1)
             eps = (x - x0) / s_up
             z = z + (s_up - s) * eps
             traj.append(z[0].clone())
@@ -210,13 +334,15 @@ def ddim_invert(model, latent: torch.Tensor, cond: torch.Tensor, hint: torch.Ten
     return InversionResult(
         sigmas=sig, trajectory=torch.stack(traj), cond=cond.detach().to(model.device, wd).clone(),
         uncond=None, hint=None if hint is None else hint.detach().to(model.device).clone(), cfg=1.0,
-        settings={"steps": T, "scheduler": "ddim_uniform" if sigmas is None else "custom"})
+        settings={"steps": T, "scheduler": "ddim_uniform" if sigmas is None else "custom"},
+        evals=tally.own.as_dict())
 
 
 # --------------------------------------------------------------------------------------------- stage 2
 def pose_aware_inversion(model, inversion: InversionResult, *, cfg: float = 7.5, inner_steps: int = 5,
                          lr: float = 1e-2, early_stop: float = 1e-5, init: torch.Tensor | None = None,
-                         callback: Callback | None = None,
+                         adaptive: float | None = None, loss_scale: float | None = None,
+                         counts: EvalCount | None = None, callback: Callback | None = None,
                          transformer_options: dict | None = None) -> InversionResult:
     """Pose-aware inversion (stage 2): null-text inversion of the source under its own pose.
 
@@ -224,12 +350,20 @@ def pose_aware_inversion(model, inversion: InversionResult, *, cfg: float = 7.5,
         model: a ``Denoiser``.
         inversion: the ``InversionResult`` of ``ddim_invert`` (its sigmas, trajectory Z_0..Z_T, cond, hint).
         cfg: guidance scale of the CFG the embeddings are optimised for (default 7.5).
-        inner_steps: Adam iterations per step (default 5).
-        lr: base learning rate; step i uses ``lr * (1 - i / 100)`` (null-text inversion's schedule).
+        inner_steps: Adam iterations per step (default 5). 0: no optimisation; with the default prompt ``init``
+            this is negative-prompt inversion (uncond = cond, so CFG is the cond branch) and costs T forwards.
+        lr: base learning rate; step i of T uses ``lr * (1 - i / (2 * T))`` (null-text inversion's
+            ``lr * (1 - i / 100)`` at T = 50; stays positive for any T).
         early_stop: step i stops its inner loop after the iteration whose loss is under
             ``early_stop + i * 2e-5`` (null-text inversion).
         init: ``(L, D)`` initial uncond-slot embedding; default the prompt embedding ``inversion.cond`` (the
             paper's choice). Pass the negative-prompt embedding for classic null-text inversion.
+        adaptive: None, or a fraction in (0, 1): the inner loop also stops after an iteration whose loss fell by
+            less than ``adaptive`` times the previous iteration's loss (on top of ``early_stop``).
+        loss_scale: loss scaling for the backward pass: the loss is multiplied by it before
+            ``torch.autograd.grad`` and the gradient divided by it after; a non-finite scaled gradient halves it
+            and redoes the iteration (down to 1). None: 1 for float32/float64 models, 2**12 for float16/bfloat16.
+        counts: an ``EvalCount`` this stage adds its model evaluations to.
         callback: ``callback("pose_aware_inversion", done, total)`` once per step (between model calls).
         transformer_options: passthrough dict merged into every model call's transformer_options.
 
@@ -239,14 +373,23 @@ def pose_aware_inversion(model, inversion: InversionResult, *, cfg: float = 7.5,
     alpha-space MSE ``mean((x_next - Z_{t-1})**2) / (1 + sigmas[i+1]**2)`` with
     ``x_next = DDIM(x, x0_u + cfg * (x0_c - x0_u))``; then the step is taken with the optimised embedding and
     the next step continues from that latent. Gradients flow only into the embedding (``model.grad_context()``).
+    Evaluations per step: 1 cond forward + one forward-backward per inner iteration + 1 forward for the step
+    (none when ``inner_steps=0`` and the embedding is the prompt's).
+
+    A non-finite loss or embedding raises ``ValueError`` (never silently wrong embeddings).
 
     Returns a copy of ``inversion`` with ``uncond`` ``(T, L, D)`` (one embedding per step), ``cfg``,
-    ``losses`` ``(T, 2)``, ``inner_iters`` ``(T,)`` and the settings filled in.
+    ``losses`` ``(T, 2)``, ``inner_iters`` ``(T,)``, ``reconstruction`` ``(C, h, w)`` (the latent the last
+    step produced, = ``sample_frames(model, result)[0]`` up to float rounding), ``evals`` (this stage's counts)
+    and the settings filled in.
     """
     if not isinstance(inversion, InversionResult):
         raise ValueError("inversion: expected the InversionResult of ddim_invert")
-    if not isinstance(inner_steps, int) or inner_steps < 0:
-        raise ValueError(f"inner_steps must be a non-negative integer, got {inner_steps!r}")
+    _check_common(inner_steps, lr, adaptive)
+    _check_loss_scale(loss_scale)
+    tally = _Tally(counts)
+    ls = float(_auto_loss_scale(model) if loss_scale is None else loss_scale)
+    ls_start = ls
     sig = inversion.sigmas
     T = inversion.steps
     traj = inversion.trajectory.to(model.device)
@@ -254,6 +397,7 @@ def pose_aware_inversion(model, inversion: InversionResult, *, cfg: float = 7.5,
     traj = traj.to(wd)
     cond = inversion.cond.to(model.device, wd)[None]
     emb = cond.clone() if init is None else _one("init", init, 2).to(model.device, wd)[None].clone()
+    uncond_is_cond = inner_steps == 0 and torch.equal(emb, cond)
     hb = None if inversion.hint is None else inversion.hint.to(model.device)[None]
     x = traj[T][None].clone()
     embs, losses, iters = [], [], []
@@ -261,20 +405,23 @@ def pose_aware_inversion(model, inversion: InversionResult, *, cfg: float = 7.5,
         s, s_next = float(sig[i]), float(sig[i + 1])
         with torch.no_grad():
             x0_c = _call(model, x, s, cond, hb, [0], transformer_options)
-        emb, x, lb, la, it = _optimise_step(
-            model, x, s, s_next, x0_c, emb, hb, traj[T - i - 1][None], cfg, lr * (1 - i / 100),
-            early_stop + i * 2e-5, inner_steps, transformer_options)
+        tally.forward(1)
+        emb, x, lb, la, it, ls = _optimise_step(
+            model, x, s, s_next, x0_c, emb, hb, traj[T - i - 1][None], cfg, _lr_at(lr, i, T),
+            early_stop + i * 2e-5, inner_steps, transformer_options, adaptive=adaptive, loss_scale=ls,
+            tally=tally, step=i, uncond_is_cond=uncond_is_cond)
         embs.append(emb[0].detach().clone())
         losses.append(torch.stack([lb[0], la[0]]))
         iters.append(it[0])
         _report(callback, "pose_aware_inversion", i + 1, T)
     settings = dict(inversion.settings)
     settings.update(inner_steps=inner_steps, lr=lr, early_stop=early_stop,
-                    init="prompt" if init is None else "given")
+                    init="prompt" if init is None else "given", adaptive=adaptive, loss_scale=ls_start,
+                    loss_scale_final=ls)
     return InversionResult(
         sigmas=sig, trajectory=inversion.trajectory, cond=inversion.cond, uncond=torch.stack(embs),
         hint=inversion.hint, cfg=float(cfg), settings=settings, losses=torch.stack(losses),
-        inner_iters=torch.stack(iters))
+        inner_iters=torch.stack(iters), reconstruction=x[0].detach().clone(), evals=tally.own.as_dict())
 
 
 # --------------------------------------------------------------------------------------------- stage 3
@@ -314,10 +461,15 @@ def _auto_batch_size(model, n: int, probe: Callable[[int], None]) -> int:
     return bs
 
 
+MODES = ("inner", "alg1")
+
+
 def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Tensor | None, *,
                              frames: int | None = None, cfg: float | None = None, inner_steps: int = 5,
                              lr: float = 1e-2, early_stop: float = 1e-5, batch_size: int | None = None,
-                             callback: Callback | None = None,
+                             mode: str = "inner", optimize_steps: int | None = None, warm_start: bool = False,
+                             adaptive: float | None = None, loss_scale: float | None = None,
+                             counts: EvalCount | None = None, callback: Callback | None = None,
                              transformer_options: dict | None = None) -> PoseEmbeddings:
     """Pose-aware embedding optimisation (stage 3, the paper's Alg. 1), all frames batched.
 
@@ -329,12 +481,29 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
             no pose control (then ``frames`` gives N).
         frames: N when ``hints`` is None.
         cfg: guidance scale (default ``inversion.cfg``, 7.5 after pose-aware inversion).
-        inner_steps, lr, early_stop: as ``pose_aware_inversion`` (Adam iterations per step, lr schedule
-            ``lr * (1 - i / 100)``, per-frame early stop under ``early_stop + i * 2e-5``).
+        inner_steps, lr, early_stop, adaptive, loss_scale: as ``pose_aware_inversion`` (Adam iterations per step,
+            lr schedule ``lr * (1 - i / (2 * T))``, per-frame early stop under ``early_stop + i * 2e-5``,
+            per-frame adaptive stop, loss scaling). ``inner_steps=0``: no optimisation and no model pass at all
+            (every frame keeps the source's per-step embeddings; losses NaN).
         batch_size: frames per micro-batch; default: all frames up to 8 on CPU, or from free CUDA memory
             (one optimisation step on 1 and on 2 frames measures the marginal per-frame cost; see
-            ``batch_size_from_probe``).
-        callback: ``callback("optimize", done, total)`` once per step and micro-batch (total = T * batches).
+            ``batch_size_from_probe``; the probe's passes are counted in ``evals``).
+        mode: ``"inner"`` (default): up to ``inner_steps`` Adam iterations per step, then the frame takes the
+            step with the optimised embedding (1 cond forward + ``inner_steps`` forward-backward + 1 forward per
+            step and frame). ``"alg1"``: the paper's Algorithm 1 as written: ONE gradient step (one Adam update
+            from fresh state) per step; the latent takes the step with the PRE-update embedding (the forward of
+            the gradient gives x_next: 1 cond forward + 1 forward-backward per step and frame); the UPDATED
+            embedding is stored for step i and is what ``sample_frames`` uses at step i. ``inner_steps``,
+            ``early_stop`` are not used by "alg1" (except ``inner_steps=0``: no optimisation).
+        optimize_steps: K, or None for all T: optimise only the first K steps (the noisy ones); steps >= K
+            reuse step K-1's embedding and run no model pass. K > T means T.
+        warm_start: start each frame's embedding at step i from its predecessor's optimised embedding for step
+            i (frame order) instead of the source's ``inversion.uncond[i]``. Within a micro-batch frames run in
+            parallel, so the chain is carried across micro-batches: every frame of a micro-batch starts from the
+            last frame of the previous micro-batch (the first from the source's). ``batch_size=1`` gives the
+            exact predecessor chain; results then depend on ``batch_size`` (pass it explicitly on CUDA).
+        counts: an ``EvalCount`` this stage adds its model evaluations to.
+        callback: ``callback("optimize", done, total)`` once per step and micro-batch (total = K * batches).
         transformer_options: passthrough dict merged into every model call's transformer_options.
 
     For every target frame: x starts at Z_T; at step i (sigmas[i] -> sigmas[i+1], t = T - i) the frame's
@@ -344,9 +513,12 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
     with its optimised embedding. Frames are independent: each is its own CFG chunk (cond_or_uncond
     ``[1] * B`` / ``[0] * B``, so cross-frame attention patches see single-frame chunks), the loss is summed
     over frames, Adam is element-wise and early stopping is per frame — so any ``batch_size`` gives the same
-    embeddings as optimising each frame alone (``batch_size=1``).
+    embeddings as optimising each frame alone (``batch_size=1``; not with ``warm_start``, and in float16 the
+    loss-scale back-off is per micro-batch).
 
-    Returns ``PoseEmbeddings`` with ``uncond`` ``(N, T, L, D)``.
+    A non-finite loss or embedding raises ``ValueError`` (never silently wrong frames).
+
+    Returns ``PoseEmbeddings`` with ``uncond`` ``(N, T, L, D)`` and ``evals`` (this stage's counts).
     """
     if not isinstance(inversion, InversionResult):
         raise ValueError("inversion: expected the InversionResult of pose_aware_inversion")
@@ -354,13 +526,31 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
     n = int(hints.shape[0]) if hints is not None else frames
     if n is None or n < 1:
         raise ValueError("hints: give at least one target pose (or frames >= 1 without pose control)")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer or None (auto), got {batch_size!r}")
-    if not isinstance(inner_steps, int) or inner_steps < 0:
-        raise ValueError(f"inner_steps must be a non-negative integer, got {inner_steps!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size: must be a positive integer or None (auto), got {batch_size!r}")
+    _check_common(inner_steps, lr, adaptive)
+    _check_loss_scale(loss_scale)
+    if mode not in MODES:
+        raise ValueError(f"mode: expected 'inner' (inner Adam loop per step) or 'alg1' (one gradient step per "
+                         f"step, the paper's Algorithm 1), got {mode!r}")
+    if mode == "alg1" and adaptive is not None:
+        raise ValueError("adaptive: only with mode='inner' (mode 'alg1' makes exactly one gradient step per step); "
+                         "pass adaptive=None")
+    if optimize_steps is not None and (isinstance(optimize_steps, bool) or not isinstance(optimize_steps, int)
+                                       or optimize_steps < 1):
+        raise ValueError(f"optimize_steps: must be a positive integer (optimise the first K steps) or None (all "
+                         f"steps), got {optimize_steps!r}")
+    if not isinstance(warm_start, bool):
+        raise ValueError(f"warm_start: expected True or False, got {warm_start!r}")
+    tally = _Tally(counts)
+    ls_start = float(_auto_loss_scale(model) if loss_scale is None else loss_scale)
+    ls_state = {"scale": ls_start}
     cfg = float(inversion.cfg if cfg is None else cfg)
     sig = inversion.sigmas
     T = inversion.steps
+    K = T if optimize_steps is None else min(optimize_steps, T)
+    if inner_steps == 0:
+        K = 0
     traj = inversion.trajectory.to(model.device)
     wd = _work_dtype(traj)
     traj = traj.to(wd)
@@ -369,20 +559,23 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
     src = src.to(model.device, wd)
     hints_dev = None if hints is None else hints.to(model.device)
 
-    def run_batch(frames_idx: list[int], record: bool, report_base: int = 0, report_total: int = 0):
+    def run_batch(frames_idx: list[int], record: bool, start=None, report_base: int = 0, report_total: int = 0):
         b = len(frames_idx)
         hb = None if hints_dev is None else hints_dev[frames_idx]
         x = traj[T][None].expand(b, -1, -1, -1).clone()
         cb = cond[None].expand(b, -1, -1)
         out = []
-        for i in range(T):
+        for i in range(K):
             s, s_next = float(sig[i]), float(sig[i + 1])
             with torch.no_grad():
                 x0_c = _call(model, x, s, cb, hb, [0] * b, transformer_options)
+            tally.forward(b)
             target = traj[T - i - 1][None].expand(b, -1, -1, -1)
-            emb, x, lb, la, it = _optimise_step(
-                model, x, s, s_next, x0_c, src[i][None].expand(b, -1, -1), hb, target, cfg,
-                lr * (1 - i / 100), early_stop + i * 2e-5, inner_steps if record else 1, transformer_options)
+            init = src[i] if start is None else start[i]
+            emb, x, lb, la, it, ls_state["scale"] = _optimise_step(
+                model, x, s, s_next, x0_c, init[None].expand(b, -1, -1), hb, target, cfg,
+                _lr_at(lr, i, T), early_stop + i * 2e-5, inner_steps if record else 1, transformer_options,
+                mode=mode, adaptive=adaptive, loss_scale=ls_state["scale"], tally=tally, step=i)
             if not record:
                 return None
             out.append((emb.detach(), lb, la, it))
@@ -390,31 +583,43 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
         return out
 
     if batch_size is None:
-        batch_size = _auto_batch_size(model, n, lambda b: run_batch(list(range(b)), record=False))
+        if K == 0:
+            batch_size = min(n, 8)
+        else:
+            batch_size = _auto_batch_size(model, n, lambda b: run_batch(list(range(b)), record=False))
     batches = [list(range(k, min(n, k + batch_size))) for k in range(0, n, batch_size)]
-    total = T * len(batches)
+    total = K * len(batches)
     uncond = torch.empty((n, T) + tuple(cond.shape), dtype=wd, device=model.device)
-    losses = torch.empty((n, T, 2), dtype=torch.float32)
-    iters = torch.empty((n, T), dtype=torch.long)
+    losses = torch.full((n, T, 2), math.nan, dtype=torch.float32)
+    iters = torch.zeros((n, T), dtype=torch.long)
+    if K == 0:
+        uncond[:] = src[None]
     for k, fr in enumerate(batches):
-        res = run_batch(fr, record=True, report_base=k * T, report_total=total)
+        if K == 0:
+            break
+        start = uncond[batches[k - 1][-1]] if warm_start and k > 0 else None
+        res = run_batch(fr, record=True, start=start, report_base=k * K, report_total=total)
         for i, (emb, lb, la, it) in enumerate(res):
             uncond[fr[0]:fr[-1] + 1, i] = emb
             losses[fr[0]:fr[-1] + 1, i, 0] = lb
             losses[fr[0]:fr[-1] + 1, i, 1] = la
             iters[fr[0]:fr[-1] + 1, i] = it
+        if K < T:
+            uncond[fr[0]:fr[-1] + 1, K:] = uncond[fr[0]:fr[-1] + 1, K - 1:K]
     return PoseEmbeddings(
         uncond=uncond, hints=None if hints is None else hints.detach().clone(), sigmas=sig, cfg=cfg,
         settings={"inner_steps": inner_steps, "lr": lr, "early_stop": early_stop, "batch_size": batch_size,
-                  "steps": T},
-        losses=losses, inner_iters=iters)
+                  "steps": T, "mode": mode, "optimize_steps": optimize_steps, "warm_start": warm_start,
+                  "adaptive": adaptive, "loss_scale": ls_start, "loss_scale_final": ls_state["scale"]},
+        losses=losses, inner_iters=iters, evals=tally.own.as_dict())
 
 
 # --------------------------------------------------------------------------------------------- stage 4
 def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings | None = None, *,
                   hints: torch.Tensor | None = None, uncond: torch.Tensor | None = None, cfg: float | None = None,
                   window: int | None = None, masks: torch.Tensor | None = None,
-                  callback: Callback | None = None, transformer_options: dict | None = None) -> torch.Tensor:
+                  callback: Callback | None = None, transformer_options: dict | None = None,
+                  counts: EvalCount | None = None) -> torch.Tensor:
     """Final sampling (stage 4): DDIM from Z_T for the source frame 0 and target frames 1..N, with CFG.
 
     Args:
@@ -434,6 +639,8 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
         masks: optional ``(N + 1, H', W')`` character masks in [0, 1] by global frame id, passed to the patches.
         callback: ``callback("sample", done, total)`` after every model evaluation (total = T * windows).
         transformer_options: passthrough dict (e.g. an attn2 capture patch) merged into every model call.
+        counts: an ``EvalCount`` this stage adds its model evaluations to (T * 2 * (N + 1) forwards at cfg != 1,
+            T * (N + 1) at cfg 1).
 
     Every model call gets the batch ``[uncond frames..., cond frames...]`` of one window with
     ``cond_or_uncond = [1, 0]`` (``[0]`` at cfg 1) and ``poseanimate = {"frame_ids": [...], "kv_carry": {...},
@@ -444,6 +651,7 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
     """
     if not isinstance(inversion, InversionResult):
         raise ValueError("inversion: expected an InversionResult")
+    tally = _Tally(counts)
     if embeddings is not None and not isinstance(embeddings, PoseEmbeddings):
         raise ValueError("embeddings: expected the PoseEmbeddings of optimize_pose_embeddings or None")
     if hints is None and embeddings is not None:
@@ -523,10 +731,12 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
                     pa["masks"] = masks
                 if cfg == 1.0:
                     x0 = _call(model, xb, s, cond[None].expand(b, -1, -1), hb, [0], transformer_options, pa)
+                    tally.forward(b)
                 else:
                     ctx = torch.cat([window_uncond(lo, hi, i), cond[None].expand(b, -1, -1)])
                     hh = None if hb is None else torch.cat([hb, hb])
                     out = _call(model, torch.cat([xb, xb]), s, ctx, hh, [1, 0], transformer_options, pa)
+                    tally.forward(2 * b)
                     x0_u, x0_c = out[:b], out[b:]
                     x0 = x0_u + cfg * (x0_c - x0_u)
                 x[lo:hi] = _ddim(xb, x0, s, s_next)

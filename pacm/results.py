@@ -49,6 +49,34 @@ class _Movable:
 
 
 @dataclass
+class EvalCount:
+    """Model evaluations in SAMPLE units: one model call on a batch of B samples (CFG chunks x frames) counts B.
+
+    ``forward``: samples evaluated without a backward pass; ``forward_backward``: samples evaluated with a
+    backward pass to the embedding (one forward + one backward each). ``equivalents`` prices a backward as two
+    forwards: ``forward + 3 * forward_backward`` forward-equivalents. Every stage function takes
+    ``counts=EvalCount()`` and adds its evaluations to it (probe passes and loss-scale back-off redos
+    included: they cost real time)."""
+
+    forward: int = 0
+    forward_backward: int = 0
+
+    @property
+    def equivalents(self) -> int:
+        """Forward-equivalents: ``forward + 3 * forward_backward``."""
+        return self.forward + 3 * self.forward_backward
+
+    def __add__(self, other: "EvalCount") -> "EvalCount":
+        if not isinstance(other, EvalCount):
+            return NotImplemented
+        return EvalCount(self.forward + other.forward, self.forward_backward + other.forward_backward)
+
+    def as_dict(self) -> dict[str, int]:
+        """``{"forward": n, "forward_backward": m}``."""
+        return {"forward": self.forward, "forward_backward": self.forward_backward}
+
+
+@dataclass
 class InversionResult(_Movable):
     """Source inversion (stage 1) and, once ``pose_aware_inversion`` has run, its per-step embeddings (stage 2).
 
@@ -67,6 +95,13 @@ class InversionResult(_Movable):
         losses:      ``(T, 2)`` float32 or None — per step, the alpha-space MSE to Z_{t-1} before the first
                      and after the last inner Adam iteration (diagnostics of pose-aware inversion).
         inner_iters: ``(T,)`` int64 or None — inner Adam iterations actually run per step (early stopping).
+        reconstruction: ``(C, h, w)`` or None — the source reconstruction at sigma 0 that the last step of
+                     ``pose_aware_inversion`` produced (CFG ``cfg`` with ``uncond``, source pose; what
+                     ``sample_frames(model, inversion)[0]`` recomputes with T more CFG passes). None after
+                     plain ``ddim_invert``.
+        evals:       ``{"forward": n, "forward_backward": m}`` — this stage's own model evaluations in sample
+                     units (``EvalCount.as_dict()``): stage 1's after ``ddim_invert``, stage 2's only after
+                     ``pose_aware_inversion``.
     """
 
     sigmas: torch.Tensor
@@ -78,6 +113,8 @@ class InversionResult(_Movable):
     settings: dict[str, Any] = field(default_factory=dict)
     losses: torch.Tensor | None = None
     inner_iters: torch.Tensor | None = None
+    reconstruction: torch.Tensor | None = None
+    evals: dict[str, int] = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
@@ -107,8 +144,12 @@ class PoseEmbeddings(_Movable):
         cfg:         guidance scale the embeddings were optimised for.
         settings:    dict of the settings used (inner_steps, lr, early_stop, batch_size, ...).
         losses:      ``(N, T, 2)`` float32 — per frame and step, the alpha-space MSE to the source trajectory
-                     before the first and after the last inner iteration.
-        inner_iters: ``(N, T)`` int64 — inner Adam iterations actually run (per-frame early stopping).
+                     before the first and after the last inner iteration (mode "alg1": both are the loss of
+                     the step taken, with the pre-update embedding); NaN for steps that ran no model pass
+                     (``optimize_steps`` < T, or ``inner_steps=0``).
+        inner_iters: ``(N, T)`` int64 — gradient steps actually run (per-frame early stopping; 0 where none).
+        evals:       ``{"forward": n, "forward_backward": m}`` — this stage's model evaluations in sample units
+                     (probe passes of the CUDA micro-batch probe included).
     """
 
     uncond: torch.Tensor
@@ -118,6 +159,7 @@ class PoseEmbeddings(_Movable):
     settings: dict[str, Any] = field(default_factory=dict)
     losses: torch.Tensor | None = None
     inner_iters: torch.Tensor | None = None
+    evals: dict[str, int] = field(default_factory=dict)
 
     @property
     def frames(self) -> int:
