@@ -65,7 +65,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--inner", type=int, default=-1, help="Adam iterations per step, inversion and frames "
                                                            "(-1 = the full workflow's)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--rows", default=",".join(frontier.ROWS), help="frontier rows")
+    ap.add_argument("--rows", default=",".join(frontier.DEFAULT_ROWS), help=f"frontier rows, of {','.join(frontier.ROWS)}")
     ap.add_argument("--no-frontier", action="store_true", help="skip the speed/quality frontier")
     ap.add_argument("--seed", type=int, default=BENCH_SEED, help="seed of the held-out case set")
     ap.add_argument("--noise-seed", type=int, default=0, help="seed of the baseline's noise")

@@ -12,8 +12,10 @@ from .host.types import PACMEmbeddings, check_same_prompt, image_to_hints
 log = logging.getLogger(__name__)
 
 DISPLAY_NAME = "Pose Embedding Optimize"
-SCHEDULE_TOOLTIP = ("How the embeddings are optimised. paper: up to inner_steps Adam iterations at every step "
-                    "(the paper's settings).")
+SCHEDULE_TOOLTIP = ("How the embeddings are optimised at each step. 'inner iterations': up to inner_steps Adam "
+                    "iterations, then the step (the paper's hyper-parameters: 5). 'algorithm 1': the paper's "
+                    "Algorithm 1 as written, one gradient step per step, the step taken with the embedding before "
+                    "the update (about 1/4 of the model passes at 5 inner iterations).")
 
 
 class PoseAnimatePoseEmbeddingOptimize:
@@ -49,11 +51,22 @@ class PoseAnimatePoseEmbeddingOptimize:
             },
             "optional": {
                 "schedule": (list(SCHEDULES), {"default": FULL.schedule, "tooltip": SCHEDULE_TOOLTIP}),
+                "optimize_steps": ("INT", {"default": FULL.optimize_steps, "min": 0, "max": 1000, "tooltip":
+                                   "Optimise only the first (noisiest) steps, which set pose and layout, and reuse "
+                                   "the last embedding for the rest; 0 = every step."}),
+                "warm_start": ("BOOLEAN", {"default": FULL.warm_start, "tooltip":
+                               "Start each frame from the previous frame's optimised embeddings instead of the "
+                               "source's. Frames are then optimised in order: with frames_per_batch 0 it uses "
+                               "one frame per batch."}),
+                "adaptive": ("FLOAT", {"default": FULL.adaptive, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip":
+                             "Stop a frame's iterations at a step once one lowers its loss by less than this "
+                             "fraction; 0 = off (only the early_stop threshold of the inversion applies)."}),
             },
         }
 
     def optimize(self, inversion, model, control_net, positive, poses, inner_steps, frames_per_batch,
-                 schedule=FULL.schedule):
+                 schedule=FULL.schedule, optimize_steps=FULL.optimize_steps, warm_start=FULL.warm_start,
+                 adaptive=FULL.adaptive):
         import comfy.model_management as mm
 
         from .. import pipeline
@@ -78,14 +91,16 @@ class PoseAnimatePoseEmbeddingOptimize:
                         "pose first, and frames 1..N are used as targets", node)
         den = inversion_denoiser(inversion, model, control_net, node, conditioning_control(positive))
         progress = ComfyProgress()
-        batch = int(frames_per_batch) or None
+        batch = int(frames_per_batch) or (1 if warm_start else None)
         latent_shape = (1,) + tuple(inversion.trajectory.shape[1:])
         den.load(den.memory_per_frame(latent_shape, grad=True) * (batch or 1))
-        with node_errors(node), engine_mode(), den.session():
+        with node_errors(node, {"optimize_steps": "optimize_steps", "adaptive": "adaptive"}), engine_mode(), \
+                den.session():
             if batch is None:
                 den.prepare_grad_weights()  # pacm's auto batch size must not count the one-off weight copy
             poses_emb = pipeline.optimise(
                 den, plain_fields(inversion.to(den.device)), plain(hints[1:]), inner_steps=int(inner_steps),
-                schedule=schedule, batch_size=batch, callback=progress)
+                schedule=schedule, optimize_steps=int(optimize_steps), warm_start=bool(warm_start),
+                adaptive=float(adaptive), batch_size=batch, callback=progress)
             result = PACMEmbeddings(inversion=inversion, poses=poses_emb.to(mm.intermediate_device()))
         return (result,)

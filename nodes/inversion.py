@@ -66,7 +66,6 @@ class PoseAnimatePoseAwareInversion:
         import comfy.model_management as mm
 
         from .. import pipeline
-        from ..pacm import sample_frames
         from .host import ComfyDenoiser, ComfyProgress, conditioning_context, conditioning_control, engine_mode, plain
 
         node = DISPLAY_NAME
@@ -87,7 +86,6 @@ class PoseAnimatePoseAwareInversion:
                                   inner_steps=int(inner_steps), early_stop=float(early_stop), callback=progress)
             inv.settings["control"] = {"strength": float(control_strength), "start": float(control_start),
                                        "end": float(control_end)}
-            rec = sample_frames(den, inv, callback=progress)
-            out = den.model.process_latent_out(rec[:1]).to(mm.intermediate_device())
+            out = den.model.process_latent_out(inv.reconstruction[None]).to(mm.intermediate_device())
             inv = inv.to(mm.intermediate_device())
         return (inv, {"samples": out})

@@ -673,7 +673,8 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
     if window is None:
         window = F
     if not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be a positive integer or None (all frames), got {window!r}")
+        raise ValueError(f"window: must be a positive integer or None (all frames), got {window!r}. Fix: pass the "
+                         "number of frames per model call")
     if cfg is None:
         cfg = embeddings.cfg if embeddings is not None else inversion.cfg
     cfg = float(cfg)

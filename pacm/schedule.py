@@ -28,7 +28,7 @@ def ddim_uniform_sigmas(sigma_table: torch.Tensor, steps: int) -> torch.Tensor:
     sigma space = DDIM with eta 0, walks the same noise levels).
     """
     if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        raise ValueError(f"steps: must be a positive integer, got {steps!r}. Fix: pass 1 or more (the paper: 50)")
     s = [float(v) for v in sigma_table.detach().flatten().cpu().tolist()]
     if len(s) < 2:
         raise ValueError("sigmas: the model's sigma table needs at least 2 entries")

@@ -28,7 +28,10 @@ class Recipe:
     early_stop: float = 1e-5
     # Pose Embedding Optimize
     inner_steps: int = 5
-    schedule: str = "paper"            # see pipeline.SCHEDULES
+    schedule: str = "inner iterations"  # see pipeline.SCHEDULES
+    optimize_steps: int = 0            # 0 = every step
+    warm_start: bool = False
+    adaptive: float = 0.0              # 0 = off
     # Cross-Attention Mask Extract
     threshold: float = 0.0             # 0 = Otsu
     capture_steps: int = 0             # 0 = every step

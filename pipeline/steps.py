@@ -30,8 +30,12 @@ from .errors import argument_error
 Callback = Callable[[str, int, int], None]
 
 # Optimisation schedules of Pose Embedding Optimize: name -> pacm.optimize_pose_embeddings keyword arguments.
+# "inner iterations": up to inner_steps Adam iterations per step (the paper's hyper-parameter text, 5);
+# "algorithm 1": the paper's Algorithm 1 as written, one gradient step per step, sampling with the pre-update
+# embedding.
 SCHEDULES: dict[str, dict] = {
-    "paper": {},
+    "inner iterations": {"mode": "inner"},
+    "algorithm 1": {"mode": "alg1"},
 }
 
 
@@ -115,13 +119,18 @@ def invert(model: Denoiser, latent: torch.Tensor, cond: torch.Tensor, hint: torc
 
 
 def optimise(model: Denoiser, inversion: pacm.InversionResult, hints: torch.Tensor | None, *, inner_steps: int,
-             schedule: str = "paper", batch_size: int | None = None, callback: Callback | None = None,
+             schedule: str = "inner iterations", optimize_steps: int = 0, warm_start: bool = False,
+             adaptive: float = 0.0, batch_size: int | None = None, callback: Callback | None = None,
              **engine) -> pacm.PoseEmbeddings:
     """PACM stage 3: per-frame pose-aware embeddings for the target poses ``hints`` (frames 1..N), with the named
-    optimisation ``schedule`` (:data:`SCHEDULES`)."""
+    optimisation ``schedule`` (:data:`SCHEDULES`); ``optimize_steps`` > 0 optimises only the first (noisiest)
+    steps and reuses the last embedding after; ``warm_start`` starts each frame from the previous frame's
+    embeddings; ``adaptive`` > 0 stops a frame's iterations once one lowers its loss by less than that fraction."""
     if schedule not in SCHEDULES:
         raise argument_error("schedule", f"unknown schedule {schedule!r}", f"choose one of {', '.join(SCHEDULES)}")
     kwargs = dict(SCHEDULES[schedule])
+    kwargs.update(optimize_steps=int(optimize_steps) or None, warm_start=bool(warm_start),
+                  adaptive=float(adaptive) or None)
     kwargs.update(engine)
     return pacm.optimize_pose_embeddings(
         model, inversion, hints, inner_steps=int(inner_steps), lr=float(inversion.settings.get("lr", 1e-2)),

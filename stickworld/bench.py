@@ -208,7 +208,9 @@ class Run:
     def embeddings(self):
         r, inv = self.recipe, self.pose_aware()
         return self._once("optimise", "optimise", lambda: pipeline.optimise(
-            self.base, inv, self.hints[1:], inner_steps=r.inner_steps, schedule=r.schedule))
+            self.base, inv, self.hints[1:], inner_steps=r.inner_steps, schedule=r.schedule,
+            optimize_steps=r.optimize_steps, warm_start=r.warm_start, adaptive=r.adaptive,
+            batch_size=1 if r.warm_start else None))
 
     def maps(self) -> torch.Tensor:
         r, inv, emb, positions = self.recipe, self.pose_aware(), self.embeddings(), self.positions()

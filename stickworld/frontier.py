@@ -15,9 +15,18 @@ from .bench import Run, Settings, aligned_poses, score_case, shipped_evals
 
 REFERENCE = "paper"
 ROWS: dict[str, dict] = {
-    "paper": {},
+    "paper": {},                                                      # 50 steps, 5 inner iterations (FULL)
+    "alg1": {"schedule": "algorithm 1"},                              # one gradient step per step
+    "first10": {"optimize_steps": 10},                                # optimise the 10 noisiest steps only
+    "adaptive": {"adaptive": 0.3},                                    # stop when an iteration gains < 30 %
+    "npi": {"inversion_inner_steps": 0, "inner_steps": 0},            # negative-prompt inversion, no optimisation
+    "fast_old": {"steps": 20, "inversion_inner_steps": 2, "inner_steps": 2, "capture_steps": 8},  # old `fast`
+    "alg1_s25": {"schedule": "algorithm 1", "steps": 25},
+    "alg1_s20_inv2": {"schedule": "algorithm 1", "steps": 20, "inversion_inner_steps": 2},
+    "warm": {"warm_start": True},                                     # frames in order, one at a time
 }
-FAST_CANDIDATES: tuple = ()
+DEFAULT_ROWS = tuple(r for r in ROWS if r != "warm")  # warm start costs the reference's passes (measured in
+                                                      # docs/pacm.md); run it with --rows when time allows
 
 
 def row_recipe(name: str, base: pipeline.Recipe = pipeline.FULL) -> pipeline.Recipe:
