@@ -121,7 +121,11 @@ def load_model(path, device: str | torch.device = "cpu", dtype: torch.dtype = to
     """Load a StickWorld checkpoint as an eval-mode model without gradients on its weights."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if list(ckpt["vocab"]) != list(VOCAB):
-        raise ValueError(f"{path}: checkpoint vocabulary differs from this StickWorld's; retrain or update the code")
+        theirs = list(ckpt["vocab"])
+        raise ValueError(f"{path}: checkpoint vocabulary differs from this StickWorld's ({len(theirs)} words vs "
+                         f"{len(VOCAB)}; new here: {[w for w in VOCAB if w not in theirs]}, only there: "
+                         f"{[w for w in theirs if w not in VOCAB]}); fine-tune it with "
+                         f"'scripts/stickworld_train.py --init {path}' or retrain")
     model = StickWorldModel(ckpt["unet_config"])
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
     model.meta = ckpt.get("meta", {})
