@@ -99,8 +99,8 @@ class Case:
 
     @property
     def subject(self) -> tuple:
-        """The prompt's words that describe the character: its pattern and colours."""
-        return (self.character.pattern, self.character.shirt_name, self.character.trousers_name)
+        """The prompt's words that describe the character: its pattern, colours and accessory."""
+        return tuple(self.character.words())
 
     def background_image(self) -> np.ndarray:
         return self.background.draw(self.size)

@@ -16,14 +16,21 @@ from torch import nn
 
 from testing.tiny_unet import TinyDenoiser, TinyPoseControl, TinyUNet
 
-from .world import BACKGROUNDS, COLOURS, PATTERNS, TEMPLATE
+from .world import ACCESSORIES, ACCESSORY_PHRASE, BACKGROUNDS, COLOURS, PATTERNS, TEMPLATE
 
 WEIGHTS = pathlib.Path(__file__).resolve().parents[1] / "assets" / "stickworld" / "stickworld.pt"
 PAD, BOS, EOS = 0, 1, 2
 CONTEXT_LENGTH = 16
+
+def _template_words(template: str) -> list[str]:
+    return re.sub(r"\{\w+\}", " ", template).split()
+
+
+# The first 29 entries are the vocabulary of the base model (before accessories); the accessory words follow, so a
+# base checkpoint's rows keep their ids (scripts/stickworld_train.py --init copies rows by word anyway).
 VOCAB = ("<pad>", "<bos>", "<eos>") + tuple(dict.fromkeys(
-    re.sub(r"[{}]", " ", re.sub(r"\{\w+\}", "", TEMPLATE)).split() + list(COLOURS) + list(PATTERNS)
-    + list(BACKGROUNDS)))
+    _template_words(TEMPLATE) + list(COLOURS) + list(PATTERNS) + list(BACKGROUNDS)
+    + _template_words(ACCESSORY_PHRASE) + [a for a in ACCESSORIES if a != "none"]))
 
 UNET_CONFIG = dict(in_channels=3, model_channels=32, context_dim=64, heads=4, dim_head=16, groups=8,
                    channel_mult=(1, 2, 2), num_res_blocks=1, attention_levels=(1, 2), up_attention_levels=(1, 2),
@@ -114,7 +121,11 @@ def load_model(path, device: str | torch.device = "cpu", dtype: torch.dtype = to
     """Load a StickWorld checkpoint as an eval-mode model without gradients on its weights."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if list(ckpt["vocab"]) != list(VOCAB):
-        raise ValueError(f"{path}: checkpoint vocabulary differs from this StickWorld's; retrain or update the code")
+        theirs = list(ckpt["vocab"])
+        raise ValueError(f"{path}: checkpoint vocabulary differs from this StickWorld's ({len(theirs)} words vs "
+                         f"{len(VOCAB)}; new here: {[w for w in VOCAB if w not in theirs]}, only there: "
+                         f"{[w for w in theirs if w not in VOCAB]}); fine-tune it with "
+                         f"'scripts/stickworld_train.py --init {path}' or retrain")
     model = StickWorldModel(ckpt["unet_config"])
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
     model.meta = ckpt.get("meta", {})

@@ -1,7 +1,7 @@
 """StickWorld scenes: seeded characters, backgrounds, poses, prompts, and their drawings.
 
-A scene is one character (skin, shirt and trousers colours, a shirt pattern, body proportions) in one pose
-over one procedural background (gradient, stripes, checkers or blobs). ``draw_scene`` renders it at
+A scene is one character (skin, shirt and trousers colours, a shirt pattern, body proportions, and for about
+half of them an accessory: a dress, a cape, long hair, a ball or a staff) in one pose over one procedural background (gradient, stripes, checkers or blobs). ``draw_scene`` renders it at
 ``size`` x ``size`` (default 32) with the character's mask, the OpenPose rendering of its pose (as PATA
 renders it) and a short attribute prompt. Everything is drawn at 4x and area-downsampled, so edges are
 anti-aliased. All randomness comes from the ``numpy.random.Generator`` passed in.
@@ -32,7 +32,13 @@ COLOURS = {
 SKIN_TONES = ((255, 222, 185), (232, 185, 145), (195, 140, 100), (140, 95, 60), (95, 62, 40))
 PATTERNS = ("plain", "striped", "dotted")
 BACKGROUNDS = ("gradient", "stripes", "checkers", "blobs")
-TEMPLATE = "figure in {pattern} {shirt} shirt and {trousers} trousers on {background} background"
+TEMPLATE = "figure in {pattern} {shirt} shirt and {trousers} trousers{accessory} on {background} background"
+# Accessories: silhouettes past the skeleton, drawn from the pose and the proportions. "none" is not said in the
+# prompt; the others add " with {colour} {accessory}" (so the longest prompt is 14 words).
+ACCESSORIES = ("none", "dress", "cape", "hair", "ball", "staff")
+ACCESSORY_PHRASE = " with {colour} {accessory}"
+ACCESSORY_RATE = 0.5  # the fraction of sampled characters that wear or hold one
+BEHIND = ("cape", "hair")  # drawn before the body (the body covers them); the rest after the trousers or last
 
 # Limb widths in torso lengths, and which keypoint pairs each garment covers.
 ARM_WIDTH = 0.26
@@ -49,7 +55,9 @@ def _jitter(rgb, rng: np.random.Generator, amount: float) -> np.ndarray:
 
 @dataclasses.dataclass
 class Character:
-    """A StickWorld character: colours in 0..1 RGB, names for the prompt, pattern and body proportions."""
+    """A StickWorld character: colours in 0..1 RGB, names for the prompt, pattern and body proportions, and an
+    optional accessory (``accessory`` in ACCESSORIES; its colour, the colour's name, and for a ball or a staff
+    the holding hand, "r" or "l")."""
 
     skin: np.ndarray
     shirt: np.ndarray
@@ -58,24 +66,54 @@ class Character:
     trousers_name: str
     pattern: str
     proportions: dict
+    accessory: str = "none"
+    accessory_colour: np.ndarray | None = None
+    accessory_name: str = ""
+    hand: str = "r"
+
+    def __post_init__(self):
+        if self.accessory not in ACCESSORIES:
+            raise ValueError(f"accessory: must be one of {ACCESSORIES}, got {self.accessory!r}")
+        if self.accessory != "none" and (self.accessory_colour is None or self.accessory_name not in COLOURS):
+            raise ValueError(f"accessory_colour: a {self.accessory} needs a colour and a colour name from COLOURS")
+        if self.hand not in ("r", "l"):
+            raise ValueError(f"hand: must be 'r' or 'l', got {self.hand!r}")
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> "Character":
         names = list(COLOURS)
-        shirt, trousers = rng.choice(len(names), 2, replace=False)
+        shirt, trousers, extra = rng.choice(len(names), 3, replace=False)
         skin = _jitter(SKIN_TONES[rng.integers(len(SKIN_TONES))], rng, 0.04)
         prop = {k: v * rng.uniform(0.88, 1.12) for k, v in ADULT.items()}
-        return cls(skin, _jitter(COLOURS[names[shirt]], rng, 0.08), _jitter(COLOURS[names[trousers]], rng, 0.08),
-                   names[shirt], names[trousers], PATTERNS[rng.integers(len(PATTERNS))], prop)
+        character = cls(skin, _jitter(COLOURS[names[shirt]], rng, 0.08), _jitter(COLOURS[names[trousers]], rng, 0.08),
+                        names[shirt], names[trousers], PATTERNS[rng.integers(len(PATTERNS))], prop)
+        if rng.random() < ACCESSORY_RATE:
+            character.accessory = ACCESSORIES[1 + rng.integers(len(ACCESSORIES) - 1)]
+            character.accessory_name = names[extra]
+            character.accessory_colour = _jitter(COLOURS[names[extra]], rng, 0.08)
+            character.hand = "r" if rng.random() < 0.5 else "l"
+        return character
+
+    @property
+    def extended(self) -> bool:
+        """Whether the silhouette extends past the skeleton's limb capsules (the character has an accessory)."""
+        return self.accessory != "none"
+
+    def words(self) -> tuple:
+        """The prompt's words that name the character: pattern, shirt colour, trousers colour, and the accessory's
+        colour and word if it has one (each occurs once in its prompt)."""
+        extra = (self.accessory_name, self.accessory) if self.extended else ()
+        return (self.pattern, self.shirt_name, self.trousers_name) + extra
 
     def shade(self) -> np.ndarray:
         """The colour of the shirt pattern's marks (darker, or lighter on a dark shirt)."""
         return self.shirt * 0.45 if self.shirt.mean() > 0.35 else self.shirt * 0.4 + 0.55
 
     def palette(self) -> np.ndarray:
-        """The character's colours (K, 3) in 0..1: skin, shirt, trousers, and the pattern's shade if any."""
-        colours = [self.skin, self.shirt, self.trousers] + ([self.shade()] if self.pattern != "plain" else [])
-        return np.stack(colours)
+        """The character's colours (K, 3) in 0..1: skin, shirt, trousers, the accessory's colour if any, and the
+        pattern's shade if any."""
+        colours = [self.skin, self.shirt, self.trousers] + ([self.accessory_colour] if self.extended else [])
+        return np.stack(colours + ([self.shade()] if self.pattern != "plain" else []))
 
 
 @dataclasses.dataclass
@@ -160,14 +198,70 @@ def _disc(canvas: np.ndarray, c: np.ndarray, r: float, value) -> None:
                cv2.LINE_AA, shift)
 
 
-def _garment_layers(pose: np.ndarray, scale: float, hw: tuple[int, int]) -> list[tuple[str, np.ndarray]]:
+def _polygon(canvas: np.ndarray, points, value) -> None:
+    cv2.fillPoly(canvas, [np.round(np.asarray(points) * 16).astype(np.int32)], value, cv2.LINE_AA, 4)
+
+
+def _accessory_layer(k: np.ndarray, torso: float, prop: dict, accessory: str, hand: str,
+                     hw: tuple[int, int]) -> np.ndarray:
+    """Coverage of ``accessory`` for keypoints ``k`` (scaled pixels) whose torso is ``torso`` pixels long. Built in
+    the body's own frame (``up`` from mid-hip to neck, ``side`` across it), sized by the character's proportions
+    (torso units), so it moves and turns with the body."""
+    canvas = np.zeros(hw, np.float32)
+    hip = (k[R_HIP] + k[L_HIP]) / 2
+    up = (k[NECK] - hip) / torso
+    side = np.array([-up[1], up[0]])
+    shoulders = abs(float(np.dot(k[L_SHOULDER] - k[R_SHOULDER], side))) / torso  # projected width, torso units
+    leg = prop["thigh"] + prop["shin"]
+    if accessory == "dress":  # a skirt from the waist that flares past the legs down to below the knees
+        waist = hip + up * 0.3 * torso
+        hem = hip - up * 0.8 * leg * torso
+        knees = [abs(float(np.dot(k[j] - hip, side))) / torso for j in (R_KNEE, L_KNEE)]
+        top = max(0.5 * shoulders + 0.05, 0.3)
+        flare = max(max(knees) + LEG_WIDTH / 2 + 0.25, 0.6)
+        _polygon(canvas, [waist - side * top * torso, waist + side * top * torso,
+                          hem + side * flare * torso, hem - side * flare * torso], 1.0)
+    elif accessory == "cape":  # behind the torso, wider than the shoulders, down to the knees
+        top_c = k[NECK] - up * 0.05 * torso
+        hem = hip - up * prop["thigh"] * torso
+        top = max(0.6 * shoulders + 0.08, 0.3)
+        _polygon(canvas, [top_c - side * top * torso, top_c + side * top * torso,
+                          hem + side * (top + 0.3) * torso, hem - side * (top + 0.3) * torso], 1.0)
+    elif accessory == "hair":  # long hair: a mane round the head, down the back past the shoulders
+        head = k[NECK] + up * 0.4 * torso
+        r = HEAD_RADIUS * 1.4
+        _disc(canvas, head, r * torso, 1.0)
+        end = k[NECK] - up * 0.6 * torso
+        _polygon(canvas, [head - side * r * torso, head + side * r * torso,
+                          end + side * (r + 0.25) * torso, end - side * (r + 0.25) * torso], 1.0)
+    elif accessory in ("ball", "staff"):  # held in one hand, past the wrist
+        elbow, wrist = (k[R_ELBOW], k[R_WRIST]) if hand == "r" else (k[L_ELBOW], k[L_WRIST])
+        forearm = wrist - elbow
+        direction = forearm / max(float(np.linalg.norm(forearm)), 1e-6)
+        if accessory == "ball":
+            r = 0.3 * torso
+            _disc(canvas, wrist + direction * (r + 0.1 * torso), r, 1.0)
+        else:  # upright along the body's axis, gripped a third of the way up
+            _segment(canvas, wrist - up * 0.65 * leg * torso, wrist + up * 0.35 * leg * torso, 0.17 * torso, 1.0)
+    return canvas
+
+
+def _garment_layers(pose: np.ndarray, scale: float, hw: tuple[int, int], accessory: str = "none",
+                    hand: str = "r", proportions: dict | None = None) -> list[tuple[str, np.ndarray]]:
     """Coverage maps (float32 0..1, shape ``hw``) per garment, in drawing order, at ``scale`` x the pose's
-    pixels."""
+    pixels; an ``accessory`` other than "none" adds an "accessory" layer (behind the body for a cape or hair,
+    over the trousers for a dress, in front for a held ball or staff)."""
     k = pose[:, :2] * scale
     hip = (k[R_HIP] + k[L_HIP]) / 2
     torso = max(float(np.linalg.norm(k[NECK] - hip)), 1.0)
     h, w = hw
     layers = []
+    extra = None
+    if accessory != "none":
+        extra = ("accessory", _accessory_layer(k, torso, ADULT if proportions is None else proportions, accessory,
+                                               hand, hw))
+    if accessory in BEHIND:
+        layers.append(extra)
 
     def layer():
         return np.zeros((h, w), np.float32)
@@ -176,6 +270,8 @@ def _garment_layers(pose: np.ndarray, scale: float, hw: tuple[int, int]) -> list
     for i, j in LEGS:
         _segment(legs, k[i], k[j], LEG_WIDTH * torso, 1.0)
     layers.append(("trousers", legs))
+    if accessory == "dress":
+        layers.append(extra)
     shirt = layer()
     centre = (k[R_SHOULDER] + k[L_SHOULDER] + k[R_HIP] + k[L_HIP]) / 4
     quad = np.array([k[R_SHOULDER], k[L_SHOULDER], k[L_HIP], k[R_HIP]])
@@ -191,6 +287,8 @@ def _garment_layers(pose: np.ndarray, scale: float, hw: tuple[int, int]) -> list
     up = (k[NECK] - hip) / torso
     _disc(skin, k[NECK] + up * 0.4 * torso, HEAD_RADIUS * torso, 1.0)
     layers.append(("skin", skin))
+    if accessory in ("ball", "staff"):
+        layers.append(extra)
     return layers
 
 
@@ -201,8 +299,11 @@ def draw_character(character: Character, pose: np.ndarray, background: np.ndarra
     big = size * SUPERSAMPLE
     img = cv2.resize(background, (big, big), interpolation=cv2.INTER_NEAREST).astype(np.float32)
     cover = np.zeros((big, big), np.float32)
-    for name, alpha in _garment_layers(pose, SUPERSAMPLE, (big, big)):
-        colour = {"trousers": character.trousers, "shirt": character.shirt, "skin": character.skin}[name]
+    layers = _garment_layers(pose, SUPERSAMPLE, (big, big), character.accessory, character.hand,
+                             character.proportions)
+    for name, alpha in layers:
+        colour = {"trousers": character.trousers, "shirt": character.shirt, "skin": character.skin,
+                  "accessory": character.accessory_colour}[name]
         paint = np.broadcast_to(colour.astype(np.float32), img.shape)
         if name == "shirt" and character.pattern != "plain":
             yy, xx = np.mgrid[0:big, 0:big] / SUPERSAMPLE
@@ -219,8 +320,12 @@ def draw_character(character: Character, pose: np.ndarray, background: np.ndarra
 
 
 def prompt_for(character: Character, background: Background) -> str:
+    """The scene's prompt, e.g. "figure in striped red shirt and blue trousers with yellow cape on checkers
+    background" (at most 14 words)."""
+    extra = (ACCESSORY_PHRASE.format(colour=character.accessory_name, accessory=character.accessory)
+             if character.extended else "")
     return TEMPLATE.format(pattern=character.pattern, shirt=character.shirt_name, trousers=character.trousers_name,
-                           background=background.kind)
+                           accessory=extra, background=background.kind)
 
 
 def pose_hint(poses: np.ndarray, size: int = SIZE) -> np.ndarray:
@@ -235,7 +340,8 @@ def pose_hint(poses: np.ndarray, size: int = SIZE) -> np.ndarray:
 def contrast(character: Character, background: Background) -> float:
     """Smallest RGB distance between a character colour and a background colour (0..sqrt(3))."""
     used = background.colours[:2] if background.kind != "blobs" else background.colours
-    return float(min(np.linalg.norm(c - b) for c in character.palette()[:3] for b in used))
+    colours = character.palette()[:4 if character.extended else 3]  # not the pattern's shade
+    return float(min(np.linalg.norm(c - b) for c in colours for b in used))
 
 
 def sample_scene(rng: np.random.Generator, min_contrast: float = 0.25):

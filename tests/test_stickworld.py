@@ -1,6 +1,7 @@
 """StickWorld: the scene generator, tokenizer, model, metrics, pictures, benchmark runner and scripts."""
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import numpy as np
@@ -10,9 +11,10 @@ from scripts_loader import load_script
 
 from attention import find_token_positions
 from stickworld import bench, metrics
-from stickworld.model import CONTEXT_LENGTH, UNET_CONFIG, StickWorldModel, Tokenizer, load_model
+from stickworld.model import CONTEXT_LENGTH, UNET_CONFIG, VOCAB, WEIGHTS, StickWorldModel, Tokenizer, load_model
 from stickworld.pictures import contact_sheet, lzw_encode, palette, quantise, write_gif
-from stickworld.world import COLOURS, Character, draw_character, make_batch, random_pose, sample_scene
+from stickworld.world import ACCESSORIES, BACKGROUNDS, COLOURS, PATTERNS, Background, Character, draw_character
+from stickworld.world import make_batch, prompt_for, random_pose, sample_scene
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -61,6 +63,71 @@ def test_tokenizer_and_token_positions():
         tok.encode("knight")
 
 
+def _with(character: Character, accessory: str, name: str = "pink", hand: str = "r") -> Character:
+    colour = None if accessory == "none" else np.asarray(COLOURS[name]) / 255.0
+    return dataclasses.replace(character, accessory=accessory, accessory_colour=colour,
+                               accessory_name="" if accessory == "none" else name, hand=hand)
+
+
+def test_accessories_extend_the_silhouette_past_the_skeleton():
+    for accessory in ACCESSORIES[1:]:
+        added, near = [], 0
+        for seed in range(12):
+            rng = np.random.default_rng(seed)
+            plain = _with(Character.sample(rng), "none")
+            bg = Background.sample(rng).draw(32)
+            pose = random_pose(rng, plain)
+            img0, skeleton_only = draw_character(plain, pose, bg)
+            worn = _with(plain, accessory)
+            img, mask = draw_character(worn, pose, bg)
+            assert worn.extended and not plain.extended
+            assert not (skeleton_only & ~mask).any(), accessory  # the body's region stays in the mask
+            extra = mask & ~skeleton_only
+            added.append(extra.sum())
+            near += (np.linalg.norm(img[extra] - worn.accessory_colour, axis=-1) < 0.15).sum()
+            assert np.abs(img - img0)[~metrics.dilate(mask, 1)].max() < 1e-6  # nothing drawn away from the mask
+        assert np.mean(added) > 5 and max(added) > 10, (accessory, added)
+        assert near > 0.5 * sum(added), accessory  # past the skeleton: mostly the accessory's colour (the rest: edges)
+
+
+def test_accessory_is_sampled_for_about_half_and_named_in_prompt_and_palette():
+    rng = np.random.default_rng(0)
+    tok = Tokenizer()
+    kinds = []
+    for _ in range(300):
+        character, background = sample_scene(rng)
+        prompt = prompt_for(character, background)
+        kinds.append(character.accessory)
+        words = prompt.split()
+        assert all(words.count(w) == 1 for w in character.words()), prompt  # subject words are unambiguous
+        assert find_token_positions(tok, prompt, list(character.words()))
+        if character.extended:
+            assert f" with {character.accessory_name} {character.accessory} on " in prompt
+            assert character.words()[-2:] == (character.accessory_name, character.accessory)
+            assert len({character.shirt_name, character.trousers_name, character.accessory_name}) == 3
+            pal = character.palette()
+            assert np.allclose(pal[3], character.accessory_colour) and len(pal) == 4 + (character.pattern != "plain")
+            assert np.abs(character.accessory_colour - np.asarray(COLOURS[character.accessory_name]) / 255).max() <= 0.08
+        else:
+            assert " with " not in prompt and len(character.words()) == 3
+    assert 0.4 < np.mean([k != "none" for k in kinds]) < 0.6
+    assert set(kinds) == set(ACCESSORIES)
+    with pytest.raises(ValueError, match="accessory: must be one of"):
+        _with(character, "hat")
+
+
+def test_every_prompt_fits_the_tokenizer():
+    tok = Tokenizer()
+    longest = max([*COLOURS, *PATTERNS, *BACKGROUNDS, *ACCESSORIES], key=len)
+    assert longest  # word lengths do not matter to a whole-word tokenizer; the word count does
+    character = _with(Character.sample(np.random.default_rng(1)), "staff", "orange")
+    for kind in BACKGROUNDS:
+        background = dataclasses.replace(Background.sample(np.random.default_rng(2)), kind=kind)
+        ids = tok.encode(prompt_for(character, background))
+        assert len(ids) == CONTEXT_LENGTH and ids[CONTEXT_LENGTH - 1] == 2  # 14 words: <eos> is the last slot
+    assert set(VOCAB[3:]) >= set(ACCESSORIES[1:]) | {"with"}
+
+
 # ------------------------------------------------------------------------------------------------- model
 def test_model_round_trip_and_denoiser(tiny_model, tmp_path):
     tiny_model.save(tmp_path / "m.pt", {"seed": 1}, half=False)
@@ -80,6 +147,55 @@ def test_model_round_trip_and_denoiser(tiny_model, tmp_path):
     c = half.denoiser()(x, sigma, half.encode(["", ""]), hint, {})
     assert c.shape == a.shape and torch.isfinite(c).all()
     assert [b for b in tiny_model.unet.attention_blocks() if b[0] == "output"] == [("output", i) for i in range(4)]
+
+
+def test_shipped_weights_load_with_the_accessory_vocabulary(tmp_path, tiny_model):
+    model = load_model(WEIGHTS)
+    assert model.text.token.num_embeddings == len(VOCAB)
+    ctx = model.encode("figure in striped red shirt and blue trousers with yellow cape on checkers background")
+    assert ctx.shape == (1, CONTEXT_LENGTH, UNET_CONFIG["context_dim"]) and torch.isfinite(ctx).all()
+    tiny_model.save(tmp_path / "m.pt")
+    ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
+    ckpt["vocab"] = ckpt["vocab"][:-1]
+    torch.save(ckpt, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="vocabulary differs"):
+        load_model(tmp_path / "old.pt")
+
+
+def _old_vocabulary_checkpoint(model: StickWorldModel, path) -> tuple[list, torch.Tensor]:
+    """``model`` saved as if trained before the accessory words existed, its words in another order."""
+    old_vocab = [w for w in VOCAB if w not in ACCESSORIES + ("with",)]
+    old_vocab = old_vocab[:3] + old_vocab[3:][::-1]
+    rows = torch.randn(len(old_vocab), model.unet_config["context_dim"], generator=torch.Generator().manual_seed(4))
+    state = dict(model.state_dict())
+    state["text.token.weight"] = rows
+    torch.save({"unet_config": model.unet_config, "vocab": old_vocab, "state_dict": state,
+                "meta": {"steps": 7, "seed": 3}}, path)
+    return old_vocab, rows
+
+
+def test_init_copies_shared_word_rows_and_every_other_weight(tiny_model, tmp_path):
+    train = load_script("stickworld_train")
+    old_vocab, rows = _old_vocabulary_checkpoint(tiny_model, tmp_path / "old.pt")
+    model = StickWorldModel(TINY)
+    record = train.init_from(model, tmp_path / "old.pt", seed=0)
+    new = model.text.token.weight.detach()
+    for i, w in enumerate(VOCAB):
+        if w in old_vocab:
+            assert torch.equal(new[i], rows[old_vocab.index(w)]), w
+        else:  # near the mean of the old rows, not a copy of any of them
+            assert (new[i] - rows.mean(0)).abs().max() < 0.2 * rows.std()
+            assert not any(torch.equal(new[i], r) for r in rows)
+    for key, value in tiny_model.state_dict().items():
+        if key != "text.token.weight":
+            assert torch.equal(model.state_dict()[key], value), key
+    assert record["meta"] == {"steps": 7, "seed": 3} and record["vocab"] == len(old_vocab)
+    assert record["new_words"] == ["with", *ACCESSORIES[1:]] and len(record["sha256"]) == 64
+    again = StickWorldModel(TINY)
+    train.init_from(again, tmp_path / "old.pt", seed=0)
+    assert torch.equal(again.text.token.weight, model.text.token.weight)  # seeded
+    with pytest.raises(ValueError, match="--init: .* has UNet config"):
+        train.init_from(StickWorldModel(), tmp_path / "old.pt", seed=0)
 
 
 # ----------------------------------------------------------------------------------------------- metrics
@@ -230,6 +346,29 @@ def test_training_script_writes_weights_curve_and_resumes(tmp_path):
     assert model.meta["steps"] == 10 and model.meta["seed"] == 0 and model.meta["command"].endswith("--threads 1")
     train.main(["--steps", "12", "--resume"] + args)
     assert load_model(tmp_path / "stickworld.pt").meta["steps"] == 12
+
+
+def test_training_script_fine_tunes_from_init_and_records_it(tmp_path):
+    train = load_script("stickworld_train")
+    train.main(["--steps", "2", "--batch", "2", "--out", str(tmp_path), "--threads", "1", "--warmup", "1",
+                "--init", str(WEIGHTS)])
+    meta = load_model(tmp_path / "stickworld.pt").meta
+    base = load_model(WEIGHTS).meta
+    assert meta["init"]["meta"] == base and meta["init"]["path"] == str(WEIGHTS) and meta["init"]["new_words"] == []
+    assert meta["steps"] == 2 and meta["warmup"] == 1
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--steps", "0", "--steps: must be >= 1, got 0"), ("--batch", "-2", "--batch: must be >= 1, got -2"),
+    ("--threads", "0", "--threads: must be >= 1"), ("--lr", "0", "--lr: must be > 0"),
+    ("--init", "nowhere.pt", "--init: no checkpoint at nowhere.pt")])
+def test_training_script_rejects_bad_flags_in_one_line(tmp_path, flag, value, message):
+    train = load_script("stickworld_train")
+    with pytest.raises(SystemExit) as err:
+        train.main([flag, value, "--out", str(tmp_path / "never")])
+    text = str(err.value.code)
+    assert text.startswith("stickworld_train: ") and message in text and "\n" not in text
+    assert not (tmp_path / "never").exists()
 
 
 def test_demo_writes_a_gif(tiny_model, tmp_path):
