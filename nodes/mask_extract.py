@@ -70,7 +70,8 @@ class PoseAnimateCrossAttentionMaskExtract:
                                   "Sample only this many of the inversion's steps while capturing (the "
                                   "character's layout is set early); 0 = all steps."}),
                 "window_size": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip":
-                                "Frames per model call; 0 = all frames at once. Smaller uses less memory."}),
+                                "Frames per model call; 0 = auto: as many frames per call as fit in free "
+                                "memory. Smaller uses less memory and captures the same maps."}),
                 "dilate": ("INT", {"default": 1, "min": 0, "max": 64, "tooltip":
                            "Grow each mask by this many latent pixels (8 image pixels each) to cover the "
                            "character's edges."}),
@@ -78,11 +79,15 @@ class PoseAnimateCrossAttentionMaskExtract:
             "optional": {
                 "source_mask": ("MASK", {"tooltip": "Optional mask of the character in the source image (e.g. "
                                          "from a segmentation node); replaces the attention mask of frame 0."}),
+                "positive": ("CONDITIONING", {"tooltip": "Optional: the positive CONDITIONING given to the other "
+                                              "PACM nodes. Only the ControlNets applied to it ('Apply "
+                                              "ControlNet') are used, on the cond half of each call, so the "
+                                              "capture samples exactly what Sample Frames samples."}),
             },
         }
 
     def extract(self, model, control_net, clip, embeddings, prompt, subject, threshold, capture_steps,
-                window_size, dilate, source_mask=None):
+                window_size, dilate, source_mask=None, positive=None):
         import torch
         import torch.nn.functional as F
 
@@ -90,9 +95,9 @@ class PoseAnimateCrossAttentionMaskExtract:
                                  masks_from_attention_maps)
         from ..pacm import sample_frames
         from .embedding_optimize import inversion_denoiser
-        from .host import ComfyProgress, engine_mode, plain, plain_fields
-        from .host.types import check_embeddings
-        from .host.types import window_size as resolve_window
+        from .host import ComfyProgress, conditioning_context, conditioning_control, engine_mode, plain, plain_fields
+        from .host.memory import resolve_window
+        from .host.types import check_embeddings, check_same_prompt
 
         check_embeddings(embeddings, NODE)
         if not isinstance(prompt, str) or not prompt.strip():
@@ -133,8 +138,15 @@ class PoseAnimateCrossAttentionMaskExtract:
         if not installed:
             raise input_error(NODE, "model", "has no cross-attention layers to read",
                               "connect an SD1.5 MODEL")
-        den = inversion_denoiser(inversion, patched, control_net, NODE)
-        w = resolve_window(window_size, frames)
+        extra = None
+        if positive is not None:
+            check_same_prompt(conditioning_context(positive, NODE, "positive"), inversion.cond, NODE, "positive")
+            extra = conditioning_control(positive)
+        # the window is sized on the unpatched model: a CUDA probe must not record attention maps
+        w = resolve_window(inversion_denoiser(inversion, model, control_net, NODE, extra), window_size, frames,
+                           (1,) + tuple(inversion.trajectory.shape[1:]), context=inversion.cond,
+                           hint_hw=None if poses.hints is None else tuple(poses.hints.shape[-2:]))
+        den = inversion_denoiser(inversion, patched, control_net, NODE, extra)
         windows = -(-frames // w)
         progress = ComfyProgress()
 
