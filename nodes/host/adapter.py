@@ -5,7 +5,8 @@
 * ``__call__(x, sigma, context, hint, transformer_options)`` returns the x0 prediction of the user's MODEL
   (with its LoRAs and model patches, e.g. the DCA patch) through ``BaseModel.apply_model``, with the
   ControlNet's residuals computed from ``hint`` exactly as ComfyUI's samplers do (hint resized by the
-  ControlNet itself, strength, start/end percent via sigma).
+  ControlNet itself, strength, start/end percent via sigma). ControlNets applied to the positive
+  CONDITIONING (``extra_control``) act on the cond rows (``cond_or_uncond`` 0) only, as in ComfyUI.
 * ``grad_context()`` makes backward into ``context`` work inside ComfyUI's ``torch.inference_mode()``:
   it leaves inference mode, swaps every inference-tensor parameter/buffer of the UNet and ControlNet for a
   non-inference clone *for the duration only* (the original Parameter objects go back in ``finally``), and
@@ -14,7 +15,8 @@
 
 Models are loaded through ``comfy.model_management.load_models_gpu`` and run in their own dtype:
 ``apply_model`` casts inputs to the UNet's dtype (or its manual-cast dtype for fp8/bf16 storage); the
-returned x0 is float32 like everything ComfyUI's samplers see.
+returned x0 is float32 like everything ComfyUI's samplers see (``apply_model`` calls ``.float()`` on the
+UNet output; tests/host/test_host_fp16.py checks both: the UNet's first conv sees fp16 for an fp16 model).
 """
 from __future__ import annotations
 
@@ -373,7 +375,8 @@ class ComfyDenoiser:
         to = dict(transformer_options)
         to["cond_or_uncond"] = [0] * len(cond_chunks)
         head = self._extra_chain(len(cond_chunks), to)
-        extra = self._run_control(head, x[rows], sigma[rows], context[rows], len(cond_chunks), to)
+        ctx = context[rows] if context.shape[0] == b else context[:1].expand(rows.shape[0], -1, -1)
+        extra = self._run_control(head, x[rows], sigma[rows], ctx, len(cond_chunks), to)
         if extra is None:
             return control
         return _merge_rows(control, extra, rows, b)

@@ -143,7 +143,7 @@ def test_full_graph_sampling_at_49_frames_stays_within_the_auto_window(monkeypat
     assert w_mask == w == frames
     assert max(b for b, _ in mask_calls + sample_calls) <= 2 * w
     # less free memory -> more, smaller windows; never a call larger than the auto window
-    for target in (12, 5):
+    for target in (7,):
         w_mask, mask_calls, w, sample_calls = run(_free_for(patcher, target))
         assert w_mask == w == target
         assert max(b for b, _ in mask_calls + sample_calls) <= 2 * w
