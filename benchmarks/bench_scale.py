@@ -57,8 +57,14 @@ class FlagError(Exception):
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        print(f"bench_scale: {message}; see --help", file=sys.stderr)
+        sys.exit(2)
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI checkout (or COMFYUI_PATH)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="paper: 50 steps, 5 inner; fast: 20 steps, 2 inner, "
                    "mask capture 8 steps (the bundled 'full' and 'fast' workflows); explicit flags override it")
