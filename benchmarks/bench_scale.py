@@ -134,6 +134,8 @@ def bootstrap(args):
         spec.loader.exec_module(module)
     if args.comfyui not in sys.path:
         sys.path.insert(0, args.comfyui)
+    if args.device.startswith("cuda:"):  # ComfyUI uses the current device: show it only device N (before CUDA init)
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.device[5:]
     try:
         import transformers  # noqa: F401  (transformers probes find_spec('torchvision') at import)
     except ImportError:
@@ -148,9 +150,6 @@ def bootstrap(args):
 
     if args.device == "cpu":
         comfy_args.cpu = True
-    elif args.device.startswith("cuda:"):
-        comfy_args.cuda_device = int(args.device[5:])
-        os.environ.setdefault("CUDA_VISIBLE_DEVICES", args.device[5:])
     import torch
 
     if args.device != "cpu" and not torch.cuda.is_available():
