@@ -72,7 +72,8 @@ class PoseAnimateCrossAttentionMaskExtract:
                                   "Sample only this many of the inversion's steps while capturing (the "
                                   "character's layout is set early); 0 = all steps."}),
                 "window_size": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip":
-                                "Frames per model call; 0 = all frames at once. Smaller uses less memory."}),
+                                "Frames per model call; 0 = auto: as many frames per call as fit in free "
+                                "memory. Smaller uses less memory and captures the same maps."}),
                 "dilate": ("INT", {"default": FULL.dilate, "min": 0, "max": 64, "tooltip":
                            "Grow each mask by this many latent pixels (8 image pixels each) to cover the "
                            "character's edges."}),
@@ -85,6 +86,10 @@ class PoseAnimateCrossAttentionMaskExtract:
                 "pose_keypoint": ("POSE_KEYPOINT", {"tooltip": "The frames' poses (PATA Align's 'pose_keypoint', "
                                                    "source first): each mask is united with a body prior drawn "
                                                    "from the skeleton, so thin limbs stay in the character."}),
+                "positive": ("CONDITIONING", {"tooltip": "Optional: the positive CONDITIONING given to the other "
+                                              "PACM nodes. Only the ControlNets applied to it ('Apply "
+                                              "ControlNet') are used, on the cond half of each call, so the "
+                                              "capture samples exactly what Sample Frames samples."}),
             },
         }
 
@@ -110,13 +115,12 @@ class PoseAnimateCrossAttentionMaskExtract:
                 raise
 
     def extract(self, model, control_net, clip, embeddings, prompt, subject, threshold, capture_steps,
-                window_size, dilate, source_mask=None, pose_keypoint=None):
+                window_size, dilate, source_mask=None, pose_keypoint=None, positive=None):
         from .. import pata, pipeline
-        from .host.stages import host_attention
-        from .host import ComfyProgress, engine_mode, plain, plain_fields
-        from .host.stages import inversion_denoiser
-        from .host.types import check_embeddings
-        from .host.types import window_size as resolve_window
+        from .host import ComfyProgress, conditioning_context, conditioning_control, engine_mode, plain, plain_fields
+        from .host.memory import resolve_window
+        from .host.stages import host_attention, inversion_denoiser
+        from .host.types import check_embeddings, check_same_prompt
 
         check_embeddings(embeddings, NODE)
         if not isinstance(prompt, str) or not prompt.strip():
@@ -142,11 +146,18 @@ class PoseAnimateCrossAttentionMaskExtract:
         # SD1.5 (4 levels): the character's layout is clearest at 1/4 and 1/2 of the latent size; a UNet with
         # fewer levels (tiny test models) is read at every resolution it has.
         factors = (4, 2) if len(unet_cfg.get("channel_mult", (1, 2, 4, 4))) >= 3 else None
-        w = resolve_window(window_size, frames)
         latent_shape = (1,) + tuple(inversion.trajectory.shape[1:])
+        extra = None
+        if positive is not None:
+            check_same_prompt(conditioning_context(positive, NODE, "positive"), inversion.cond, NODE, "positive")
+            extra = conditioning_control(positive)
+        # the window is sized on the unpatched model: a CUDA probe must not record attention maps
+        w = resolve_window(inversion_denoiser(inversion, model, control_net, NODE, extra), window_size, frames,
+                           latent_shape, context=inversion.cond,
+                           hint_hw=None if poses.hints is None else tuple(poses.hints.shape[-2:]))
 
         def denoiser(patched):
-            den = inversion_denoiser(inversion, patched, control_net, NODE)
+            den = inversion_denoiser(inversion, patched, control_net, NODE, extra)
             den.load(den.memory_per_frame(latent_shape) * 2 * w)
             return den
 
@@ -157,6 +168,6 @@ class PoseAnimateCrossAttentionMaskExtract:
         with node_errors(NODE, {"source_mask": "source_mask", "threshold": "threshold", "dilate": "dilate"}):
             masks = pipeline.build_masks(maps, size=image_hw, latent_size=latent_hw, threshold=float(threshold),
                                          dilate=int(dilate), prior=prior,
-                                         source_mask=None if source_mask is None else plain(source_mask[..., :, :]))
+                                         source_mask=plain(source_mask))
         heat = F.interpolate(maps[:, None], size=image_hw, mode="bilinear", align_corners=False)[:, 0]
         return (plain(masks.contiguous()), _overlay(heat, masks))

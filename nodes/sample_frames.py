@@ -5,7 +5,6 @@ from __future__ import annotations
 from ._common import CATEGORY, node_errors
 from .host.stages import inversion_denoiser
 from .host.types import check_embeddings, check_same_prompt
-from .host.types import window_size as resolve_window
 
 DISPLAY_NAME = "Sample Frames"
 
@@ -35,8 +34,9 @@ class PoseAnimateSampleFrames:
                 "positive": ("CONDITIONING", {"tooltip": "The same prompt as for the inversion."}),
                 "embeddings": ("POSEANIMATE_EMBEDDINGS", {"tooltip": "Output of Pose Embedding Optimize."}),
                 "window_size": ("INT", {"default": 0, "min": 0, "max": 4096,
-                                        "tooltip": "Frames per model call; 0 = all frames at once. Smaller "
-                                                   "windows use less memory and give the same frames."}),
+                                        "tooltip": "Frames per model call; 0 = auto: as many frames per call "
+                                                   "as fit in free memory. Smaller windows use less memory "
+                                                   "and give the same frames."}),
             },
             "optional": {
                 "masks": ("MASK", {"tooltip": "Optional character masks, one per frame (source first), e.g. "
@@ -50,6 +50,7 @@ class PoseAnimateSampleFrames:
 
         from .. import pipeline
         from .host import ComfyProgress, conditioning_context, conditioning_control, engine_mode, plain, plain_fields
+        from .host.memory import resolve_window
 
         node = DISPLAY_NAME
         check_embeddings(embeddings, node)
@@ -60,9 +61,10 @@ class PoseAnimateSampleFrames:
         with node_errors(node, {"masks": "masks"}):
             mask = None if masks is None else pipeline.check_masks(masks, frames, "masks")
         den = inversion_denoiser(inversion, model, control_net, node, conditioning_control(positive))
-        w = resolve_window(window_size, frames)
         progress = ComfyProgress()
         latent_shape = (1,) + tuple(inversion.trajectory.shape[1:])
+        w = resolve_window(den, window_size, frames, latent_shape, context=ctx,
+                           hint_hw=None if poses.hints is None else tuple(poses.hints.shape[-2:]))
         den.load(den.memory_per_frame(latent_shape) * 2 * w)
         with node_errors(node), engine_mode(), den.session():
             out = pipeline.sample(den, plain_fields(inversion.to(den.device)), plain_fields(poses.to(den.device)),

@@ -72,15 +72,6 @@ def test_image_to_hints():
         T.image_to_hints(torch.rand(3, 16, 12), "N", "poses")
 
 
-def test_frame_masks():
-    assert T.frame_masks(None, 3, "N") is None
-    m = T.frame_masks(torch.full((3, 4, 4), 2.0), 3, "N")
-    assert m.shape == (3, 4, 4) and m.max() == 1.0
-    assert T.frame_masks(torch.ones(4, 4), 1, "N").shape == (1, 4, 4)
-    with pytest.raises(PoseAnimateError, match=r"^N: input 'masks': got 2 masks for 3 frames"):
-        T.frame_masks(torch.ones(2, 4, 4), 3, "N")
-
-
 def test_check_same_prompt():
     ref = torch.randn(77, 768)
     T.check_same_prompt(ref[None].clone(), ref, "N")
@@ -90,10 +81,72 @@ def test_check_same_prompt():
         T.check_same_prompt(torch.randn(1, 154, 768), ref, "N")
 
 
-def test_window_size_and_embeddings_frames():
-    assert T.window_size(0, 5) == 5 and T.window_size(2, 5) == 2 and T.window_size(9, 5) == 5
-
+def test_embeddings_frames():
     class _Poses:
         uncond = torch.zeros(4, 2, 77, 768)
 
     assert T.PACMEmbeddings(inversion=None, poses=_Poses()).frames == 5
+
+
+class _FakeDenoiser:
+    """The parts of ComfyDenoiser that nodes.host.memory reads (CPU device: ComfyUI's figures, no probe)."""
+
+    device = "cpu"
+
+    def __init__(self, free, per_sample):
+        self.free, self.per_sample, self.loaded = free, per_sample, []
+
+    def load(self, memory_required=0):
+        self.loaded.append(memory_required)
+
+    def free_memory(self):
+        return self.free
+
+    def memory_per_frame(self, latent_shape, grad=False):
+        return self.per_sample
+
+
+def test_auto_window_from_free_memory_and_the_models_estimate():
+    from poseanimate.nodes.host import memory as M
+
+    per_frame = int(100 * 2 * M.COMFY_FACTOR)  # 100 bytes per sample, uncond + cond, ComfyUI's factor 1.5
+    den = _FakeDenoiser(free=int(7.5 * per_frame / M.HEADROOM), per_sample=100)
+    assert M.auto_window(den, 49, (1, 4, 8, 8)) == 7
+    den.free = int(2.5 * per_frame / M.HEADROOM)
+    assert M.auto_window(den, 49, (1, 4, 8, 8)) == 2      # less free memory -> smaller windows
+    den.free = 10**12
+    assert M.auto_window(den, 49, (1, 4, 8, 8)) == 49     # never more than the frames
+    den.free = 0
+    assert M.auto_window(den, 49, (1, 4, 8, 8)) == 1      # never less than one frame per call
+    assert M.auto_window(den, 1, (1, 4, 8, 8)) == 1
+    # the widget: a positive value is used as is (at most all frames); 0 loads the model, then sizes
+    den = _FakeDenoiser(free=int(3.5 * per_frame / M.HEADROOM), per_sample=100)
+    assert M.resolve_window(den, 5, 9, (1, 4, 8, 8)) == 5 and M.resolve_window(den, 50, 9, (1, 4, 8, 8)) == 9
+    assert den.loaded == []
+    assert M.resolve_window(den, 0, 9, (1, 4, 8, 8)) == 3 and den.loaded == [200]
+
+
+def test_extra_control_residuals_land_on_the_cond_rows_only():
+    from poseanimate.nodes.host.adapter import _merge_rows
+
+    pose = {"input": [torch.ones(4, 2, 3, 3), None], "middle": [torch.ones(4, 5, 1, 1)], "output": []}
+    extra = {"input": [torch.full((2, 2, 3, 3), 2.0), torch.full((2, 2, 3, 3), 3.0)], "middle": [None],
+             "output": [torch.full((2, 1, 1, 1), 4.0)]}
+    rows = torch.tensor([2, 3])  # batch [uncond f0, uncond f1, cond f0, cond f1]
+    out = _merge_rows(pose, extra, rows, 4)
+    assert out["input"][0][:2].eq(1).all() and out["input"][0][2:].eq(3).all()
+    assert out["input"][1][:2].eq(0).all() and out["input"][1][2:].eq(3).all()
+    assert out["middle"][0] is pose["middle"][0]
+    assert out["output"][0].flatten().tolist() == [0, 0, 4, 4]
+    assert pose["input"][0].eq(1).all()  # out of place: the pose ControlNet's residuals are not written to
+    assert _merge_rows(None, extra, rows, 4)["input"][0][:2].eq(0).all()
+
+
+def test_mask_extract_takes_an_optional_positive_for_its_controlnets():
+    from poseanimate.nodes.mask_extract import PoseAnimateCrossAttentionMaskExtract as X
+
+    spec = X.INPUT_TYPES()
+    assert spec["optional"]["positive"][0] == "CONDITIONING"
+    assert inspect.signature(X.extract).parameters["positive"].default is None
+    for cls in (X, PoseAnimateSampleFrames):
+        assert "0 = auto" in cls.INPUT_TYPES()["required"]["window_size"][1]["tooltip"], cls

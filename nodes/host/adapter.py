@@ -5,7 +5,8 @@
 * ``__call__(x, sigma, context, hint, transformer_options)`` returns the x0 prediction of the user's MODEL
   (with its LoRAs and model patches, e.g. the DCA patch) through ``BaseModel.apply_model``, with the
   ControlNet's residuals computed from ``hint`` exactly as ComfyUI's samplers do (hint resized by the
-  ControlNet itself, strength, start/end percent via sigma).
+  ControlNet itself, strength, start/end percent via sigma). ControlNets applied to the positive
+  CONDITIONING (``extra_control``) act on the cond rows (``cond_or_uncond`` 0) only, as in ComfyUI.
 * ``grad_context()`` makes backward into ``context`` work inside ComfyUI's ``torch.inference_mode()``:
   it leaves inference mode, swaps every inference-tensor parameter/buffer of the UNet and ControlNet for a
   non-inference clone *for the duration only* (the original Parameter objects go back in ``finally``), and
@@ -14,7 +15,8 @@
 
 Models are loaded through ``comfy.model_management.load_models_gpu`` and run in their own dtype:
 ``apply_model`` casts inputs to the UNet's dtype (or its manual-cast dtype for fp8/bf16 storage); the
-returned x0 is float32 like everything ComfyUI's samplers see.
+returned x0 is float32 like everything ComfyUI's samplers see (``apply_model`` calls ``.float()`` on the
+UNet output; tests/host/test_host_fp16.py checks both: the UNet's first conv sees fp16 for an fp16 model).
 """
 from __future__ import annotations
 
@@ -87,6 +89,27 @@ def _output_block_control(h, hsp, transformer_options):
         stacks["_middle_done"] = True
         h = _add(h, _pop_residual(stacks, "middle"))
     return h, _add(hsp, _pop_residual(stacks, "output"))
+
+
+def _merge_rows(control: dict | None, extra: dict, rows, b: int) -> dict:
+    """``control`` (residuals over the whole batch of ``b``, or None) plus ``extra`` (residuals of the batch
+    rows ``rows`` only, zero elsewhere), out of place, list entry by list entry as ComfyUI's control_merge."""
+    out = {}
+    for key in ("input", "middle", "output"):
+        base = list((control or {}).get(key, []))
+        add = list(extra.get(key, []))
+        merged = []
+        for i in range(max(len(base), len(add))):
+            h = base[i] if i < len(base) else None
+            r = add[i] if i < len(add) else None
+            if r is None:
+                merged.append(h)
+                continue
+            full = h.clone() if h is not None else r.new_zeros((b,) + tuple(r.shape[1:]))
+            full = full.index_add(0, rows, r.to(full.dtype))
+            merged.append(full)
+        out[key] = merged
+    return out
 
 
 def install_out_of_place_control(transformer_options: dict, control: dict | None) -> dict:
@@ -282,8 +305,9 @@ class ComfyDenoiser:
         return est * (4 if grad else 1)
 
     # ---- the protocol -------------------------------------------------------------------------------
-    def _extra_chain(self, b: int, n_chunks: int, transformer_options: dict):
-        """Per-call copies of the ControlNets applied to the positive CONDITIONING ('Apply ControlNet').
+    def _extra_chain(self, n_cond: int, transformer_options: dict):
+        """Per-call copies of the ControlNets applied to the positive CONDITIONING ('Apply ControlNet'), for a
+        batch of the ``n_cond`` cond chunks only (see :meth:`_control_for`).
 
         A one-image hint applies to every frame. A hint batch is one image per frame (source first): the
         rows of the frames in this call are picked by ``poseanimate.frame_ids``; without frame ids, ComfyUI's
@@ -303,7 +327,7 @@ class ComfyDenoiser:
                             f"positive: the ControlNet applied to this conditioning has {hint.shape[0]} images "
                             f"but frame {max(ids)} is being sampled; give it one image, or one per frame "
                             "(source first)")
-                    hint = hint[ids].repeat(n_chunks, 1, 1, 1)
+                    hint = hint[ids].repeat(n_cond, 1, 1, 1)
                 elif not self._warned_broadcast:
                     self._warned_broadcast = True
                     log.warning("%s: the ControlNet on the conditioning has %d images; without frame ids they "
@@ -317,9 +341,21 @@ class ComfyDenoiser:
             c.set_previous_controlnet(prev)
         return copies[0]
 
-    def _control_for(self, x, sigma, context, hint, n_chunks, transformer_options):
+    def _run_control(self, head, x, sigma, context, n_chunks, transformer_options):
+        ms = self.model_sampling
+        head.pre_run(self.model, lambda p: ms.percent_to_sigma(p))
+        try:
+            return head.get_control(x, sigma, {"c_crossattn": context}, n_chunks, transformer_options)
+        finally:
+            head.cleanup()
+
+    def _control_for(self, x, sigma, context, hint, cond_or_uncond, transformer_options):
+        """ControlNet residuals for one call: the pose ControlNet on every chunk; the ControlNets of the
+        positive CONDITIONING on the cond chunks (``cond_or_uncond`` 0) only, zero on the uncond rows, as in
+        ComfyUI where a ControlNet applied to the positive conditioning runs with the cond batch only."""
         b = x.shape[0]
-        head = self._extra_chain(b, n_chunks, transformer_options)
+        n_chunks = len(cond_or_uncond)
+        control = None
         if self.control_net is not None and hint is not None:
             if hint.ndim != 4 or hint.shape[1] != 3:
                 raise ValueError(f"hint: expected pose images (B, 3, H, W), got {tuple(hint.shape)}")
@@ -330,17 +366,20 @@ class ComfyDenoiser:
                     raise ValueError(f"hint: batch {hint.shape[0]} does not divide the latent batch {b}")
             c = self.control_net.copy()
             c.set_cond_hint(hint, self.strength, self.percent_range)
-            if head is not None:
-                c.set_previous_controlnet(head)
-            head = c
-        if head is None:
-            return None
-        ms = self.model_sampling
-        head.pre_run(self.model, lambda p: ms.percent_to_sigma(p))
-        try:
-            return head.get_control(x, sigma, {"c_crossattn": context}, n_chunks, transformer_options)
-        finally:
-            head.cleanup()
+            control = self._run_control(c, x, sigma, context, n_chunks, transformer_options)
+        cond_chunks = [k for k, cu in enumerate(cond_or_uncond) if cu == 0]
+        if self.extra_control is None or not cond_chunks or b % n_chunks:
+            return control
+        size = b // n_chunks
+        rows = torch.cat([torch.arange(k * size, (k + 1) * size) for k in cond_chunks]).to(x.device)
+        to = dict(transformer_options)
+        to["cond_or_uncond"] = [0] * len(cond_chunks)
+        head = self._extra_chain(len(cond_chunks), to)
+        ctx = context[rows] if context.shape[0] == b else context[:1].expand(rows.shape[0], -1, -1)
+        extra = self._run_control(head, x[rows], sigma[rows], ctx, len(cond_chunks), to)
+        if extra is None:
+            return control
+        return _merge_rows(control, extra, rows, b)
 
     def __call__(self, x, sigma, context, hint=None, transformer_options=None):
         """x0 prediction (float32, shape of x); see the module docstring and DEVELOPERS.md."""
@@ -365,7 +404,7 @@ class ComfyDenoiser:
         if "sigmas" not in to:
             to["sigmas"] = sigma[: x.shape[0] // n] if x.shape[0] % n == 0 else sigma
         to.setdefault("uuids", [None] * n)
-        control = self._control_for(x, sigma, context, hint, n, to)
+        control = self._control_for(x, sigma, context, hint, cond_or_uncond, to)
         c = {"c_crossattn": context, "transformer_options": to}
         if self._grad_depth:
             install_out_of_place_control(to, control)

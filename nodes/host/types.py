@@ -72,22 +72,6 @@ def image_to_hints(image, node: str, input_name: str, min_count: int = 1) -> tor
     return image[..., :3].movedim(-1, 1).float().clamp(0.0, 1.0)
 
 
-def frame_masks(mask, frames: int, node: str, input_name: str = "masks") -> torch.Tensor | None:
-    """Optional MASK batch -> (frames, H, W) in [0, 1], one per frame (frame 0 = source), or a clear error."""
-    if mask is None:
-        return None
-    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
-        raise input_error(node, input_name, "expected a MASK batch (B, H, W)",
-                          "connect the 'masks' output of Cross-Attention Mask Extract, or leave it empty")
-    if mask.ndim == 2:
-        mask = mask[None]
-    if mask.shape[0] != frames:
-        raise input_error(node, input_name, f"got {mask.shape[0]} masks for {frames} frames "
-                          f"(the source plus {frames - 1} target poses)",
-                          "use the mask batch made from these embeddings (one mask per frame, source first)")
-    return mask.float().clamp(0.0, 1.0)
-
-
 def check_same_prompt(context: torch.Tensor, reference: torch.Tensor, node: str, input_name: str = "positive"):
     """The embeddings of a later stage only make sense with the prompt the inversion was made with."""
     ref = reference.detach().float().cpu().reshape(-1, reference.shape[-1])
@@ -96,8 +80,3 @@ def check_same_prompt(context: torch.Tensor, reference: torch.Tensor, node: str,
         raise input_error(node, input_name, "this conditioning is not the prompt the inversion was made with",
                           "connect the same positive CONDITIONING as on Pose-Aware Inversion")
 
-
-def window_size(value: int, frames: int) -> int:
-    """0 means all frames at once."""
-    value = int(value)
-    return frames if value <= 0 else min(value, frames)
