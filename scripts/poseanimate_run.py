@@ -466,8 +466,8 @@ def apply_settings(graph: dict, args, client: Client | None) -> tuple[dict, list
     if args.subject is not None:
         targets = [(i, f) for i in find_nodes(graph, MASK_NODE) for f in ("subject", "subject_words")
                    if f in graph[i]["inputs"]]
-        if not targets:
-            raise RunError(f"--subject: the workflow has no {MASK_NODE} node", EXIT_USAGE)
+        if not targets:  # the bundled workflows run without MGDM by default (docs/workflows.md)
+            notes.append(f"subject ignored: the workflow has no {MASK_NODE} node (MGDM is off)")
         for i, field in targets:
             set_input(graph, i, field, args.subject)
             notes.append(f"subject -> {_node_label(graph, i)}.{field}")

@@ -125,7 +125,8 @@ def _pipeline(g, recipe, *, window=None, frames_per_batch=0, lora=False, fps=8.0
         mx = g.node("PoseAnimateCrossAttentionMaskExtract", title="Cross-Attention Mask Extract", model=model,
                     control_net=cnet, clip=clip, embeddings=emb.out(), prompt=prompt.out(), subject=SUBJECT,
                     threshold=recipe.threshold, capture_steps=recipe.capture_steps, window_size=window,
-                    dilate=recipe.dilate, source_mask=src_mask.out(), pose_keypoint=align.out("pose_keypoint"))
+                    dilate=recipe.dilate, source_mask=src_mask.out(), pose_keypoint=align.out("pose_keypoint"),
+                    positive=positive.out())
         g.node("PreviewImage", title="Mask check", images=mx.out("preview"))
         dca_inputs = {"masks": mx.out("masks"), "mgdm": recipe.mgdm}
     dca = g.node("PoseAnimateDCAPatchModel", title="DCA Patch Model", model=model,
