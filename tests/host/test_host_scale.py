@@ -96,21 +96,27 @@ def test_auto_window_gives_the_frames_of_window_all(monkeypatch):
 
 
 def test_full_graph_sampling_at_49_frames_stays_within_the_auto_window(monkeypatch):
-    """Workflow 'full''s Mask Extract and Sample Frames settings (window_size 0 = auto) on the walk sequence's
-    49 frames: no model call holds more frames than the auto window, and less free memory means more windows."""
+    """Workflow 'full' with every pose of its walk sequence (Pose sequence's `frames` 0, as its note suggests) and
+    8 transition frames (as workflow 'long'): 49 frames. Sample Frames with the workflow's window_size (0 = auto)
+    and Cross-Attention Mask Extract with its default window (MGDM's node, for users who turn it on): no model
+    call holds more frames than the auto window, and less free memory means more windows."""
     from poseanimate.nodes.dca_patch import PoseAnimateDCAPatchModel
     from poseanimate.nodes.mask_extract import PoseAnimateCrossAttentionMaskExtract
     from poseanimate.nodes.sample_frames import PoseAnimateSampleFrames
 
     api = json.loads((ROOT / "workflows" / "api" / "full.json").read_text())
     sampler = next(n for n in api.values() if n["class_type"] == "PoseAnimateSampleFrames")["inputs"]
-    extract = next(n for n in api.values() if n["class_type"] == "PoseAnimateCrossAttentionMaskExtract")["inputs"]
+    extract = {k: v[1]["default"] for k, v in
+               PoseAnimateCrossAttentionMaskExtract.INPUT_TYPES()["required"].items() if len(v) > 1 and "default" in v[1]}
     dca_in = next(n for n in api.values() if n["class_type"] == "PoseAnimateDCAPatchModel")["inputs"]
-    assert sampler["window_size"] == 0 and extract["window_size"] == 0, "workflow 'full' samples with auto windows"
-    align = next(n for n in api.values() if n["class_type"] == "PoseAnimatePATAAlign")["inputs"]
+    assert sampler["window_size"] == 0 and extract["window_size"] == 0, "Sample Frames / Mask Extract: auto windows"
+    sequence = next(n for n in api.values() if n["class_type"] == "PoseAnimateLoadPoseSequence"
+                    and n["inputs"]["pose_file"].endswith("walk.json"))["inputs"]
     walk = json.loads((ROOT / "assets" / "poses" / "walk.json").read_text())
-    frames = 1 + align["transition_frames"] + len(walk)  # source, transition poses, the walk's poses
+    assert sequence["frames"] < len(walk)  # the bundled workflow takes 12 of them; here: all of them
+    frames = 1 + 8 + len(walk)  # source, transition poses, every walk pose
     assert frames == 49
+    dca_in.setdefault("custom_blocks", "output 3-11")
 
     patcher, cnet = build_tiny_sd15()
     latent, positive, poses = _scene(n_targets=frames - 1)
