@@ -5,6 +5,9 @@ cheaper optimisation settings, on held-out StickWorld characters x backgrounds x
     python benchmarks/bench_stickworld.py                        # docs/stickworld: the table, the frontier, the sheet
     python benchmarks/bench_stickworld.py --seed 7 --no-frontier --out out/heldout   # another held-out case set
     python benchmarks/bench_stickworld.py --cases 2 --frames 4 --steps 10 --inner 2  # a quick look
+    python benchmarks/bench_stickworld.py --only 0-3 --out out/a   # the same run split over two processes,
+    python benchmarks/bench_stickworld.py --only 4-7 --out out/b   # then joined:
+    python benchmarks/bench_stickworld.py --merge out/a out/b      # (writes --out, default docs/stickworld)
 
 Writes into --out: stickworld_bench.json (settings, per-case and mean metrics, the means over characters whose
 silhouette extends past the skeleton and over the others, model evaluations, timings), stickworld_bench.md (the
@@ -72,6 +75,10 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "stickworld"))
     ap.add_argument("--sheet-cases", type=int, default=2)
+    ap.add_argument("--only", default="", help="run only these case numbers (e.g. 0-3 or 4,5,6,7), to split a run "
+                                              "over processes; join the parts with --merge")
+    ap.add_argument("--merge", nargs="+", default=[], metavar="DIR",
+                    help="join the --out folders of partial runs (made with --only) into --out; runs nothing")
     args = ap.parse_args(argv)
     for flag, value, least in (("--cases", args.cases, 1), ("--frames", args.frames, 1), ("--steps", args.steps, 0),
                                ("--inner", args.inner, -1), ("--threads", args.threads, 0),
@@ -80,6 +87,16 @@ def parse(argv=None) -> argparse.Namespace:
             fail(flag, f"must be at least {least}, got {value}", f"pass {flag} {max(least, 1)} or more")
     if not pathlib.Path(args.weights).is_file():
         fail("--weights", f"no file {args.weights}", "pass the path of a StickWorld checkpoint (.pt)")
+    try:
+        args.only_cases = sorted({i for part in args.only.split(",") if part.strip() for i in (
+            range(int(part.split("-")[0]), int(part.split("-")[1]) + 1) if "-" in part else [int(part)])})
+    except ValueError:
+        fail("--only", f"cannot read {args.only!r}", "write case numbers or ranges, e.g. 0-3 or 4,5")
+    if any(i < 0 or i >= args.cases for i in args.only_cases):
+        fail("--only", f"case numbers must lie in 0..{args.cases - 1}", "pass numbers below --cases")
+    for folder in args.merge:
+        if not (pathlib.Path(folder) / "stickworld_bench.json").is_file():
+            fail("--merge", f"no stickworld_bench.json in {folder}", "pass the --out folders of finished partial runs")
     args.variant_list = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in args.variant_list if v not in VARIANTS]
     if bad or not args.variant_list:
@@ -96,6 +113,8 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse(argv)
+    if args.merge:
+        return report(args, *merge(args.merge))
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -111,8 +130,10 @@ def main(argv=None) -> dict:
     settings = Settings(recipe=recipe)
     cases = make_cases(args.cases, frames=args.frames, seed=args.seed)
     per_case, evals, timings, rows, frontier_cases = {}, {}, {}, [], {}
-    t_all = time.time()
+    extended = []
     for i, case in enumerate(cases):
+        if args.only_cases and i not in args.only_cases:
+            continue
         t = time.time()
         result = run_case(model, case, args.variant_list, settings, seed=args.noise_seed)
         per_case[case.name] = score_case(case, result)
@@ -121,41 +142,68 @@ def main(argv=None) -> dict:
         if not args.no_frontier:
             frontier_cases[case.name] = frontier.run_rows(model, case, args.row_list, settings, reference_run=run)
         timings[case.name] = round(time.time() - t, 1)
+        if case.character.extended:
+            extended.append(case.name)
         print(f"{case.name}: {timings[case.name]} s  ({case.prompt})", flush=True)
         if i < args.sheet_cases:
             rows += sheet_rows(case, result)
-    extended = [c.name for c in cases if getattr(c.character, "extended", False)]
-    plain = [c.name for c in cases if c.name not in extended]
+    run_info = {"settings": settings.record() | {"cases": args.cases, "frames": args.frames, "seed": args.seed,
+                                                 "noise_seed": args.noise_seed,
+                                                 "weights": pathlib.Path(args.weights).name},
+                "model": getattr(model, "meta", {})}
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if rows:
+        save_png(out / "stickworld_sheet.png", contact_sheet(rows))
+    return report(args, run_info, per_case, evals, timings, extended, frontier_cases)
+
+
+def merge(folders) -> tuple:
+    """The per-case results of partial runs (``--only``), joined."""
+    run_info, per_case, evals, timings, extended, frontier_cases = None, {}, {}, {}, [], {}
+    for folder in folders:
+        part = json.loads((pathlib.Path(folder) / "stickworld_bench.json").read_text())
+        if run_info is not None and part["settings"] != run_info["settings"]:
+            fail("--merge", f"{folder} ran with other settings", "merge only parts of one run")
+        run_info = run_info or {"settings": part["settings"], "model": part["model"]}
+        per_case.update(part["per_case"])
+        evals.update(part["evals"]["per_case"])
+        timings.update(part["seconds"]["per_case"])
+        extended += part["cases_extended_silhouette"]
+        fr = pathlib.Path(folder) / "speed_frontier.json"
+        if fr.is_file():
+            frontier_cases.update(json.loads(fr.read_text())["per_case"])
+    return run_info, per_case, evals, timings, extended, frontier_cases
+
+
+def report(args, run_info, per_case, evals, timings, extended, frontier_cases) -> dict:
+    """Write the JSON, Markdown and frontier files for the cases in ``per_case`` and print the tables."""
+    plain = [c for c in per_case if c not in extended]
     summary = summarise(per_case)
     report = {
-        "settings": settings.record() | {"cases": args.cases, "frames": args.frames, "seed": args.seed,
-                                         "noise_seed": args.noise_seed, "weights": pathlib.Path(args.weights).name},
-        "model": getattr(model, "meta", {}), "mean": summary,
+        **run_info, "mean": summary,
         "mean_extended_silhouette": summarise(per_case, extended) if extended else {},
         "mean_skeleton_silhouette": summarise(per_case, plain) if plain else {},
         "cases_extended_silhouette": extended, "per_case": per_case,
         "evals": {"shipped_mean": {k: float(np.mean([e["shipped"][k] for e in evals.values()]))
                                    for k in ("forward", "forward_backward", "equivalents")},
                   "per_case": evals},
-        "seconds": {"total": round(time.time() - t_all, 1), "per_case": timings},
+        "seconds": {"total": round(sum(timings.values()), 1), "per_case": timings},
     }
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(summary)
     (out / "stickworld_bench.json").write_text(json.dumps(report, indent=1, default=list) + "\n")
     (out / "stickworld_bench.md").write_text(table + "\n")
-    if rows:
-        save_png(out / "stickworld_sheet.png", contact_sheet(rows))
     print(table)
     for label, names in (("extended silhouettes", extended), ("skeleton silhouettes", plain)):
-        if names and len(names) < len(cases):
+        if names and len(names) < len(per_case):
             print(f"\n{label} ({len(names)} cases):\n" + markdown_table(summarise(per_case, names)))
-    if not args.no_frontier:
+    if frontier_cases:
         rows_summary = frontier.summarise_rows(frontier_cases)
         fast = frontier.choose_fast(rows_summary)
         doc = {"reference": frontier.REFERENCE, "fast_default": fast["name"], "fast_target": fast,
-               "rows": rows_summary,
-               "settings": report["settings"], "per_case": frontier_cases}
+               "rows": rows_summary, "settings": report["settings"], "per_case": frontier_cases}
         (out / "speed_frontier.json").write_text(json.dumps(doc, indent=1, default=list) + "\n")
         frontier.plot_frontier(rows_summary, out / "speed_frontier.png", fast=fast["name"])
         ref = rows_summary[frontier.REFERENCE]
@@ -164,7 +212,7 @@ def main(argv=None) -> dict:
             print(f"| {n} | {s['evals']:.0f} | {s['evals'] / ref['evals']:.1%} | {s['pose_iou']:.3f} | "
                   f"{s['identity']:.3f} | {s['background']:.4f} | {s['temporal']:.4f} |")
         print(f"fast default: {fast}")
-    print(f"total {report['seconds']['total']} s; wrote {out}")
+    print(f"total {report['seconds']['total']} s of case time; wrote {out}")
     return report
 
 

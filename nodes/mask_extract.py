@@ -12,6 +12,7 @@ from ..pipeline import FULL
 from ._common import CATEGORY, input_error, node_errors
 
 NODE = "Cross-Attention Mask Extract"
+LAZY = ("embeddings", "source_mask", "pose_keypoint", "positive")  # not needed for the subject check
 
 
 def _overlay(frames_hw, masks):
@@ -79,26 +80,27 @@ class PoseAnimateCrossAttentionMaskExtract:
                            "character's edges."}),
             },
             "optional": {
-                "source_mask": ("MASK", {"tooltip": "Optional mask of the character in the source image (1 = "
+                "source_mask": ("MASK", {"lazy": True, "tooltip": "Optional mask of the character in the source image (1 = "
                                          "character; e.g. a cut-out's alpha through 'Invert Mask', or a "
                                          "segmentation node); replaces the mask of frame 0. An empty or full mask "
                                          "(a picture without alpha) is ignored."}),
-                "pose_keypoint": ("POSE_KEYPOINT", {"tooltip": "The frames' poses (PATA Align's 'pose_keypoint', "
+                "pose_keypoint": ("POSE_KEYPOINT", {"lazy": True, "tooltip": "The frames' poses (PATA Align's 'pose_keypoint', "
                                                    "source first): each mask is united with a body prior drawn "
                                                    "from the skeleton, so thin limbs stay in the character."}),
-                "positive": ("CONDITIONING", {"tooltip": "Optional: the positive CONDITIONING given to the other "
+                "positive": ("CONDITIONING", {"lazy": True, "tooltip": "Optional: the positive CONDITIONING given to the other "
                                               "PACM nodes. Only the ControlNets applied to it ('Apply "
                                               "ControlNet') are used, on the cond half of each call, so the "
                                               "capture samples exactly what Sample Frames samples."}),
             },
         }
 
-    def check_lazy_status(self, model=None, control_net=None, clip=None, embeddings=None, prompt="", subject="",
-                          **_):
-        """Runs when the prompt, subject and CLIP are known, before the PACM nodes that feed ``embeddings``: a
-        subject that is not in the prompt stops the graph before any model work."""
+    def check_lazy_status(self, clip=None, prompt="", subject="", **inputs):
+        """Runs as soon as the MODEL, CONTROL_NET, CLIP and prompt are known. Every input that depends on PACM
+        work (``embeddings``, and ``source_mask``, ``pose_keypoint``, ``positive`` when connected) is lazy, so this
+        node becomes ready no later than Pose-Aware Inversion, and ComfyUI runs it first while the 'Mask check'
+        preview hangs off it: a subject that is not in the prompt stops the graph before any model work."""
         self._positions(clip, prompt, subject)
-        return ["embeddings"] if embeddings is None else []
+        return [name for name in LAZY if name in inputs and inputs[name] is None]
 
     @staticmethod
     def _positions(clip, prompt, subject) -> list:

@@ -157,8 +157,8 @@ is the stand-in package tests/host/fake_controlnet_aux (its weights cannot be do
 pose of assets/poses/character.json in any non-flat image and nobody in a flat one."""
 
 
-def _tiny_api(name: str, ckpt: str = "tiny-sd15.safetensors") -> dict:
-    graph = json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
+def _tiny_api(name: str, ckpt: str = "tiny-sd15.safetensors", graph: dict | None = None) -> dict:
+    graph = graph or json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
     for node in graph.values():
         ct, ins = node["class_type"], node["inputs"]
         if ct == "CheckpointLoaderSimple":
@@ -207,9 +207,54 @@ def test_full_workflow_end_to_end_gives_n_plus_one_frames(runner):
     assert len(frames) == targets + 1, (len(frames), targets)
     videos = history["outputs"][_node_id(graph, "SaveVideo")]["images"]
     assert len(videos) == 1 and (runner.base / "output" / videos[0]["subfolder"] / videos[0]["filename"]).is_file()
-    for key in ("Inversion check", "Mask check"):
-        preview = next(i for i, n in graph.items() if n["_meta"]["title"].startswith(key))
-        assert history["outputs"][preview]["images"], key
+    previews = [i for i, n in graph.items() if n["class_type"] == "PreviewImage"]
+    assert previews and all(history["outputs"][i]["images"] for i in previews)  # the inversion check (+ masks)
+
+
+def _mgdm_graph() -> dict:
+    """Workflow 'full' as make_workflows writes it with MGDM on (Recipe.use_masks): Mask Extract with the body
+    prior, the source image's alpha, the positive conditioning, and its masks on DCA Patch Model."""
+    import sys
+
+    from comfy_exec import _make_workflows
+
+    mw = _make_workflows()
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import workflow_defs
+    finally:
+        sys.path.pop(0)
+    g = mw.Graph("full_mgdm", mw.all_specs())
+    p = workflow_defs._pipeline(g, workflow_defs.FULL.replace(use_masks=True))
+    workflow_defs._save(g, p["decoded"].out(), p["fps"], p["prefix"])
+    return _tiny_api("full", graph=g.api())
+
+
+def test_full_workflow_with_mgdm_stops_on_a_subject_missing_from_the_prompt_before_any_model_work(runner):
+    """The MGDM wiring the workflows use when masks are on: Cross-Attention Mask Extract's lazy-input check runs
+    before Pose-Aware Inversion, so a subject word that is not in the prompt stops the graph first."""
+    graph = _mgdm_graph()
+    _source_image(runner, graph)
+    graph[_node_id(graph, "PoseAnimateCrossAttentionMaskExtract")]["inputs"]["subject"] = "dragon"
+    ok, history, messages, valid = runner.run(graph)
+    assert valid[0] and not ok, valid
+    failed = [m[1] for m in messages if m[0] == "execution_error"]
+    assert failed and failed[0]["node_type"] == "PoseAnimateCrossAttentionMaskExtract", failed
+    assert failed[0]["exception_message"].startswith("Cross-Attention Mask Extract: input 'subject': ")
+    executed = {m[1].get("node") for m in messages if m[0] == "executing"} | set(history["outputs"])
+    pacm = {_node_id(graph, t) for t in ("PoseAnimatePoseAwareInversion", "PoseAnimatePoseEmbeddingOptimize")}
+    assert not executed & pacm, executed
+
+
+def test_full_workflow_with_mgdm_runs_end_to_end(runner):
+    graph = _mgdm_graph()
+    _source_image(runner, graph)
+    targets = _prepare_poses(runner, graph)
+    ok, history, messages, valid = runner.run(graph)
+    assert valid[0] and ok, _errors(messages)
+    assert len(history["outputs"][_node_id(graph, "SaveImage")]["images"]) == targets + 1
+    mask_preview = next(i for i, n in graph.items() if n["_meta"]["title"] == "Mask check")
+    assert history["outputs"][mask_preview]["images"]
 
 
 def test_full_workflow_interrupt_stops_inside_a_pacm_stage(runner):
@@ -335,8 +380,10 @@ def test_every_api_twin_passes_comfyui_validation(runner, name):
 
 def _prepare_poses(runner, graph) -> int:
     """The number N of target frames the graph makes (transition frames + poses in its pose file)."""
-    seq = graph[_node_id(graph, "PoseAnimateLoadPoseSequence")]["inputs"]["pose_file"]
+    inputs = graph[_node_id(graph, "PoseAnimateLoadPoseSequence")]["inputs"]
+    seq = inputs["pose_file"]
     assert seq.startswith("examples/"), seq
-    poses = json.loads((ROOT / "assets" / "poses" / seq[len("examples/"):]).read_text())
+    poses = len(json.loads((ROOT / "assets" / "poses" / seq[len("examples/"):]).read_text()))
+    taken = int(inputs.get("frames", 0))
     align = graph[_node_id(graph, "PoseAnimatePATAAlign")]["inputs"]
-    return int(align["transition_frames"]) + len(poses)
+    return int(align["transition_frames"]) + (min(taken, poses) if taken else poses)
