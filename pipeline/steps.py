@@ -111,6 +111,7 @@ def invert(model: Denoiser, latent: torch.Tensor, cond: torch.Tensor, hint: torc
            **engine) -> pacm.InversionResult:
     """PACM stages 1 + 2: DDIM inversion of the source under its pose, then pose-aware inversion. ``engine``
     passes further keyword arguments to both engine calls (e.g. ``counts``)."""
+    _check_engine(engine, pacm.ddim_invert, pacm.pose_aware_inversion)
     inv = pacm.ddim_invert(model, latent, cond, hint, steps=int(steps), callback=callback,
                            **_only(engine, pacm.ddim_invert))
     return pacm.pose_aware_inversion(model, inv, cfg=float(cfg), inner_steps=int(inner_steps),
@@ -229,6 +230,8 @@ def build_masks(maps: torch.Tensor, *, size, threshold: float = 0.0, dilate: int
             prior = F.interpolate(prior[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
         masks = torch.maximum(masks, (prior >= 0.5).float())
     if source_mask is not None:
+        if isinstance(source_mask, torch.Tensor) and source_mask.ndim == 3:
+            source_mask = source_mask[:1]  # a MASK batch: the first is the source image's
         src = check_masks(source_mask, 1, "source_mask")[0]
         src = F.interpolate(src[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
         if bool((src >= 0.5).any()) and not bool((src >= 0.5).all()):
@@ -265,3 +268,11 @@ def _only(kwargs: dict, fn) -> dict:
     """The keyword arguments ``fn`` accepts (engine extras such as ``counts`` go to every stage that takes them)."""
     names = inspect.signature(fn).parameters
     return {k: v for k, v in kwargs.items() if k in names}
+
+
+def _check_engine(kwargs: dict, *fns) -> None:
+    """Refuse keyword arguments that none of the engine calls takes (a misspelt one would vanish)."""
+    known = set().union(*(inspect.signature(fn).parameters for fn in fns))
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(f"unknown engine arguments {unknown}; {', '.join(f.__name__ for f in fns)} take {sorted(known)}")
