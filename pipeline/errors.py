@@ -32,7 +32,7 @@ def input_message(node: str, input_name: str, problem: str, fix: str) -> str:
 
 def node_message(node: str, message: str, inputs: dict[str, str] | None = None) -> str:
     """A pure layer's message as the node's: the argument becomes ``input '<node input>'`` when ``inputs`` maps
-    it to one (or when the argument is itself listed as a node input name), then the node's name in front."""
+    it to one; the node's name goes in front."""
     argument, rest = split_argument(message)
     if argument is not None and inputs and argument in inputs:
         return f"{node}: input '{inputs[argument]}': {rest}"
