@@ -414,6 +414,9 @@ def apply_settings(graph: dict, args, client: Client | None) -> tuple[dict, list
         name = client.upload(image) if client else image.name
         set_input(graph, ids[0], "image", name)
         notes.append(f"image -> {name} ({_node_label(graph, ids[0])})")
+        if args.source_pose_spec is None:
+            notes.append("warning: no --source-pose: the workflow's sample source pose (examples/character.json) "
+                         "stands for your character's pose; give your picture's pose with --source-pose")
 
     for flag, spec, role in (("--pose", args.pose_spec, "sequence"), ("--source-pose", args.source_pose_spec, "source")):
         if spec is None:

@@ -112,10 +112,14 @@ def test_fp16_gradients_measured_against_fp32(figures):
     assert zero32 < 0.01, zero32  # fp32: (almost) every embedding entry gets a gradient
     assert last32 < first32       # and Adam lowers the loss
     for name, (zero, first, last, _, _) in figures.items():
-        assert 0.0 <= zero <= 1.0 and torch.isfinite(torch.tensor([first, last])).all(), name
+        assert torch.isfinite(torch.tensor([first, last])).all(), name
         assert first == pytest.approx(first32, rel=0.05), name  # fp16 forward: the same loss to within 5 %
     scaled = [figures[k][0] for k in figures if "2^" in k]
     assert min(scaled) <= figures["fp16"][0]  # scaling never loses gradient entries
+    assert figures["fp16"][0] > 0.05  # unscaled fp16 loses a real share of the entries (12.9 % measured) ...
+    for k in figures:
+        if "2^" in k:  # ... a scale of 2^10 or more keeps them and reaches fp32's loss
+            assert figures[k][0] < 0.01 and figures[k][2] == pytest.approx(last32, rel=2e-3), k
 
 
 def test_engine_loss_scaling_keeps_fp16_gradients(figures):
