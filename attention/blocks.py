@@ -25,9 +25,10 @@ def normalise_blocks(blocks) -> Tuple:
             out.append(tuple(b))
         else:
             raise ValueError(f"blocks: entry {b!r} is not a block name ('output'), (name, id) or "
-                             "(name, id, transformer_index); use e.g. ['output'] or [('output', 3), ('output', 4)]")
+                             "(name, id, transformer_index). "
+                             "Fix: use e.g. ['output'] or [('output', 3), ('output', 4)]")
     if not out:
-        raise ValueError("blocks: empty; list at least one block, e.g. ['output']")
+        raise ValueError("blocks: empty. Fix: list at least one block, e.g. ['output']")
     return tuple(out)
 
 

@@ -65,11 +65,12 @@ class AttentionMapStore:
         """(F, h, w) mean maps for ``frames`` (default every recorded frame, in order)."""
         frames = self.frames() if frames is None else [int(f) for f in frames]
         if not frames:
-            raise ValueError("frames: no attention maps were recorded; run sampling with the capture patch "
+            raise ValueError("frames: no attention maps were recorded. Fix: run sampling with the capture patch "
                              "installed (check its blocks, factors, steps and token positions)")
         missing = [f for f in frames if f not in self._sum]
         if missing:
-            raise ValueError(f"frames: no maps recorded for frames {missing}; recorded: {self.frames()}")
+            raise ValueError(f"frames: no maps recorded for frames {missing} (recorded: {self.frames()}). Fix: ask "
+                             "only for recorded frames, or sample every frame with the capture patch installed")
         return torch.stack([self._sum[f] / self._count[f] for f in frames])
 
     def advance(self, extra_options: dict, key) -> int:
@@ -118,18 +119,19 @@ class CrossAttentionCapture(CountedPatch):
             positions = []
         if not positions or positions[0] < 0:
             raise ValueError(f"token_positions: expected a non-empty list of token indices >= 0, got "
-                             f"{token_positions!r}; get them from find_token_positions(tokenizer, prompt, words)")
+                             f"{token_positions!r}. Fix: get them from find_token_positions(tokenizer, prompt, words)")
         self.token_positions = positions
         self.store = store if store is not None else AttentionMapStore()
         self.factors = None if factors is None else tuple(sorted({int(f) for f in factors}))
         if self.factors is not None and (not self.factors or self.factors[0] < 1):
-            raise ValueError(f"factors: expected downsampling factors such as (4, 2) or None, got {factors!r}")
+            raise ValueError(f"factors: expected downsampling factors such as (4, 2) or None, got {factors!r}. "
+                             "Fix: pass integers >= 1, e.g. (4, 2), or None to record at every resolution")
         self.blocks = normalise_blocks(blocks)
         self.steps = None if steps is None else frozenset(int(s) for s in steps)
         if sigma_range is not None:
             lo, hi = (float(x) for x in sigma_range)
             if lo > hi:
-                raise ValueError(f"sigma_range: low {lo} exceeds high {hi}; pass (low, high)")
+                raise ValueError(f"sigma_range: low {lo} exceeds high {hi}. Fix: pass (low, high) with low <= high")
             sigma_range = (lo, hi)
         self.sigma_range = sigma_range
         self.attention = attention

@@ -52,28 +52,29 @@ def validate_weights(weights) -> Tuple[float, float, float]:
         values = tuple(float(w) for w in weights)
     except (TypeError, ValueError):
         raise ValueError(
-            f"weights: expected three numbers (first frame, previous frame, current frame), got {weights!r}; "
-            f"pass e.g. {DEFAULT_WEIGHTS}"
+            f"weights: expected three numbers (first frame, previous frame, current frame), got {weights!r}. "
+            f"Fix: pass e.g. {DEFAULT_WEIGHTS}"
         ) from None
     if len(values) != 3:
         raise ValueError(
-            f"weights: expected three numbers (first frame, previous frame, current frame), got {len(values)}; "
-            f"pass e.g. {DEFAULT_WEIGHTS}"
+            f"weights: expected three numbers (first frame, previous frame, current frame), got {len(values)}. "
+            f"Fix: pass e.g. {DEFAULT_WEIGHTS}"
         )
     if not all(math.isfinite(w) for w in values) or min(values) < 0:
-        raise ValueError(f"weights: every weight must be a finite number >= 0, got {values}; "
-                         f"use non-negative weights that sum to 1, e.g. {DEFAULT_WEIGHTS}")
+        raise ValueError(f"weights: every weight must be a finite number >= 0, got {values}. "
+                         f"Fix: use non-negative weights that sum to 1, e.g. {DEFAULT_WEIGHTS}")
     if abs(sum(values) - 1.0) > 1e-4:
-        raise ValueError(f"weights: the three weights must sum to 1, got {values} (sum {sum(values):.6g}); "
-                         f"divide them by their sum or use e.g. {DEFAULT_WEIGHTS}")
+        raise ValueError(f"weights: the three weights must sum to 1, got {values} (sum {sum(values):.6g}). "
+                         f"Fix: divide them by their sum or use e.g. {DEFAULT_WEIGHTS}")
     return values
 
 
 def validate_mgdm(mgdm) -> str:
     """Return ``mgdm`` if it names an MGDM formulation; raise ``ValueError`` naming ``mgdm`` otherwise."""
     if not isinstance(mgdm, str) or mgdm not in MGDM_MODES:
-        raise ValueError(f"mgdm: expected one of {', '.join(repr(m) for m in MGDM_MODES)}, got {mgdm!r}; "
-                         "'exclude' keeps each region's keys only, 'multiply' multiplies keys/values by the mask")
+        raise ValueError(f"mgdm: expected one of {', '.join(repr(m) for m in MGDM_MODES)}, got {mgdm!r}. "
+                         "Fix: pass 'exclude' (each region keeps its own keys only) or 'multiply' "
+                         "(keys/values multiplied by the mask)")
     return mgdm
 
 
@@ -138,7 +139,7 @@ def _prev_segments(prev_kv, nt: int):
         segs.append((t0, t0 + kp.shape[0], kp, vp))
         t0 += kp.shape[0]
     if t0 != nt:
-        raise ValueError(f"prev_kv: holds {t0} previous frames for {nt} target frames; pass one per target")
+        raise ValueError(f"prev_kv: holds {t0} previous frames for {nt} target frames. Fix: pass one per target")
     return segs
 
 
@@ -226,12 +227,12 @@ def dca_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
     nt = n - s
     if first_kv is None:
         if not has_source:
-            raise ValueError("first_kv: a chunk without frame 0 needs frame 0's keys/values; pass first_kv")
+            raise ValueError("first_kv: a chunk without frame 0 needs frame 0's keys/values. Fix: pass first_kv")
         first_kv = (k[:1], v[:1])
     if prev_kv is None:
         if not has_source:
-            raise ValueError("prev_kv: a chunk without frame 0 needs its first frame's previous keys/values; "
-                             "pass prev_kv")
+            raise ValueError("prev_kv: a chunk without frame 0 needs its first frame's previous keys/values. "
+                             "Fix: pass prev_kv")
         prev_kv = (k[:-1], v[:-1])
     k0, v0 = first_kv
     if nt == 0:
@@ -317,27 +318,29 @@ def _check_qkv(q, k, v, heads):
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.ndim != 3:
             raise ValueError(f"{name}: expected a tensor (F, L, heads*d), got "
-                             f"{getattr(t, 'shape', type(t).__name__)}; pass one chunk of frames, frame 0 first")
+                             f"{getattr(t, 'shape', type(t).__name__)}. Fix: pass one chunk of frames, frame 0 first")
     if not (q.shape == k.shape == v.shape):
         raise ValueError(f"k: q, k and v must have the same shape (F, L, heads*d), got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}; pass self-attention projections of one chunk")
+                         f"{tuple(k.shape)}, {tuple(v.shape)}. Fix: pass self-attention projections of one chunk")
     if not isinstance(heads, int) or heads < 1 or q.shape[-1] % heads:
-        raise ValueError(f"heads: must be a positive integer dividing the channel count {q.shape[-1]}, got {heads!r}")
+        raise ValueError(f"heads: must be a positive integer dividing the channel count {q.shape[-1]}, got {heads!r}. "
+                         "Fix: pass the attention layer's head count")
 
 
 def check_token_masks(masks, frames: int, tokens: int) -> torch.Tensor:
     """Validate per-token masks (frames, tokens) in [0, 1]; raise ``ValueError`` naming ``masks``."""
     if not isinstance(masks, torch.Tensor) or tuple(masks.shape) != (frames, tokens):
         raise ValueError(f"masks: expected a tensor of shape (F, L) = ({frames}, {tokens}), got "
-                         f"{tuple(getattr(masks, 'shape', ())) or type(masks).__name__}; "
-                         "pass one mask value per frame and token, or None")
+                         f"{tuple(getattr(masks, 'shape', ())) or type(masks).__name__}. "
+                         "Fix: pass one mask value per frame and token, or None")
     if masks.is_floating_point():
         bad = not bool(torch.isfinite(masks).all()) or bool((masks < 0).any() or (masks > 1).any())
     else:
         masks = masks.float()
         bad = bool((masks < 0).any() or (masks > 1).any())
     if bad:
-        raise ValueError("masks: values must lie in [0, 1] (1 = character, 0 = background); clamp or normalise them")
+        raise ValueError("masks: values must lie in [0, 1] (1 = character, 0 = background). "
+                         "Fix: clamp or normalise them")
     return masks
 
 

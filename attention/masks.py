@@ -70,33 +70,41 @@ def masks_from_attention_maps(maps: torch.Tensor, threshold: Union[str, float] =
         try:
             maps = torch.as_tensor(maps)
         except (TypeError, ValueError, RuntimeError):
-            raise ValueError(f"maps: expected a tensor (F, h, w), got {type(maps).__name__}") from None
+            raise ValueError(f"maps: expected a tensor (F, h, w), got {type(maps).__name__}. "
+                             "Fix: pass the attention maps as a tensor (F, h, w), "
+                             "e.g. AttentionMapStore.maps()") from None
     if maps.ndim == 2:
         maps = maps.unsqueeze(0)
     if maps.ndim != 3 or maps.numel() == 0:
-        raise ValueError(f"maps: expected a tensor (F, h, w) of attention maps, got shape {tuple(maps.shape)}")
+        raise ValueError(f"maps: expected a tensor (F, h, w) of attention maps, got shape {tuple(maps.shape)}. "
+                         "Fix: pass one (h, w) map per frame, e.g. AttentionMapStore.maps()")
     if isinstance(threshold, str):
         if threshold.lower() != "otsu":
-            raise ValueError(f"threshold: expected 'otsu' or a number in (0, 1), got {threshold!r}")
+            raise ValueError(f"threshold: expected 'otsu' or a number in (0, 1), got {threshold!r}. "
+                             "Fix: pass 'otsu' or e.g. 0.5")
         fixed = None
     else:
         try:
             fixed = float(threshold)
         except (TypeError, ValueError):
-            raise ValueError(f"threshold: expected 'otsu' or a number in (0, 1), got {threshold!r}") from None
+            raise ValueError(f"threshold: expected 'otsu' or a number in (0, 1), got {threshold!r}. "
+                             "Fix: pass 'otsu' or e.g. 0.5") from None
         if not 0.0 < fixed < 1.0:
             raise ValueError(f"threshold: a fixed threshold must lie in (0, 1) (maps are normalised per frame), "
-                             f"got {fixed}")
+                             f"got {fixed}. Fix: pass 'otsu' or a number such as 0.5")
     if size is not None:
         try:
             size = (int(size[0]), int(size[1]))
         except (TypeError, ValueError, IndexError):
-            raise ValueError(f"size: expected (height, width), got {size!r}") from None
+            raise ValueError(f"size: expected (height, width), got {size!r}. "
+                             "Fix: pass two integers (height, width), or None for the maps' own size") from None
         if min(size) < 1:
-            raise ValueError(f"size: height and width must be positive, got {size}")
+            raise ValueError(f"size: height and width must be positive, got {size}. "
+                             "Fix: pass at least 1 pixel each, or None for the maps' own size")
     for name, val in (("open_close", open_close), ("dilate", dilate)):
         if not isinstance(val, int) or val < 0:
-            raise ValueError(f"{name}: expected an integer >= 0 (pixels), got {val!r}")
+            raise ValueError(f"{name}: expected an integer >= 0 (pixels), got {val!r}. Fix: pass 0 (off) or a whole "
+                             "number of pixels")
 
     x = maps.detach().float().cpu()
     x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)

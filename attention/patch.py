@@ -19,12 +19,12 @@ def check_image_masks(masks, name: str = "masks") -> Optional[torch.Tensor]:
         return None
     if not isinstance(masks, torch.Tensor) or masks.ndim not in (2, 3) or masks.numel() == 0:
         raise ValueError(f"{name}: expected a tensor (N, H, W) of per-frame character masks, got "
-                         f"{tuple(getattr(masks, 'shape', ())) or type(masks).__name__}; pass one mask per frame")
+                         f"{tuple(getattr(masks, 'shape', ())) or type(masks).__name__}. Fix: pass one mask per frame")
     masks = masks.detach().float()
     if masks.ndim == 2:
         masks = masks.unsqueeze(0)
     if not bool(torch.isfinite(masks).all()) or bool((masks < 0).any() or (masks > 1).any()):
-        raise ValueError(f"{name}: values must lie in [0, 1] (1 = character); clamp or normalise the masks")
+        raise ValueError(f"{name}: values must lie in [0, 1] (1 = character). Fix: clamp or normalise the masks")
     return masks
 
 

@@ -37,7 +37,7 @@ def _encode(tok, text: str) -> List[int]:
     elif hasattr(tok, "encode"):
         ids = tok.encode(text)
     else:
-        raise ValueError(f"tokenizer: {type(tok).__name__} is neither callable nor has .encode; pass a CLIP "
+        raise ValueError(f"tokenizer: {type(tok).__name__} is neither callable nor has .encode. Fix: pass a CLIP "
                          "tokenizer (HF CLIPTokenizer) or ComfyUI's CLIP / SD1Tokenizer")
     if hasattr(ids, "tolist"):
         ids = ids.tolist()
@@ -55,10 +55,11 @@ def _split_words(words) -> List[str]:
         except TypeError:
             items = None
         if items is None or not all(isinstance(w, str) for w in items):
-            raise ValueError(f"words: expected a string (comma-separated) or a list of strings, got {words!r}")
+            raise ValueError(f"words: expected a string (comma-separated) or a list of strings, got {words!r}. "
+                             "Fix: pass e.g. 'girl' or ['girl', 'dress']")
     items = [w.strip() for w in items if w.strip()]
     if not items:
-        raise ValueError("words: no word given; name the character as it appears in the prompt, e.g. 'girl'")
+        raise ValueError("words: no word given. Fix: name the character as it appears in the prompt, e.g. 'girl'")
     return items
 
 
@@ -71,7 +72,7 @@ def find_token_positions(tokenizer, prompt: str, words: Union[str, Sequence[str]
     ``(girl:1.2)`` is parsed away), so the positions match the conditioning's tokens.
     """
     if not isinstance(prompt, str):
-        raise ValueError(f"prompt: expected text, got {type(prompt).__name__}")
+        raise ValueError(f"prompt: expected text, got {type(prompt).__name__}. Fix: pass the prompt as a string")
     comfy_tok, hf = _unwrap(tokenizer)
     items = _split_words(words)
     specials = set(_encode(hf, ""))
@@ -89,13 +90,13 @@ def find_token_positions(tokenizer, prompt: str, words: Union[str, Sequence[str]
     for word in items:
         wid = [i for i in _encode(hf, word) if i not in specials]
         if not wid:
-            raise ValueError(f"words: {word!r} gives no tokens; use a word that appears in the prompt")
+            raise ValueError(f"words: {word!r} gives no tokens. Fix: use a word that appears in the prompt")
         found = False
         for start in range(len(ids) - len(wid) + 1):
             if ids[start:start + len(wid)] == wid:
                 positions.update(range(start, start + len(wid)))
                 found = True
         if not found:
-            raise ValueError(f"words: {word!r} is not in the prompt's first {MAX_TOKENS} tokens; use a word that "
+            raise ValueError(f"words: {word!r} is not in the prompt's first {MAX_TOKENS} tokens. Fix: use a word that "
                              f"appears in the prompt as written there (e.g. 'girl' for '... a girl dancing ...')")
     return sorted(positions)

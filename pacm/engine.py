@@ -38,13 +38,15 @@ def _one(name: str, t: torch.Tensor | None, ndim: int, allow_none: bool = False)
     if t is None:
         if allow_none:
             return None
-        raise ValueError(f"{name}: a tensor is required")
+        raise ValueError(f"{name}: a tensor is required. Fix: pass a torch.Tensor")
     if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}. "
+                         "Fix: pass a torch.Tensor (e.g. torch.as_tensor(x))")
     if t.ndim == ndim + 1 and t.shape[0] == 1:
         t = t[0]
     if t.ndim != ndim:
-        raise ValueError(f"{name}: expected {ndim} dimensions (or a leading batch of 1), got shape {tuple(t.shape)}")
+        raise ValueError(f"{name}: expected {ndim} dimensions (or a leading batch of 1), got shape {tuple(t.shape)}. "
+                         f"Fix: pass a tensor with {ndim} dimensions")
     return t
 
 
@@ -53,7 +55,8 @@ def _check_hints(name: str, hints: torch.Tensor | None) -> torch.Tensor | None:
         return None
     if not isinstance(hints, torch.Tensor) or hints.ndim != 4 or hints.shape[1] != 3:
         shape = tuple(hints.shape) if isinstance(hints, torch.Tensor) else type(hints).__name__
-        raise ValueError(f"{name}: expected pose images (N, 3, H, W) in 0..1, got {shape}")
+        raise ValueError(f"{name}: expected pose images (N, 3, H, W) in 0..1, got {shape}. "
+                         "Fix: pass a batch of RGB pose images, channels first, or None")
     return hints
 
 
@@ -62,7 +65,9 @@ def _sigmas_for(model, steps: int, sigmas: torch.Tensor | None) -> torch.Tensor:
         return ddim_uniform_sigmas(model.sigmas, steps)
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32).flatten().cpu()
     if sigmas.numel() < 2 or float(sigmas[-1]) != 0.0 or not bool((sigmas[:-1] > sigmas[1:]).all()):
-        raise ValueError("sigmas: expected a descending 1-D schedule ending with 0 (ComfyUI SIGMAS)")
+        raise ValueError("sigmas: expected a descending 1-D schedule ending with 0 (ComfyUI SIGMAS). "
+                         "Fix: pass None (DDIM-uniform steps) or a schedule such as "
+                         "ddim_uniform_sigmas(model.sigmas, steps)")
     return sigmas
 
 
@@ -115,7 +120,8 @@ class _Tally:
 
     def __init__(self, counts: EvalCount | None):
         if counts is not None and not isinstance(counts, EvalCount):
-            raise ValueError(f"counts: expected a pacm.EvalCount or None, got {type(counts).__name__}")
+            raise ValueError(f"counts: expected a pacm.EvalCount or None, got {type(counts).__name__}. "
+                             "Fix: pass a pacm.EvalCount() or None")
         self.own = EvalCount()
         self.counts = counts
 
@@ -139,18 +145,20 @@ def _check_loss_scale(loss_scale) -> None:
     if loss_scale is not None and (isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float))
                                    or not math.isfinite(loss_scale) or loss_scale < 1):
         raise ValueError(f"loss_scale: expected None (automatic) or a finite number >= 1 (a power of two such as "
-                         f"4096 keeps the gradient exact), got {loss_scale!r}")
+                         f"4096 keeps the gradient exact), got {loss_scale!r}. Fix: pass None or e.g. 4096")
 
 
 def _check_common(inner_steps, lr, adaptive) -> None:
     if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 0:
-        raise ValueError(f"inner_steps: must be a non-negative integer, got {inner_steps!r}")
+        raise ValueError(f"inner_steps: must be a non-negative integer, got {inner_steps!r}. "
+                         "Fix: pass 0 or more (default 5)")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
-        raise ValueError(f"lr: must be a finite number >= 0, got {lr!r}")
+        raise ValueError(f"lr: must be a finite number >= 0, got {lr!r}. Fix: pass e.g. 0.01 (the default)")
     if adaptive is not None and (isinstance(adaptive, bool) or not isinstance(adaptive, (int, float))
                                  or not 0 < adaptive < 1):
         raise ValueError(f"adaptive: expected None (off) or a fraction between 0 and 1 (e.g. 0.05: stop a frame's "
-                         f"inner loop once an iteration lowers its loss by less than 5 %), got {adaptive!r}")
+                         f"inner loop once an iteration lowers its loss by less than 5 %), got {adaptive!r}. "
+                         "Fix: pass None or a fraction such as 0.05")
 
 
 def _lr_at(lr: float, i: int, T: int) -> float:
@@ -384,7 +392,7 @@ def pose_aware_inversion(model, inversion: InversionResult, *, cfg: float = 7.5,
     and the settings filled in.
     """
     if not isinstance(inversion, InversionResult):
-        raise ValueError("inversion: expected the InversionResult of ddim_invert")
+        raise ValueError("inversion: expected the InversionResult of ddim_invert. Fix: pass what ddim_invert returned")
     _check_common(inner_steps, lr, adaptive)
     _check_loss_scale(loss_scale)
     tally = _Tally(counts)
@@ -521,27 +529,30 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
     Returns ``PoseEmbeddings`` with ``uncond`` ``(N, T, L, D)`` and ``evals`` (this stage's counts).
     """
     if not isinstance(inversion, InversionResult):
-        raise ValueError("inversion: expected the InversionResult of pose_aware_inversion")
+        raise ValueError("inversion: expected the InversionResult of pose_aware_inversion. "
+                         "Fix: pass what pose_aware_inversion returned")
     hints = _check_hints("hints", hints)
     n = int(hints.shape[0]) if hints is not None else frames
     if n is None or n < 1:
-        raise ValueError("hints: give at least one target pose (or frames >= 1 without pose control)")
+        raise ValueError("hints: no target frame to optimise. Fix: give at least one target pose "
+                         "(or frames >= 1 without pose control)")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size: must be a positive integer or None (auto), got {batch_size!r}")
+        raise ValueError(f"batch_size: must be a positive integer or None (auto), got {batch_size!r}. "
+                         "Fix: pass 1 or more, or None")
     _check_common(inner_steps, lr, adaptive)
     _check_loss_scale(loss_scale)
     if mode not in MODES:
         raise ValueError(f"mode: expected 'inner' (inner Adam loop per step) or 'alg1' (one gradient step per "
-                         f"step, the paper's Algorithm 1), got {mode!r}")
+                         f"step, the paper's Algorithm 1), got {mode!r}. Fix: pass 'inner' or 'alg1'")
     if mode == "alg1" and adaptive is not None:
-        raise ValueError("adaptive: only with mode='inner' (mode 'alg1' makes exactly one gradient step per step); "
-                         "pass adaptive=None")
+        raise ValueError("adaptive: only with mode='inner' (mode 'alg1' makes exactly one gradient step per step). "
+                         "Fix: pass adaptive=None")
     if optimize_steps is not None and (isinstance(optimize_steps, bool) or not isinstance(optimize_steps, int)
                                        or optimize_steps < 1):
         raise ValueError(f"optimize_steps: must be a positive integer (optimise the first K steps) or None (all "
-                         f"steps), got {optimize_steps!r}")
+                         f"steps), got {optimize_steps!r}. Fix: pass 1 or more, or None")
     if not isinstance(warm_start, bool):
-        raise ValueError(f"warm_start: expected True or False, got {warm_start!r}")
+        raise ValueError(f"warm_start: expected True or False, got {warm_start!r}. Fix: pass a bool")
     tally = _Tally(counts)
     ls_start = float(_auto_loss_scale(model) if loss_scale is None else loss_scale)
     ls_state = {"scale": ls_start}
@@ -650,10 +661,12 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
     Returns ``(N + 1, C, h, w)`` latents (sigma 0, same dtype as the trajectory); row 0 is the source frame.
     """
     if not isinstance(inversion, InversionResult):
-        raise ValueError("inversion: expected an InversionResult")
+        raise ValueError("inversion: expected an InversionResult. Fix: pass what pose_aware_inversion (or ddim_invert) "
+                         "returned")
     tally = _Tally(counts)
     if embeddings is not None and not isinstance(embeddings, PoseEmbeddings):
-        raise ValueError("embeddings: expected the PoseEmbeddings of optimize_pose_embeddings or None")
+        raise ValueError("embeddings: expected the PoseEmbeddings of optimize_pose_embeddings or None. "
+                         "Fix: pass what optimize_pose_embeddings returned, or None")
     if hints is None and embeddings is not None:
         hints = embeddings.hints
     hints = _check_hints("hints", hints)
@@ -661,14 +674,17 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
     T = inversion.steps
     if embeddings is not None:
         if embeddings.uncond.shape[1] != T or not torch.equal(embeddings.sigmas.cpu(), sig.cpu()):
-            raise ValueError("embeddings: they were optimised for other sigmas than this inversion's")
+            raise ValueError("embeddings: they were optimised for other sigmas than this inversion's. "
+                             "Fix: optimise them on this inversion (optimize_pose_embeddings)")
         n = embeddings.frames
         if hints is not None and hints.shape[0] != n:
-            raise ValueError(f"hints: {hints.shape[0]} poses for {n} optimised frames")
+            raise ValueError(f"hints: {hints.shape[0]} poses for {n} optimised frames. "
+                             "Fix: pass one pose per optimised frame, or None for the embeddings' poses")
     else:
         n = 0 if hints is None else int(hints.shape[0])
     if (hints is None) != (inversion.hint is None) and n > 0:
-        raise ValueError("hints: give target poses exactly when the source has a pose hint")
+        raise ValueError("hints: target poses and the source's pose hint must come together. "
+                         "Fix: give target poses exactly when the source has a pose hint")
     F = n + 1
     if window is None:
         window = F
@@ -683,14 +699,15 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
     cond = inversion.cond.to(model.device, wd)
     fallback = None if uncond is None else _one("uncond", uncond, 2).to(model.device, wd)
     if cfg != 1.0 and inversion.uncond is None and fallback is None:
-        raise ValueError("uncond: this inversion has no per-step embeddings; give an unconditional embedding "
+        raise ValueError("uncond: this inversion has no per-step embeddings. Fix: give an unconditional embedding "
                          "(negative prompt) or run pose_aware_inversion first")
     src_emb = None if inversion.uncond is None else inversion.uncond.to(model.device, wd)
     frame_emb = None if embeddings is None else embeddings.uncond
     if masks is not None:
         if not isinstance(masks, torch.Tensor) or masks.ndim != 3 or masks.shape[0] != F:
             raise ValueError(f"masks: expected ({F}, H, W) masks by global frame id, got "
-                             f"{tuple(masks.shape) if isinstance(masks, torch.Tensor) else masks!r}")
+                             f"{tuple(masks.shape) if isinstance(masks, torch.Tensor) else masks!r}. "
+                             "Fix: pass one mask per frame, source first, or None")
         masks = masks.to(model.device)
     src_hint = None if inversion.hint is None else inversion.hint.to(model.device)
     hints_dev = None if hints is None else hints.to(model.device)

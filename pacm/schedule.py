@@ -31,7 +31,8 @@ def ddim_uniform_sigmas(sigma_table: torch.Tensor, steps: int) -> torch.Tensor:
         raise ValueError(f"steps: must be a positive integer, got {steps!r}. Fix: pass 1 or more (the paper: 50)")
     s = [float(v) for v in sigma_table.detach().flatten().cpu().tolist()]
     if len(s) < 2:
-        raise ValueError("sigmas: the model's sigma table needs at least 2 entries")
+        raise ValueError("sigmas: the model's sigma table needs at least 2 entries. "
+                         "Fix: pass the model's full table of discrete sigmas (Denoiser.sigmas)")
     x = 1
     if math.isclose(s[x], 0, abs_tol=0.00001):
         steps += 1

@@ -41,9 +41,11 @@ def body_prior(sequence, width: int, height: int, grow: float = 1.0) -> np.ndarr
     seq = as_sequence(sequence, "poses")
     for name, value in (("width", width), ("height", height)):
         if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name}: expected a positive image size in pixels, got {value!r}")
+            raise ValueError(f"{name}: expected a positive image size in pixels, got {value!r}. "
+                             "Fix: pass an integer >= 1")
     if not np.isfinite(grow) or grow <= 0:
-        raise ValueError(f"grow: expected a positive factor (1 = the default proportions), got {grow!r}")
+        raise ValueError(f"grow: expected a positive factor (1 = the default proportions), got {grow!r}. "
+                         "Fix: pass a number > 0, e.g. 1")
     torso = body_scale(seq) * float(grow)
     out = np.zeros((len(seq), height, width), np.float32)
     if torso <= 0:

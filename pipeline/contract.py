@@ -74,23 +74,29 @@ class PoseAnimateOptions(TypedDict, total=False):
 def check_poseanimate_options(options: dict) -> PoseAnimateOptions:
     """Validate a ``poseanimate`` dict against :class:`PoseAnimateOptions`; return it. ``ValueError`` names the key."""
     if not isinstance(options, dict):
-        raise ValueError(f"poseanimate: expected a dict, got {type(options).__name__}")
+        raise ValueError(f"poseanimate: expected a dict, got {type(options).__name__}. "
+                         "Fix: pass a dict with PoseAnimateOptions keys")
     unknown = set(options) - set(PoseAnimateOptions.__annotations__)
     if unknown:
-        raise ValueError(f"poseanimate: unknown keys {sorted(unknown)}; the contract has "
+        raise ValueError(f"poseanimate: unknown keys {sorted(unknown)}. Fix: use only the contract's keys "
                          f"{sorted(PoseAnimateOptions.__annotations__)}")
     ids = options.get("frame_ids")
     if ids is not None:
         ids = list(ids)
         if not ids or len(set(ids)) != len(ids) or min(ids) < 0 or 0 in ids[1:]:
-            raise ValueError(f"frame_ids: {ids} must be distinct non-negative frame ids with frame 0 (if any) first")
+            raise ValueError(f"frame_ids: {ids} must be distinct non-negative frame ids with frame 0 (if any) first. "
+                             "Fix: list each frame once, the source frame 0 (if present) first")
     if "kv_carry" in options and not isinstance(options["kv_carry"], dict):
-        raise ValueError("kv_carry: expected a dict shared by the windows of one step")
+        raise ValueError("kv_carry: expected a dict shared by the windows of one step. "
+                         "Fix: pass a new dict for every step, the same one to each of its windows")
     masks = options.get("masks")
     if masks is not None and (not isinstance(masks, torch.Tensor) or masks.ndim != 3):
-        raise ValueError("masks: expected an (N, H, W) tensor of character masks by global frame id")
+        raise ValueError("masks: expected an (N, H, W) tensor of character masks by global frame id. "
+                         "Fix: pass a torch tensor with one mask per frame id, or leave the key out")
     if masks is not None and ids is not None and masks.shape[0] <= max(ids):
-        raise ValueError(f"masks: {masks.shape[0]} masks do not cover frame {max(ids)}")
+        raise ValueError(f"masks: {masks.shape[0]} masks do not cover frame {max(ids)}. "
+                         f"Fix: pass one mask per frame id 0..{max(ids)}")
     if "mgdm" in options and options["mgdm"] not in MGDM_MODES:
-        raise ValueError(f"mgdm: expected one of {MGDM_MODES}, got {options['mgdm']!r}")
+        raise ValueError(f"mgdm: expected one of {MGDM_MODES}, got {options['mgdm']!r}. "
+                         "Fix: set one of those, or leave the key out")
     return options  # type: ignore[return-value]

@@ -59,7 +59,7 @@ def check_subject(tokenizer, prompt: str, subject) -> list[int]:
         argument, _, problem = str(exc).partition(": ")
         if argument not in ("words", "prompt"):
             raise
-        raise argument_error("subject" if argument == "words" else "prompt", problem.split("; ")[0],
+        raise argument_error("subject" if argument == "words" else "prompt", problem.split(". Fix: ")[0],
                              f"use words that appear in the prompt {prompt.strip()!r}") from None
     if not positions:
         raise argument_error("subject", f"none of {words} appears in the prompt",
