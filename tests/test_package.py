@@ -200,7 +200,8 @@ def test_testing_package_is_never_imported_by_shipped_code():
 
 @pytest.mark.parametrize("package", PURE + ("pipeline",))
 def test_error_messages_name_the_argument_first(package):
-    """One convention: a ValueError's message starts with the argument (``"steps: ..."``), then the fix."""
+    """One convention: a ValueError's message reads ``"<argument>: <problem>. Fix: <fix>"`` (``"steps: must be
+    >= 1, got 0. Fix: pass 1 or more"``); checked on every message written as a string or f-string."""
     bad = []
     for path in sorted((ROOT / package).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -211,9 +212,13 @@ def test_error_messages_name_the_argument_first(package):
             text = first.value if isinstance(first, ast.Constant) else (
                 "".join(v.value if isinstance(v, ast.Constant) else "{x}" for v in first.values)
                 if isinstance(first, ast.JoinedStr) else None)
-            if text is not None and not re.match(r"^(\{x\}|[A-Za-z_][A-Za-z0-9_./]*): ", text):
-                bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: {text[:60]!r}")
-    assert not bad, "messages must start with '<argument>: ':\n" + "\n".join(bad)
+            if text is None:
+                continue
+            if not re.match(r"^(\{x\}|[A-Za-z_][A-Za-z0-9_./]*): ", text):
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: no '<argument>: ' first: {text[:60]!r}")
+            elif not re.search(r"\S\. Fix: \S", text):
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: no '. Fix: <fix>': {text[:60]!r}")
+    assert not bad, "messages must read '<argument>: <problem>. Fix: <fix>':\n" + "\n".join(bad)
 
 
 def test_import_without_comfyui_under_any_folder_name(tmp_path):
