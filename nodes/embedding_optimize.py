@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..pipeline import FULL, SCHEDULES
+from ..pipeline import FULL, NODE_DEFAULTS, SCHEDULES
 from ._common import CATEGORY, input_error, node_errors
 from .host.stages import check_inversion, inversion_denoiser
 from .host.types import PACMEmbeddings, check_same_prompt, image_to_hints
@@ -43,8 +43,11 @@ class PoseAnimatePoseEmbeddingOptimize:
                 "positive": ("CONDITIONING", {"tooltip": "The same prompt as for the inversion."}),
                 "poses": ("IMAGE", {"tooltip": "Pose images from PATA Align: image 0 is the source pose, "
                                                "images 1..N are the target frames."}),
-                "inner_steps": ("INT", {"default": FULL.inner_steps, "min": 0, "max": 100,
-                                        "tooltip": "Adam iterations per step and frame."}),
+                "inner_steps": ("INT", {"default": NODE_DEFAULTS.inner_steps, "min": 0, "max": 100,
+                                        "tooltip": "Adam iterations per step and frame. 0 (default) = no "
+                                                   "optimisation: every frame keeps the source's embeddings (with "
+                                                   "0 on Pose-Aware Inversion too: negative-prompt inversion, the "
+                                                   "fastest point measured); 5 = the paper (workflow 'full')."}),
                 "frames_per_batch": ("INT", {"default": 0, "min": 0, "max": 4096,
                                              "tooltip": "Frames optimised together; 0 = choose from free GPU "
                                                         "memory. Lower it if you run out of memory."}),

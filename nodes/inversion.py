@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..pipeline import FULL
+from ..pipeline import FULL, NODE_DEFAULTS
 from ._common import CATEGORY, node_errors
 from .host.stages import control_inputs
 from .host.types import image_to_hints, latent_samples
@@ -51,9 +51,11 @@ class PoseAnimatePoseAwareInversion:
                 "cfg": ("FLOAT", {"default": FULL.cfg, "min": 1.0, "max": 30.0, "step": 0.1,
                                   "tooltip": "Classifier-free guidance scale the embeddings are optimised for "
                                              "and that sampling will use."}),
-                "inner_steps": ("INT", {"default": FULL.inversion_inner_steps, "min": 0, "max": 100,
-                                        "tooltip": "Adam iterations per step on the unconditional embedding "
-                                                   "(0 = plain inversion, much faster, worse reconstruction)."}),
+                "inner_steps": ("INT", {"default": NODE_DEFAULTS.inversion_inner_steps, "min": 0, "max": 100,
+                                        "tooltip": "Adam iterations per step on the unconditional embedding. "
+                                                   "0 (default) = negative-prompt inversion: no optimisation, the "
+                                                   "prompt in the unconditional slot (the fastest point measured, "
+                                                   "docs/stickworld.md); 5 = the paper (workflow 'full')."}),
                 "early_stop": ("FLOAT", {"default": FULL.early_stop, "min": 0.0, "max": 1.0, "step": 1e-6,
                                          "tooltip": "Stop a step's iterations once the loss is under "
                                                     "early_stop + step * 2e-5 (null-text inversion's rule)."}),

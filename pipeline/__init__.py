@@ -11,13 +11,13 @@ The pipeline may import the three engine layers; they never import it. It never 
 ``testing/`` or ``stickworld/``.
 """
 from .contract import MGDM_MODES, Denoiser, PatchableModel, PoseAnimateOptions, check_poseanimate_options
-from .defaults import FAST, FULL, MASK_SOURCES, Recipe
+from .defaults import FAST, FULL, MASK_SOURCES, NODE_DEFAULTS, Recipe
 from .errors import argument_error, input_message, node_message, split_argument
 from .steps import (SCHEDULES, align_poses, body_prior, build_masks, capture_attention, check_masks,
                     check_pose_canvas, check_subject, invert, make_dca, optimise, patch_model, sample, sample_poses)
 
 __all__ = [
-    "FAST", "FULL", "MASK_SOURCES", "MGDM_MODES", "SCHEDULES", "Denoiser", "PatchableModel", "PoseAnimateOptions",
+    "FAST", "FULL", "MASK_SOURCES", "NODE_DEFAULTS", "MGDM_MODES", "SCHEDULES", "Denoiser", "PatchableModel", "PoseAnimateOptions",
     "Recipe", "align_poses", "argument_error", "body_prior", "build_masks", "capture_attention", "check_masks",
     "check_pose_canvas", "check_subject", "check_poseanimate_options", "input_message", "invert", "make_dca",
     "node_message", "optimise", "patch_model", "sample", "sample_poses", "split_argument",

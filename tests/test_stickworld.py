@@ -378,3 +378,20 @@ def test_demo_writes_a_gif(tiny_model, tmp_path):
     data = out.read_bytes()
     assert data[:6] == b"GIF89a" and data[-1:] == b";"
     assert int.from_bytes(data[6:8], "little") == 3 * 32  # source | pose | frame side by side
+
+
+def test_the_fast_preset_is_the_measured_frontier_point():
+    """pipeline.FAST (the fast workflow) is the frontier row speed_frontier.json chose, and FULL its reference."""
+    import json
+
+    from stickworld import frontier
+
+    doc = json.loads((ROOT / "docs" / "stickworld" / "speed_frontier.json").read_text())
+    assert doc["reference"] == frontier.REFERENCE and frontier.ROWS[frontier.REFERENCE] == {}
+    assert doc["fast_default"] in frontier.ROWS
+    assert bench.pipeline.FAST == frontier.row_recipe(doc["fast_default"])
+    assert doc["fast_target"]["meets_target"] == (
+        doc["rows"][doc["fast_default"]]["evals"] <= 0.2 * doc["rows"][doc["reference"]]["evals"]
+        and doc["rows"][doc["fast_default"]]["identity"] <= 1.05 * doc["rows"][doc["reference"]]["identity"]
+        and doc["rows"][doc["fast_default"]]["background"] <= 1.05 * doc["rows"][doc["reference"]]["background"])
+    assert doc["settings"]["recipe"] == json.loads(json.dumps(bench.pipeline.FULL.as_dict()))
