@@ -93,7 +93,7 @@ def test_ci_runs_exactly_the_readme_test_commands():
 
 def test_readme_demo_names_the_cpu_only_torch_wheel():
     readme = (ROOT / "README.md").read_text()
-    demo = readme.split("## See it work in a minute", 1)[1].split("\n## ", 1)[0]
+    demo = readme.split("## See it work on any machine", 1)[1].split("\n## ", 1)[0]
     assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in demo
     assert "pip install -r requirements.txt" in demo and "python scripts/stickworld_demo.py" in demo
 
