@@ -84,7 +84,7 @@ class PoseAnimateCrossAttentionMaskExtract:
                                          "character; e.g. a cut-out's alpha through 'Invert Mask', or a "
                                          "segmentation node); replaces the mask of frame 0. An empty or full mask "
                                          "(a picture without alpha) is ignored."}),
-                "pose_keypoint": ("POSE_KEYPOINT", {"lazy": True, "tooltip": "The frames' poses (PATA Align's 'pose_keypoint', "
+                "pose_keypoint": ("POSE_KEYPOINT", {"lazy": True, "tooltip": "The frames' poses (PATA Align's 'aligned_pose', "
                                                    "source first): each mask is united with a body prior drawn "
                                                    "from the skeleton, so thin limbs stay in the character."}),
                 "positive": ("CONDITIONING", {"lazy": True, "tooltip": "Optional: the positive CONDITIONING given to the other "
@@ -138,7 +138,7 @@ class PoseAnimateCrossAttentionMaskExtract:
                 seq, width, height = pata.from_pose_keypoint(pose_keypoint, "pose_keypoint")
                 if len(seq) != frames:
                     raise ValueError(f"pose_keypoint: {len(seq)} poses for {frames} frames. Fix: connect the "
-                                     "'pose_keypoint' output of the PATA Align that made these frames' poses")
+                                     "'aligned_pose' output of the PATA Align that made these frames' poses")
                 pipeline.check_pose_canvas(image_hw, (round(height), round(width)), "pose_keypoint")
                 prior = pipeline.body_prior(seq, (round(height), round(width)))
         if source_mask is not None and (not hasattr(source_mask, "ndim") or source_mask.ndim not in (2, 3)):

@@ -137,8 +137,11 @@ class _Tally:
 
 
 def _auto_loss_scale(model) -> float:
-    """1 for float32/float64 models, 2**12 for float16/bfloat16 ones (with dynamic back-off)."""
-    return 2.0 ** 12 if model.dtype in (torch.float16, torch.bfloat16) else 1.0
+    """1 for float32/float64 models, 2**12 for float16/bfloat16 ones (with dynamic back-off). The model's
+    ``compute_dtype`` (the dtype its network runs in, e.g. a host adapter that takes float32 inputs and runs the
+    UNet in float16) decides when it has one, else its ``dtype``."""
+    dtype = getattr(model, "compute_dtype", None) or model.dtype
+    return 2.0 ** 12 if dtype in (torch.float16, torch.bfloat16) else 1.0
 
 
 def _check_loss_scale(loss_scale) -> None:

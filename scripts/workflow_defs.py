@@ -69,7 +69,7 @@ MGDM_NOTE = ("""- MGDM (mask-guided decoupling) is on: **Cross-Attention Mask Ex
   a cut-out source image (transparent background) gives frame 0 its own mask.""" if FULL.use_masks else
              """- MGDM (mask-guided decoupling) is off: on the StickWorld benchmark it did not beat DCAM alone on both
   identity and background (docs/stickworld.md). To try it, add **Cross-Attention Mask Extract** (connect
-  PATA Align's `pose_keypoint` for the body prior) and connect its masks to **DCA Patch Model**.""")
+  PATA Align's `aligned_pose` for the body prior) and connect its masks to **DCA Patch Model**.""")
 
 
 def _loaders(g, lora=False):
@@ -125,7 +125,7 @@ def _pipeline(g, recipe, *, window=None, frames_per_batch=0, lora=False, fps=8.0
         mx = g.node("PoseAnimateCrossAttentionMaskExtract", title="Cross-Attention Mask Extract", model=model,
                     control_net=cnet, clip=clip, embeddings=emb.out(), prompt=prompt.out(), subject=SUBJECT,
                     threshold=recipe.threshold, capture_steps=recipe.capture_steps, window_size=window,
-                    dilate=recipe.dilate, source_mask=src_mask.out(), pose_keypoint=align.out("pose_keypoint"),
+                    dilate=recipe.dilate, source_mask=src_mask.out(), pose_keypoint=align.out("aligned_pose"),
                     positive=positive.out())
         g.node("PreviewImage", title="Mask check", images=mx.out("preview"))
         dca_inputs = {"masks": mx.out("masks"), "mgdm": recipe.mgdm}

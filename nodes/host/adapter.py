@@ -237,6 +237,8 @@ class ComfyDenoiser:
         self.percent_range = (float(start_percent), float(end_percent))
         self.device = model.load_device
         self.dtype = torch.float32
+        # what the UNet computes in (apply_model casts the float32 inputs to it): the engine's loss scaling reads it
+        self.compute_dtype = getattr(self.model, "manual_cast_dtype", None) or self.model.get_dtype()
         # as ComfyUI's samplers: the MODEL's object patches (e.g. 'ModelSamplingDiscrete') apply
         self.model_sampling = model.get_model_object("model_sampling")
         self.sigmas = plain(self.model_sampling.sigmas.detach().float().cpu())

@@ -205,7 +205,10 @@ def test_headless_runs_bundled_full_workflow(comfy_server, tmp_path, capsys):
         "--out", str(out), "--timeout", "500", "--poll", "0.5"], log=lines.append)
     assert code == 0, (lines, capsys.readouterr().err, (base / "server.log").read_text()[-4000:])
     manifest = json.loads((out / "poseanimate_run.json").read_text())
-    frames = 1 + 2 + len(json.loads(pose.read_text()))  # source + transition + targets
+    from poseanimate.pipeline import FULL
+
+    poses = len(json.loads(pose.read_text()))
+    frames = 1 + 2 + min(FULL.pose_frames, poses)  # source + transition + the targets the workflow takes
     assert len(manifest["frames"]) == frames and len(manifest["videos"]) == 1
     assert (base / "input" / "poseanimate" / pose.name).read_bytes() == pose.read_bytes()
     assert any(x.endswith("(Pose-Aware Inversion): 2/2") for x in lines), lines  # live step progress

@@ -241,10 +241,10 @@ def test_every_sampling_stage_runs_the_extra_controlnet_on_the_cond_rows_only():
         events.clear()
         node = PoseAnimateCrossAttentionMaskExtract()
         args = (model, cnet, _TokenizerOnly(), emb, "a person walking", "person", 0.0, 0, 0, 0)
-        with_extra, _ = node.extract(*args, None, remix)
+        with_extra, _ = node.extract(*args, None, positive=remix)
         check(events, "mask extract")
         events.clear()
-        without, _ = node.extract(*args, None, None)
+        without, _ = node.extract(*args, None, positive=None)
         assert not any(ev[0] == "extra" for ev in events)
         events.clear()
         (frames,) = PoseAnimateSampleFrames().sample(model, cnet, remix, emb, 2)
@@ -257,4 +257,4 @@ def test_every_sampling_stage_runs_the_extra_controlnet_on_the_cond_rows_only():
 
     other = [[torch.randn(1, 77, 768), {}]]
     with pytest.raises(PoseAnimateError, match=r"^Cross-Attention Mask Extract: input 'positive'"):
-        node.extract(*args, None, other)
+        node.extract(*args, None, positive=other)
