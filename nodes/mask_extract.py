@@ -125,9 +125,7 @@ class PoseAnimateCrossAttentionMaskExtract:
         from .host.types import check_embeddings, check_same_prompt
 
         check_embeddings(embeddings, NODE)
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise input_error(NODE, "prompt", "is empty", "paste the positive prompt used for the inversion")
-        positions = self._positions(clip, prompt, subject)
+        positions = self._positions(clip, prompt, subject)  # also refuses an empty prompt or subject
         inversion, poses = embeddings.inversion, embeddings.poses
         frames = embeddings.frames
         latent_hw = tuple(inversion.trajectory.shape[-2:])

@@ -2,7 +2,9 @@
 read them from here, so the benchmark measures the path that ships.
 
 ``FULL`` is the bundled ``full`` workflow (the paper's per-frame settings on a 16-frame sequence); ``FAST`` is
-the ``fast`` workflow's preset. Every field names the node input it sets.
+the ``fast`` workflow's preset. Every field names the node input it sets, except ``body_prior`` (in the node the
+prior is on when PATA Align's poses are connected to Mask Extract) and ``use_masks`` (whether the workflows
+connect masks to DCA Patch Model).
 """
 from __future__ import annotations
 

@@ -167,18 +167,18 @@ def capture_attention(model: PatchableModel, make_denoiser: Callable[[PatchableM
     (e.g. (4, 2) for SD1.5, None = every resolution); ``attention_fn``: the host's attention function."""
     frames = embeddings.frames + 1
     store = attention.AttentionMapStore()
-    capture = attention.CrossAttentionCapture(positions, store=store, factors=factors, attention=attention_fn)
-    patched, _ = patch_model(model, capture=capture)
+    patch = attention.CrossAttentionCapture(positions, store=store, factors=factors, attention=attention_fn)
+    patched, _ = patch_model(model, capture=patch)
     den = make_denoiser(patched)
     steps = inversion.steps
-    capture = min(int(capture_steps), steps) if int(capture_steps) > 0 else steps
+    captured = min(int(capture_steps), steps) if int(capture_steps) > 0 else steps
     w = frames if window is None else int(window)
     windows = -(-frames // w)
 
     def stop_early(stage, done, total):
         if callback is not None:
-            callback(stage, min(done, capture * windows), capture * windows)
-        if done >= capture * windows and capture < steps:
+            callback(stage, min(done, captured * windows), captured * windows)
+        if done >= captured * windows and captured < steps:
             raise _CaptureDone
 
     try:
