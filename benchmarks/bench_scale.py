@@ -33,7 +33,6 @@ import platform
 import resource
 import sys
 import time
-import types
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -136,15 +135,9 @@ def bootstrap(args):
         sys.path.insert(0, args.comfyui)
     if args.device.startswith("cuda:"):  # ComfyUI uses the current device: show it only device N (before CUDA init)
         os.environ["CUDA_VISIBLE_DEVICES"] = args.device[5:]
-    try:
-        import transformers  # noqa: F401  (transformers probes find_spec('torchvision') at import)
-    except ImportError:
-        pass
-    if importlib.util.find_spec("torchvision") is None:  # only imports need it; no CPU wheel on some machines
-        tv = types.ModuleType("torchvision")
-        tv.transforms = types.ModuleType("torchvision.transforms")
-        tv.models = types.ModuleType("torchvision.models")
-        sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms, "torchvision.models": tv.models})
+    from testing.comfy_stubs import stub_absent
+
+    stub_absent()  # torchvision / torchaudio stand-ins where absent (docs/host.md)
     import comfy.options  # noqa: F401
     from comfy.cli_args import args as comfy_args
 

@@ -97,10 +97,7 @@ class PoseAnimatePoseEmbeddingOptimize:
         batch = int(frames_per_batch) or (1 if warm_start else None)
         latent_shape = (1,) + tuple(inversion.trajectory.shape[1:])
         den.load(den.memory_per_frame(latent_shape, grad=True) * (batch or 1))
-        with node_errors(node, {"optimize_steps": "optimize_steps", "adaptive": "adaptive"}), engine_mode(), \
-                den.session():
-            if batch is None:
-                den.prepare_grad_weights()  # pacm's auto batch size must not count the one-off weight copy
+        with node_errors(node, {"optimize_steps": "optimize_steps", "adaptive": "adaptive"}), engine_mode():
             poses_emb = pipeline.optimise(
                 den, plain_fields(inversion.to(den.device)), plain(hints[1:]), inner_steps=int(inner_steps),
                 schedule=schedule, optimize_steps=int(optimize_steps), warm_start=bool(warm_start),

@@ -82,7 +82,7 @@ class PoseAnimatePoseAwareInversion:
                             end_percent=control_end, extra_control=conditioning_control(positive), node=node)
         progress = ComfyProgress()
         den.load(den.memory_per_frame(samples.shape, grad=True) * 2)
-        with node_errors(node), engine_mode(), den.session():
+        with node_errors(node), engine_mode():
             z0 = plain(den.model.process_latent_in(samples.to(den.device, den.dtype)))
             inv = pipeline.invert(den, z0, plain(ctx), plain(hints[:1]), steps=int(steps), cfg=float(cfg),
                                   inner_steps=int(inner_steps), early_stop=float(early_stop), callback=progress)

@@ -66,7 +66,7 @@ class PoseAnimateSampleFrames:
         w = resolve_window(den, window_size, frames, latent_shape, context=ctx,
                            hint_hw=None if poses.hints is None else tuple(poses.hints.shape[-2:]))
         den.load(den.memory_per_frame(latent_shape) * 2 * w)
-        with node_errors(node), engine_mode(), den.session():
+        with node_errors(node), engine_mode():
             out = pipeline.sample(den, plain_fields(inversion.to(den.device)), plain_fields(poses.to(den.device)),
                                   window=w, masks=plain(mask), callback=progress)
             out = den.model.process_latent_out(out).to(mm.intermediate_device())

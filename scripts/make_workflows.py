@@ -29,7 +29,6 @@ import pathlib
 import pkgutil
 import sys
 import tempfile
-import types
 import uuid
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -475,17 +474,21 @@ def render_picture(ui: dict, path: pathlib.Path, scale: float = 0.5) -> None:
 # ------------------------------------------------------------------------------------ core extraction
 
 
+def _load_file(name: str, path: pathlib.Path):
+    """A module loaded from its file, without putting the repository root on sys.path (its ``nodes`` package
+    would shadow ComfyUI's ``nodes.py``)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def _bootstrap_comfy(path: str):
     sys.path.insert(0, path)
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        pass
-    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:  # no CPU wheel on some machines; never used here
-        tv = types.ModuleType("torchvision")
-        tv.transforms = types.ModuleType("torchvision.transforms")
-        tv.models = types.ModuleType("torchvision.models")
-        sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms, "torchvision.models": tv.models})
+    _load_file("comfy_stubs", ROOT / "testing" / "comfy_stubs.py").stub_absent()  # docs/host.md
     utils = sys.modules.get("utils")
     if utils is None or not hasattr(utils, "__path__"):  # ComfyUI's utils package, not comfy/utils.py
         spec = importlib.util.spec_from_file_location("utils", os.path.join(path, "utils", "__init__.py"),

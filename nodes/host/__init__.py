@@ -4,12 +4,15 @@ ComfyUI is imported lazily inside functions, so ``nodes.host`` imports without C
 """
 from .adapter import ComfyDenoiser, install_out_of_place_control, merge_transformer_options, plain, engine_mode, plain_fields
 from .checks import check_control_net, check_sd15_model, conditioning_context, conditioning_control
+from . import compat, gradpath
 from .progress import ComfyProgress
 
 __all__ = [
     "ComfyDenoiser",
     "ComfyProgress",
     "check_control_net",
+    "compat",
+    "gradpath",
     "check_sd15_model",
     "conditioning_context",
     "conditioning_control",

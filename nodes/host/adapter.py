@@ -7,11 +7,12 @@
   ControlNet's residuals computed from ``hint`` exactly as ComfyUI's samplers do (hint resized by the
   ControlNet itself, strength, start/end percent via sigma). ControlNets applied to the positive
   CONDITIONING (``extra_control``) act on the cond rows (``cond_or_uncond`` 0) only, as in ComfyUI.
-* ``grad_context()`` makes backward into ``context`` work inside ComfyUI's ``torch.inference_mode()``:
-  it leaves inference mode, swaps every inference-tensor parameter/buffer of the UNet and ControlNet for a
-  non-inference clone *for the duration only* (the original Parameter objects go back in ``finally``), and
-  adds ControlNet residuals out of place through an ``output_block_patch`` (ComfyUI adds them in place,
-  which autograd rejects). The shared model other nodes see is never written to.
+* ``grad_context()`` makes backward into ``context`` work inside ComfyUI's ``torch.inference_mode()`` and
+  whatever way the host stores weights (inference tensors, per-call casts, lowvram, dynamic VRAM): it leaves
+  inference mode, routes the weight-bearing layers through ``gradpath.host_layers`` (no weight is copied;
+  backward fetches each layer's weights again through the host), and adds ControlNet residuals out of place
+  through an ``output_block_patch`` (ComfyUI adds them in place, which autograd rejects). The shared model
+  other nodes see is never written to.
 
 Models are loaded through ``comfy.model_management.load_models_gpu`` and run in their own dtype:
 ``apply_model`` casts inputs to the UNet's dtype (or its manual-cast dtype for fp8/bf16 storage); the
@@ -159,56 +160,6 @@ def plain(t):
     return t
 
 
-def _swap_for_grad(modules, cache: dict | None = None, saved: list | None = None) -> list:
-    """Replace inference-tensor params/buffers (and grad-requiring params) by private non-inference
-    copies; append to ``saved`` (and return it) the (module, kind, name, original) entries needed to put
-    the originals back — entry by entry, so a failure half-way still restores everything swapped so far.
-
-    ``cache`` maps (id(module), kind, name) -> (original, copy); a copy is reused only while the module
-    still holds the very same original object (ComfyUI replaces Parameter objects when it re-patches)."""
-    saved = [] if saved is None else saved
-    seen = set()
-    cache = {} if cache is None else cache
-
-    def copy_of(m, kind, name, t, make):
-        key = (id(m), kind, name)
-        hit = cache.get(key)
-        if hit is not None and hit[0] is t:
-            return hit[1]
-        new = make(t)
-        cache[key] = (t, new)
-        return new
-
-    for root in modules:
-        for m in root.modules():
-            if id(m) in seen:
-                continue
-            seen.add(id(m))
-            for name, p in list(m._parameters.items()):
-                if p is None:
-                    continue
-                if p.is_inference():
-                    new = copy_of(m, "_parameters", name, p,
-                                  lambda t: torch.nn.Parameter(t.clone(), requires_grad=False))
-                elif p.requires_grad:
-                    new = copy_of(m, "_parameters", name, p,
-                                  lambda t: torch.nn.Parameter(t.detach(), requires_grad=False))
-                else:
-                    continue
-                saved.append((m, "_parameters", name, p))
-                m._parameters[name] = new
-            for name, b in list(m._buffers.items()):
-                if b is not None and b.is_inference():
-                    saved.append((m, "_buffers", name, b))
-                    m._buffers[name] = copy_of(m, "_buffers", name, b, lambda t: t.clone())
-    return saved
-
-
-def _restore(saved) -> None:
-    for m, kind, name, original in reversed(saved):
-        getattr(m, kind)[name] = original
-
-
 class ComfyDenoiser:
     """PACM's Denoiser over a ComfyUI MODEL (ModelPatcher) and an optional CONTROL_NET.
 
@@ -244,8 +195,6 @@ class ComfyDenoiser:
         self.sigmas = plain(self.model_sampling.sigmas.detach().float().cpu())
         self._grad_depth = 0
         self._loaded = False
-        self._grad_weights: dict = {}
-        self.keep_grad_weights = True
         self.calls = 0
 
     # ---- memory -------------------------------------------------------------------------------------
@@ -262,28 +211,23 @@ class ComfyDenoiser:
         import comfy.model_management as mm
 
         if self._grad_depth:
-            return  # never re-patch weights while clones are swapped in
+            return  # never re-patch weights during a gradient pass
         mm.load_models_gpu(self._models(), memory_required=int(memory_required))
         self._loaded = True
-        self._grad_weights.clear()  # weights may have been re-patched: copy them afresh
 
-    @contextlib.contextmanager
-    def session(self):
-        """Scope of one node run: the private weight copies live until it ends (even on errors)."""
-        try:
-            yield self
-        finally:
-            self.release_grad_weights()
+    def check_grad_support(self, input_name: str = "model") -> None:
+        """Refuse, before any work, a model whose layers the gradient path cannot differentiate through
+        (quantised weight formats, unknown layer classes): see nodes/host/gradpath.py."""
+        from .._common import input_error
+        from .gradpath import unsupported_layers
 
-    def prepare_grad_weights(self) -> None:
-        """Make the private weight copies now (kept until the session ends), e.g. before pacm measures the
-        memory one frame costs, so that the one-off copy is not counted per frame."""
-        with self.grad_context():
-            pass
-
-    def release_grad_weights(self) -> None:
-        """Free the private weight copies kept between ``grad_context`` entries."""
-        self._grad_weights.clear()
+        problems = unsupported_layers(self._modules())
+        if problems:
+            shown = "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+            raise input_error(self.node, input_name,
+                              f"the embedding optimisation cannot differentiate through this model's layers: {shown}",
+                              "load the checkpoint and ControlNet in fp16, bf16 or fp32 (not GGUF / fp8 / other "
+                              "quantised formats), or set inner_steps to 0 (no gradient pass)")
 
     def _ensure_loaded(self) -> None:
         import comfy.model_management as mm
@@ -418,30 +362,27 @@ class ComfyDenoiser:
                 self.model.apply_model, {"input": x, "timestep": sigma, "c": c, "cond_or_uncond": cond_or_uncond})
         return self.model.apply_model(x, sigma, **c)
 
+    def _modules(self) -> list:
+        """The torch modules of the UNet and every ControlNet this denoiser runs."""
+        return [self.model] + [m.model for m in self._models()[1:]]
+
     @contextlib.contextmanager
     def grad_context(self):
         """Autograd through __call__ into ``context``, inside or outside ComfyUI's inference mode.
 
-        The shared weights are untouched: private clones are swapped in and the original Parameter and
-        buffer objects are put back on exit, whatever happens inside."""
+        No weight is copied or replaced: the weight-bearing layers differentiate into their inputs through the
+        weights the host serves them (``gradpath.host_layers``), and ControlNet residuals are added out of
+        place. Every layer is put back on exit, whatever happens inside."""
+        from .gradpath import host_layers
+
         if self._grad_depth:
             with torch.inference_mode(False), torch.enable_grad():
                 yield self
             return
         self._ensure_loaded()
-        modules = [self.model] + [m.model for m in self._models()[1:]]
-        with torch.inference_mode(False), torch.enable_grad():
-            saved = []
-            entered = False
+        with torch.inference_mode(False), torch.enable_grad(), host_layers(self._modules()):
+            self._grad_depth += 1
             try:
-                _swap_for_grad(modules, self._grad_weights, saved)
-                self._grad_depth += 1
-                entered = True
                 yield self
             finally:
-                if entered:
-                    self._grad_depth -= 1
-                _restore(saved)
-                del saved
-                if not self.keep_grad_weights:
-                    self._grad_weights.clear()
+                self._grad_depth -= 1

@@ -91,7 +91,9 @@ class ComfyRunner:
         valid = self.validate(graph)
         if not valid[0]:
             return False, None, [], valid
-        executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC)
+        from poseanimate.nodes.host import compat
+
+        executor = compat.prompt_executor(execution, self.server, cache_type=execution.CacheType.CLASSIC)
         prompt_id = str(uuid.uuid4())
         executor.execute(graph, prompt_id, {"client_id": "host-test"}, valid[2])
         return executor.success, executor.history_result, executor.status_messages, valid

@@ -1,21 +1,21 @@
 """Host tests: run against a real ComfyUI checkout on the CPU. Reported as skipped (with the reason) unless
 COMFYUI_PATH is set.
 
-Set COMFYUI_PATH to a ComfyUI checkout whose requirements are installed in the running Python. ComfyUI needs
-torchvision only for imports that these tests never exercise; where no torchvision is installed (there is no
-CPU wheel on some machines) a stub module is put in its place, and only then.
+Set COMFYUI_PATH to a ComfyUI checkout whose requirements are installed in the running Python (0.3.64 and 0.33
+are tested; docs/host.md). ComfyUI imports torchvision (and, from 0.33, torchvision.ops and torchaudio) only for
+code these tests never exercise; where a package is absent, ``testing.comfy_stubs`` puts a stand-in in its place,
+and only then.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
-import types
 
 import pytest
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tiny_models and other host helpers
+from testing.comfy_stubs import stub_absent  # noqa: E402
 
 
 SKIP_REASON = "COMFYUI_PATH not set: host tests need a ComfyUI checkout (COMFYUI_PATH=/path/to/ComfyUI)"
@@ -35,23 +35,10 @@ def pytest_pycollect_makemodule(module_path, parent):
     return None
 
 
-def _stub_torchvision() -> None:
-    try:
-        import transformers  # noqa: F401  (transformers probes find_spec('torchvision') at import)
-    except ImportError:
-        pass
-    if importlib.util.find_spec("torchvision") is not None:
-        return
-    tv = types.ModuleType("torchvision")
-    tv.transforms = types.ModuleType("torchvision.transforms")
-    tv.models = types.ModuleType("torchvision.models")
-    sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms, "torchvision.models": tv.models})
-
-
 def _bootstrap_comfy() -> None:
     if COMFYUI_PATH not in sys.path:
         sys.path.insert(0, COMFYUI_PATH)
-    _stub_torchvision()
+    stub_absent()
     import comfy.options  # noqa: F401  (argument parsing stays off unless enabled)
     from comfy.cli_args import args
 

@@ -280,26 +280,6 @@ def test_progress_and_interrupt_bridge():
         mm.interrupt_current_processing(False)
 
 
-def test_weight_copies_are_reused_between_grad_entries_and_dropped_after():
-    patcher, cnet = build_tiny_sd15()
-    x0, eps, ctx, hint = _inputs(n=1)
-    den = ComfyDenoiser(patcher, cnet)
-    w = patcher.model.diffusion_model.out[2]
-    original = w.weight
-    with den.session():
-        with den.grad_context():
-            first = w.weight
-            assert first is not original and not first.is_inference() and torch.equal(first, original)
-        assert w.weight is original
-        with den.grad_context():
-            assert w.weight is first  # no second copy of the whole model per inner iteration
-        den.load()  # a (re)load may re-patch weights: copies are made afresh
-        with den.grad_context():
-            assert w.weight is not first and torch.equal(w.weight, original)
-        assert den._grad_weights
-    assert not den._grad_weights and w.weight is original
-
-
 def _second_controlnet(seed=5):
     _, cnet2 = build_tiny_sd15(seed=seed)
     return cnet2
@@ -341,25 +321,6 @@ def test_controlnet_on_the_conditioning_is_chained_like_comfyui():
         den(x, sigma, ctx.expand(2, -1, -1), hint, {"poseanimate": {"frame_ids": [2, 3]}})
 
 
-def test_failure_while_copying_weights_restores_the_ones_already_swapped():
-    patcher, cnet = build_tiny_sd15()
-    den = ComfyDenoiser(patcher, cnet)
-    snap = snapshot_weights(patcher.model)
-
-    class FailingCache(dict):
-        def __setitem__(self, key, value):
-            if len(self) >= 10:
-                raise MemoryError("out of memory while copying weights")
-            super().__setitem__(key, value)
-
-    den._grad_weights = FailingCache()
-    with pytest.raises(MemoryError):
-        with den.grad_context():
-            pass
-    assert_weights_unchanged(patcher.model, snap)
-    assert den._grad_depth == 0
-
-
 def test_manual_cast_model_computes_in_its_cast_dtype_with_grads():
     """bf16 weights computed in float32 per layer (comfy.ops.manual_cast), as ComfyUI runs such checkpoints."""
     patcher, cnet = build_tiny_sd15(dtype=torch.bfloat16, manual_cast_dtype=torch.float32)
@@ -399,16 +360,3 @@ def test_model_sampling_object_patch_is_honoured():
     x0, eps, ctx, hint = _inputs(n=1)
     sigma = den.sigmas[[500]]
     assert torch.isfinite(den(x0 + sigma * eps, sigma, ctx, hint)).all()
-
-
-def test_prepare_grad_weights_makes_the_copies_once():
-    patcher, cnet = build_tiny_sd15()
-    den = ComfyDenoiser(patcher, cnet)
-    w = patcher.model.diffusion_model.out[2]
-    with den.session():
-        den.prepare_grad_weights()
-        copies = dict(den._grad_weights)
-        assert copies and w.weight.is_inference()
-        with den.grad_context():
-            assert any(w.weight is c for _, c in copies.values())
-    assert not den._grad_weights

@@ -11,6 +11,7 @@ import torch
 from tiny_models import build_tiny_sd15
 
 from poseanimate.nodes.embedding_optimize import PoseAnimatePoseEmbeddingOptimize
+from poseanimate.nodes.host import compat
 from poseanimate.nodes.inversion import PoseAnimatePoseAwareInversion
 from poseanimate.nodes.mask_extract import PoseAnimateCrossAttentionMaskExtract
 
@@ -94,7 +95,7 @@ def run(monkeypatch):
     def go(graph):
         valid = asyncio.run(execution.validate_prompt("p", graph, None))
         assert valid[0], valid
-        ex = execution.PromptExecutor(_Server())
+        ex = compat.prompt_executor(execution, _Server())
         ex.execute(graph, "p", {}, valid[2])
         return ex
 

@@ -2,7 +2,8 @@
 
 The server is ComfyUI's own ``main.py`` in a subprocess with ``--cpu --listen 127.0.0.1 --port <free>
 --base-directory <tmp>``; the pack is symlinked into ``<tmp>/custom_nodes``. Where torchvision is missing, the
-launcher puts the same stand-in module in place as tests/host/conftest.py does, then runs main.py.
+launcher puts the same stand-ins in place as tests/host/conftest.py does (testing/comfy_stubs.py), then runs
+main.py.
 """
 from __future__ import annotations
 
@@ -26,20 +27,15 @@ cli = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cli)
 
 LAUNCHER = r"""
-import importlib.util, os, runpy, sys, types
-comfy = sys.argv[1]
-sys.argv = [os.path.join(comfy, "main.py")] + sys.argv[2:]
+import importlib.util, os, runpy, sys
+comfy, stubs_path = sys.argv[1], sys.argv[2]
+sys.argv = [os.path.join(comfy, "main.py")] + sys.argv[3:]
 sys.path.insert(0, comfy)
 os.chdir(comfy)
-try:
-    import transformers  # noqa
-except ImportError:
-    pass
-if importlib.util.find_spec("torchvision") is None:
-    tv = types.ModuleType("torchvision")
-    tv.transforms = types.ModuleType("torchvision.transforms")
-    tv.models = types.ModuleType("torchvision.models")
-    sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms, "torchvision.models": tv.models})
+spec = importlib.util.spec_from_file_location("comfy_stubs", stubs_path)
+stubs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(stubs)
+stubs.stub_absent()
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
@@ -89,8 +85,8 @@ def comfy_server(tmp_path_factory):
     env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(__file__).resolve().parent / "fake_controlnet_aux")]
                                         + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     proc = subprocess.Popen(
-        [sys.executable, "-c", LAUNCHER, str(COMFY), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-         "--base-directory", str(base), "--disable-auto-launch", "--disable-metadata"],
+        [sys.executable, "-c", LAUNCHER, str(COMFY), str(ROOT / "testing" / "comfy_stubs.py"),
+         "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base), "--disable-auto-launch", "--disable-metadata"],
         stdout=log, stderr=subprocess.STDOUT, cwd=str(COMFY), env=env)
     url = f"http://127.0.0.1:{port}"
     try:

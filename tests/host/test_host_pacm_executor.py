@@ -12,6 +12,7 @@ import torch
 
 from tiny_models import build_tiny_sd15, build_tiny_sdxl
 
+from poseanimate.nodes.host import compat
 from poseanimate.nodes.embedding_optimize import PoseAnimatePoseEmbeddingOptimize
 from poseanimate.nodes.inversion import PoseAnimatePoseAwareInversion
 from poseanimate.nodes.sample_frames import PoseAnimateSampleFrames
@@ -99,7 +100,7 @@ def executor(monkeypatch):
     RESULTS.clear()
     server = _Server()
     server.bars = bars
-    yield execution, execution.PromptExecutor(server), server
+    yield execution, compat.prompt_executor(execution, server), server
     MODELS.clear()
     RESULTS.clear()
 

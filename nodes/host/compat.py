@@ -1,0 +1,99 @@
+"""The one place where ComfyUI versions differ for this pack (tested: 0.3.64 and 0.33.0; docs/host.md).
+
+Every difference is detected from a feature (a signature, an attribute), never from a version string, so a
+later ComfyUI with the same features works and one without them fails here, by name.
+
+* ``cast_weights(module, like)``: the weight and bias a layer's own forward computes with, fetched the way the
+  host fetches them (``comfy.ops.cast_bias_weight``: manual cast, lowvram/partial loading, LoRA weight
+  functions, 0.33's dynamic VRAM with cached or shared cast buffers), released the way the host releases them
+  (``uncast_bias_weight`` where it exists).
+* ``uses_dynamic_vram(patcher)``: whether a MODEL streams its weights through dynamic VRAM
+  (``ModelPatcherDynamic``), for logs and memory figures.
+* ``prompt_executor(execution, server, **kw)``: ``execution.PromptExecutor`` with the cache arguments a host
+  needs (0.33 reads ``cache_args["ram"]`` on every run); used by the host tests and the headless checks.
+* ``mask_attention(attention)``: an attention function that honours ``mask=`` (ComfyUI's PyTorch attention)
+  where the host's optimised attention would drop it (sage attention).
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+
+import torch
+
+# what cache_args a host that needs them gets (0.33: LRU off, RAM headroom as its CLI default)
+DEFAULT_CACHE_ARGS = {"lru": 0, "ram": 16.0, "ram_inactive": 16.0}
+
+
+def _accepts(fn, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _offloadable_cast() -> bool:
+    """Whether the host's cast takes ``offloadable=True`` and wants ``uncast_bias_weight`` after use (0.33+)."""
+    import comfy.ops
+
+    return _accepts(comfy.ops.cast_bias_weight, "offloadable") and hasattr(comfy.ops, "uncast_bias_weight")
+
+
+def is_host_layer(module) -> bool:
+    """A layer of ``comfy.ops`` (it has the host's weight/bias function lists and may cast per call)."""
+    return hasattr(module, "weight_function") and hasattr(module, "bias_function")
+
+
+@contextlib.contextmanager
+def cast_weights(module, like: torch.Tensor):
+    """``(weight, bias)`` of ``module`` on ``like``'s device in ``like``'s dtype, as its forward sees them.
+
+    Fetched afresh on every call (a cast buffer may since hold another layer's weights) and released on exit."""
+    if not is_host_layer(module):
+        bias = module.bias.to(like.device, like.dtype) if getattr(module, "bias", None) is not None else None
+        yield module.weight.to(like.device, like.dtype), bias
+        return
+    import comfy.ops  # looked up at call time, as comfy.ops' own layers do
+
+    if _offloadable_cast():
+        weight, bias, stream = comfy.ops.cast_bias_weight(module, like, offloadable=True)
+        try:
+            yield weight, bias
+        finally:
+            comfy.ops.uncast_bias_weight(module, weight, bias, stream)
+    else:
+        yield comfy.ops.cast_bias_weight(module, like)[:2]
+
+
+def uses_dynamic_vram(patcher) -> bool:
+    """Whether ``patcher`` streams weights through dynamic VRAM (ComfyUI 0.33+, ``ModelPatcherDynamic``)."""
+    is_dynamic = getattr(patcher, "is_dynamic", None)
+    if callable(is_dynamic):
+        try:
+            return bool(is_dynamic())
+        except TypeError:
+            return False
+    return type(patcher).__name__ == "ModelPatcherDynamic"
+
+
+def prompt_executor(execution, server, **kwargs):
+    """``execution.PromptExecutor(server, **kwargs)``, adding ``cache_args`` where the host's executor takes it."""
+    if _accepts(execution.PromptExecutor.__init__, "cache_args") and "cache_args" not in kwargs:
+        kwargs["cache_args"] = dict(DEFAULT_CACHE_ARGS)
+    return execution.PromptExecutor(server, **kwargs)
+
+
+def drops_masks(attention) -> bool:
+    """Whether ``attention`` is known to ignore ``mask=`` (sage attention passes its kwargs to ``sageattn``,
+    which has no mask)."""
+    name = getattr(attention, "__name__", "") or ""
+    return "sage" in name.lower()
+
+
+def mask_attention(attention):
+    """``attention`` where it honours masks, else ComfyUI's PyTorch attention (which does)."""
+    if attention is None or not drops_masks(attention):
+        return attention
+    from comfy.ldm.modules import attention as attn
+
+    return getattr(attn, "attention_pytorch", None) or attn.attention_basic

@@ -1,0 +1,134 @@
+"""Gradients into the embedding through the host's own layers, with no copy of the weights.
+
+ComfyUI runs nodes in ``torch.inference_mode()`` and keeps weights however its loader chose: parameters made in
+inference mode, weights cast per call (manual cast, ``--lowvram`` partial loading, LoRA weight functions), or,
+from 0.33 on NVIDIA, dynamic VRAM, where a streamed layer computes with a cached ``_v_weight`` made during an
+earlier inference-mode forward or with a cast buffer shared between layers and refilled on every call. Autograd
+cannot save an inference tensor, and a saved cast buffer may hold another layer's weights by the time backward
+reads it (a silently wrong gradient).
+
+So the optimising stages never let autograd see a weight. While :func:`host_layers` is active, every
+weight-bearing layer of the UNet and ControlNets (Linear, Conv2d, GroupNorm, LayerNorm) whose input needs a
+gradient runs as :class:`_HostLayer`: the forward is the layer's own (whatever the host does to fetch its
+weights), and the backward fetches the weights again through the host (``compat.cast_weights``) and computes
+the input gradient from them: ``g @ W`` for Linear, the transposed convolution for Conv2d, and a recomputation
+with a copy of the (per-channel, small) affine parameters for the norms. Weights never need gradients here, so
+no weight gradient is computed. Nothing is copied, and ComfyUI's memory manager sees every weight.
+
+:func:`check_layers` refuses, before any work, what this cannot handle: parameter-holding layers of other
+kinds, and weights stored in quantised formats (tensor subclasses such as GGUF's, fp8/int storage).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from . import compat
+
+_SUPPORTED = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.LayerNorm)
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _walk(modules):
+    seen = set()
+    for root in modules:
+        for m in root.modules():
+            if id(m) not in seen:
+                seen.add(id(m))
+                yield m
+
+
+def unsupported_layers(modules) -> list[str]:
+    """What :func:`host_layers` cannot differentiate through, one line each (empty when all is well)."""
+    problems = []
+    for m in _walk(modules):
+        own = [(n, p) for n, p in m._parameters.items() if p is not None]
+        if not own:
+            continue
+        kind = type(m).__name__
+        if not isinstance(m, _SUPPORTED):
+            problems.append(f"layer class {kind} ({', '.join(n for n, _ in own)})")
+            continue
+        if isinstance(m, torch.nn.Conv2d) and (m.padding_mode != "zeros" or isinstance(m.padding, str)):
+            problems.append(f"{kind} with padding {m.padding!r} / mode {m.padding_mode!r}")
+            continue
+        for name, p in own:
+            if type(p) not in (torch.Tensor, torch.nn.Parameter):
+                problems.append(f"{kind}.{name} stored as {type(p).__name__}")
+            elif p.dtype not in _FLOAT_DTYPES:
+                problems.append(f"{kind}.{name} stored as {p.dtype}")
+    return problems
+
+
+class _HostLayer(torch.autograd.Function):
+    """y = layer(x) by the layer's own forward; dL/dx from weights fetched again through the host."""
+
+    @staticmethod
+    def forward(ctx, x, module, forward):
+        ctx.module = module
+        ctx.x_shape = x.shape
+        if isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+            ctx.save_for_backward(x)
+        return forward(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        m = ctx.module
+        g = g.contiguous()
+        if isinstance(m, torch.nn.Linear):
+            with torch.no_grad(), compat.cast_weights(m, g) as (w, _b):
+                gx = g.matmul(w.to(g.dtype))
+        elif isinstance(m, torch.nn.Conv2d):
+            with torch.no_grad(), compat.cast_weights(m, g) as (w, _b):
+                gx = torch.nn.grad.conv2d_input(ctx.x_shape, w.to(g.dtype), g, m.stride, m.padding, m.dilation,
+                                                m.groups)
+        else:
+            (x,) = ctx.saved_tensors
+            with torch.enable_grad():
+                xr = x.detach().requires_grad_(True)
+                with compat.cast_weights(m, x) as (w, b):
+                    # per-channel affine parameters, copied as normal tensors (autograd cannot save inference ones)
+                    w = None if w is None else w.detach().clone()
+                    b = None if b is None else b.detach().clone()
+                if isinstance(m, torch.nn.GroupNorm):
+                    y = F.group_norm(xr, m.num_groups, w, b, m.eps)
+                else:
+                    y = F.layer_norm(xr, m.normalized_shape, w, b, m.eps)
+                (gx,) = torch.autograd.grad(y, xr, g)
+        return gx, None, None
+
+
+def _grad_forward(module, forward):
+    def run(*args, **kwargs):
+        tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
+        if not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors):
+            with torch.no_grad():  # weights are frozen here, whatever their requires_grad says
+                return forward(*args, **kwargs)
+        if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+            return _HostLayer.apply(args[0], module, forward)
+        raise RuntimeError(f"PoseAnimate: {type(module).__name__} was called with extra arguments during a "
+                           "gradient pass; this layer call is not supported")
+
+    return run
+
+
+@contextlib.contextmanager
+def host_layers(modules):
+    """While active, the weight-bearing layers of ``modules`` differentiate into their inputs through the host's
+    weights (see the module docstring). Each layer's ``forward`` is put back on exit, whatever happens."""
+    installed = []
+    try:
+        for m in _walk(modules):
+            if isinstance(m, _SUPPORTED) and any(p is not None for p in m._parameters.values()):
+                own = m.__dict__.get("forward")
+                installed.append((m, own))
+                m.forward = _grad_forward(m, own if own is not None else type(m).forward.__get__(m))
+        yield len(installed)
+    finally:
+        for m, own in reversed(installed):
+            if own is None:
+                m.__dict__.pop("forward", None)
+            else:
+                m.forward = own
