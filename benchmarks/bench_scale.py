@@ -135,9 +135,10 @@ def bootstrap(args):
         sys.path.insert(0, args.comfyui)
     if args.device.startswith("cuda:"):  # ComfyUI uses the current device: show it only device N (before CUDA init)
         os.environ["CUDA_VISIBLE_DEVICES"] = args.device[5:]
-    from testing.comfy_stubs import stub_absent
-
-    stub_absent()  # torchvision / torchaudio stand-ins where absent (docs/host.md)
+    spec = importlib.util.spec_from_file_location("comfy_stubs", ROOT / "testing" / "comfy_stubs.py")
+    stubs = importlib.util.module_from_spec(spec)  # by path: the repository root on sys.path would shadow
+    spec.loader.exec_module(stubs)                 # ComfyUI's nodes.py with the pack's nodes/ package
+    stubs.stub_absent()  # torchvision / torchaudio stand-ins where absent (docs/host.md)
     import comfy.options  # noqa: F401
     from comfy.cli_args import args as comfy_args
 

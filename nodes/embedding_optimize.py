@@ -73,7 +73,8 @@ class PoseAnimatePoseEmbeddingOptimize:
         import comfy.model_management as mm
 
         from .. import pipeline
-        from .host import ComfyProgress, conditioning_context, conditioning_control, engine_mode, plain, plain_fields
+        from ..pipeline.runner import Stage, run_stage
+        from .host import ComfyProgress, conditioning_context, conditioning_control, plain, plain_fields
 
         node = DISPLAY_NAME
         inversion = check_inversion(inversion, node)
@@ -93,14 +94,17 @@ class PoseAnimatePoseEmbeddingOptimize:
             log.warning("%s: poses[0] differs from the inversion's source pose; PATA Align puts the source "
                         "pose first, and frames 1..N are used as targets", node)
         den = inversion_denoiser(inversion, model, control_net, node, conditioning_control(positive))
-        progress = ComfyProgress()
-        batch = int(frames_per_batch) or (1 if warm_start else None)
-        latent_shape = (1,) + tuple(inversion.trajectory.shape[1:])
-        den.load(den.memory_per_frame(latent_shape, grad=True) * (batch or 1))
-        with node_errors(node, {"optimize_steps": "optimize_steps", "adaptive": "adaptive"}), engine_mode():
-            poses_emb = pipeline.optimise(
+        frames_per_call = int(frames_per_batch) or (1 if warm_start else 0)
+        grad = int(inner_steps) > 0
+        stage = Stage("optimise", (1,) + tuple(inversion.trajectory.shape[1:]), grad=grad,
+                      frames=int(hints.shape[0]) - 1, frames_per_call=frames_per_call)
+
+        def body(batch):
+            return pipeline.optimise(
                 den, plain_fields(inversion.to(den.device)), plain(hints[1:]), inner_steps=int(inner_steps),
                 schedule=schedule, optimize_steps=int(optimize_steps), warm_start=bool(warm_start),
-                adaptive=float(adaptive), batch_size=batch, callback=progress)
-            result = PACMEmbeddings(inversion=inversion, poses=poses_emb.to(mm.intermediate_device()))
-        return (result,)
+                adaptive=float(adaptive), batch_size=batch, callback=ComfyProgress())
+
+        with node_errors(node, {"optimize_steps": "optimize_steps", "adaptive": "adaptive"}):
+            poses_emb = run_stage(den, stage, body)
+        return (PACMEmbeddings(inversion=inversion, poses=poses_emb.to(mm.intermediate_device())),)

@@ -68,7 +68,8 @@ class PoseAnimatePoseAwareInversion:
         import comfy.model_management as mm
 
         from .. import pipeline
-        from .host import ComfyDenoiser, ComfyProgress, conditioning_context, conditioning_control, engine_mode, plain
+        from ..pipeline.runner import ControlSettings, Stage, StagedInversion, run_stage
+        from .host import ComfyDenoiser, ComfyProgress, conditioning_context, conditioning_control, plain
 
         node = DISPLAY_NAME
         samples = latent_samples(latent, node, "latent")
@@ -76,18 +77,20 @@ class PoseAnimatePoseAwareInversion:
         if hints.shape[0] > 1:
             log.info("%s: source_pose holds %d images; using image 0 as the source pose", node, hints.shape[0])
         ctx = conditioning_context(positive, node, "positive")
-        with node_errors(node, {"source_pose": "source_pose"}):
+        with node_errors(node, {"source_pose": "source_pose", "control_start": "control_start",
+                                "control_strength": "control_strength"}):
             pipeline.check_pose_canvas([8 * v for v in samples.shape[-2:]], hints.shape[-2:], "source_pose")
-        den = ComfyDenoiser(model, control_net, strength=control_strength, start_percent=control_start,
-                            end_percent=control_end, extra_control=conditioning_control(positive), node=node)
-        progress = ComfyProgress()
-        den.load(den.memory_per_frame(samples.shape, grad=True) * 2)
-        with node_errors(node), engine_mode():
+            control = ControlSettings(float(control_strength), float(control_start), float(control_end))
+        den = ComfyDenoiser(model, control_net, strength=control.strength, start_percent=control.start,
+                            end_percent=control.end, extra_control=conditioning_control(positive), node=node)
+
+        def body(_frames_per_call):
             z0 = plain(den.model.process_latent_in(samples.to(den.device, den.dtype)))
-            inv = pipeline.invert(den, z0, plain(ctx), plain(hints[:1]), steps=int(steps), cfg=float(cfg),
-                                  inner_steps=int(inner_steps), early_stop=float(early_stop), callback=progress)
-            inv.settings["control"] = {"strength": float(control_strength), "start": float(control_start),
-                                       "end": float(control_end)}
-            out = den.model.process_latent_out(inv.reconstruction[None]).to(mm.intermediate_device())
-            inv = inv.to(mm.intermediate_device())
-        return (inv, {"samples": out})
+            return pipeline.invert(den, z0, plain(ctx), plain(hints[:1]), steps=int(steps), cfg=float(cfg),
+                                   inner_steps=int(inner_steps), early_stop=float(early_stop),
+                                   callback=ComfyProgress())
+
+        with node_errors(node):
+            inv = run_stage(den, Stage("invert", tuple(samples.shape), grad=int(inner_steps) > 0), body)
+        out = den.model.process_latent_out(inv.reconstruction[None]).to(mm.intermediate_device())
+        return (StagedInversion.of(inv, control).to(mm.intermediate_device()), {"samples": out})

@@ -119,8 +119,8 @@ class PoseAnimateCrossAttentionMaskExtract:
     def extract(self, model, control_net, clip, embeddings, prompt, subject, threshold, capture_steps,
                 window_size, dilate, source_mask=None, pose_keypoint=None, positive=None):
         from .. import pata, pipeline
-        from .host import ComfyProgress, conditioning_context, conditioning_control, engine_mode, plain, plain_fields
-        from .host.memory import resolve_window
+        from ..pipeline.runner import MEMORY, Stage, run_stage
+        from .host import ComfyProgress, conditioning_context, conditioning_control, plain, plain_fields
         from .host.stages import host_attention, inversion_denoiser
         from .host.types import check_embeddings, check_same_prompt
 
@@ -151,20 +151,24 @@ class PoseAnimateCrossAttentionMaskExtract:
         if positive is not None:
             check_same_prompt(conditioning_context(positive, NODE, "positive"), inversion.cond, NODE, "positive")
             extra = conditioning_control(positive)
-        # the window is sized on the unpatched model: a CUDA probe must not record attention maps
-        w = resolve_window(inversion_denoiser(inversion, model, control_net, NODE, extra), window_size, frames,
-                           latent_shape, context=inversion.cond,
-                           hint_hw=None if poses.hints is None else tuple(poses.hints.shape[-2:]))
+        base = inversion_denoiser(inversion, model, control_net, NODE, extra)  # sized on the unpatched model
 
-        def denoiser(patched):
-            den = inversion_denoiser(inversion, patched, control_net, NODE, extra)
-            den.load(den.memory_per_frame(latent_shape) * 2 * w)
-            return den
+        def body(window):
+            need = MEMORY.need(base.estimate(latent_shape), 2 * window, grad=False)
 
-        with node_errors(NODE), engine_mode():
-            maps = pipeline.capture_attention(
-                model, denoiser, plain_fields(inversion), plain_fields(poses), positions, factors=factors, window=w,
-                capture_steps=int(capture_steps), callback=ComfyProgress(), attention_fn=host_attention())
+            def denoiser(patched):  # the capture's patched clone, loaded for the same window
+                den = inversion_denoiser(inversion, patched, control_net, NODE, extra)
+                den.load(need)
+                return den
+
+            return pipeline.capture_attention(
+                model, denoiser, plain_fields(inversion), plain_fields(poses), positions, factors=factors,
+                window=window, capture_steps=int(capture_steps), callback=ComfyProgress(),
+                attention_fn=host_attention())
+
+        stage = Stage("capture", latent_shape, frames=frames, samples_per_frame=2, frames_per_call=int(window_size))
+        with node_errors(NODE):
+            maps = run_stage(base, stage, body)
         with node_errors(NODE, {"source_mask": "source_mask", "threshold": "threshold", "dilate": "dilate"}):
             masks = pipeline.build_masks(maps, size=image_hw, latent_size=latent_hw, threshold=float(threshold),
                                          dilate=int(dilate), prior=prior,

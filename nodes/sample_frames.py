@@ -49,8 +49,8 @@ class PoseAnimateSampleFrames:
         import comfy.model_management as mm
 
         from .. import pipeline
-        from .host import ComfyProgress, conditioning_context, conditioning_control, engine_mode, plain, plain_fields
-        from .host.memory import resolve_window
+        from ..pipeline.runner import Stage, run_stage
+        from .host import ComfyProgress, conditioning_context, conditioning_control, plain, plain_fields
 
         node = DISPLAY_NAME
         check_embeddings(embeddings, node)
@@ -61,13 +61,14 @@ class PoseAnimateSampleFrames:
         with node_errors(node, {"masks": "masks"}):
             mask = None if masks is None else pipeline.check_masks(masks, frames, "masks")
         den = inversion_denoiser(inversion, model, control_net, node, conditioning_control(positive))
-        progress = ComfyProgress()
-        latent_shape = (1,) + tuple(inversion.trajectory.shape[1:])
-        w = resolve_window(den, window_size, frames, latent_shape, context=ctx,
-                           hint_hw=None if poses.hints is None else tuple(poses.hints.shape[-2:]))
-        den.load(den.memory_per_frame(latent_shape) * 2 * w)
-        with node_errors(node), engine_mode():
+        stage = Stage("sample", (1,) + tuple(inversion.trajectory.shape[1:]), frames=frames, samples_per_frame=2,
+                      frames_per_call=int(window_size))
+
+        def body(window):
             out = pipeline.sample(den, plain_fields(inversion.to(den.device)), plain_fields(poses.to(den.device)),
-                                  window=w, masks=plain(mask), callback=progress)
-            out = den.model.process_latent_out(out).to(mm.intermediate_device())
-        return ({"samples": out},)
+                                  window=window, masks=plain(mask), callback=ComfyProgress())
+            return den.model.process_latent_out(out)
+
+        with node_errors(node):
+            out = run_stage(den, stage, body)
+        return ({"samples": out.to(mm.intermediate_device())},)

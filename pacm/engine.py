@@ -71,6 +71,10 @@ def _sigmas_for(model, steps: int, sigmas: torch.Tensor | None) -> torch.Tensor:
     return sigmas
 
 
+# the source frame's one-frame batch (stages 1-2): per-frame hints of other ControlNets give it image 0
+_SOURCE_ROW = {"row_frames": [0]}
+
+
 def _options(transformer_options: dict | None, cond_or_uncond: list[int], poseanimate: dict | None) -> dict:
     """A fresh per-call transformer_options: the caller's passthrough (shallow copy) + the engine's keys."""
     to = dict(transformer_options or {})
@@ -336,7 +340,7 @@ def ddim_invert(model, latent: torch.Tensor, cond: torch.Tensor, hint: torch.Ten
         for t in range(1, T + 1):
             s, s_up = float(sig[T - t + 1]), float(sig[T - t])
             x = z * math.sqrt((1 + s_up ** 2) / (1 + s ** 2))
-            x0 = _call(model, x, s_up, ctx, hb, [0], transformer_options)
+            x0 = _call(model, x, s_up, ctx, hb, [0], transformer_options, _SOURCE_ROW)
             tally.forward(1)
             eps = (x - x0) / s_up
             z = z + (s_up - s) * eps
@@ -415,7 +419,7 @@ def pose_aware_inversion(model, inversion: InversionResult, *, cfg: float = 7.5,
     for i in range(T):
         s, s_next = float(sig[i]), float(sig[i + 1])
         with torch.no_grad():
-            x0_c = _call(model, x, s, cond, hb, [0], transformer_options)
+            x0_c = _call(model, x, s, cond, hb, [0], transformer_options, _SOURCE_ROW)
         tally.forward(1)
         emb, x, lb, la, it, ls = _optimise_step(
             model, x, s, s_next, x0_c, emb, hb, traj[T - i - 1][None], cfg, _lr_at(lr, i, T),
@@ -576,13 +580,14 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
     def run_batch(frames_idx: list[int], record: bool, start=None, report_base: int = 0, report_total: int = 0):
         b = len(frames_idx)
         hb = None if hints_dev is None else hints_dev[frames_idx]
+        rows = {"row_frames": [f + 1 for f in frames_idx]}  # global frame ids (the source is frame 0)
         x = traj[T][None].expand(b, -1, -1, -1).clone()
         cb = cond[None].expand(b, -1, -1)
         out = []
         for i in range(K):
             s, s_next = float(sig[i]), float(sig[i + 1])
             with torch.no_grad():
-                x0_c = _call(model, x, s, cb, hb, [0] * b, transformer_options)
+                x0_c = _call(model, x, s, cb, hb, [0] * b, transformer_options, rows)
             tally.forward(b)
             target = traj[T - i - 1][None].expand(b, -1, -1, -1)
             init = src[i] if start is None else start[i]

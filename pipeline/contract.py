@@ -61,11 +61,15 @@ class PoseAnimateOptions(TypedDict, total=False):
         order); frame 0 is the source and comes first when present.
     kv_carry: a dict the DCA patch reads and writes during windowed sampling, fresh for every step; key
         ``(block_name, block_id, block_index, chunk_kind)``, value ``{"first": (k, v), "prev": (k, v)}``.
+    row_frames: where every chunk holds one frame (stages 1-3): the global frame id of each chunk's frame, so
+        that per-frame images of other ControlNets (on the positive conditioning) reach the right rows; the
+        attention patches ignore it.
     masks: ``(N, H, W)`` character masks in [0, 1] by global frame id; override the patch's own.
     mgdm: ``"exclude"`` or ``"multiply"``; overrides the patch's own MGDM formulation.
     """
 
     frame_ids: list[int]
+    row_frames: list[int]
     kv_carry: dict
     masks: torch.Tensor
     mgdm: str
@@ -86,6 +90,10 @@ def check_poseanimate_options(options: dict) -> PoseAnimateOptions:
         if not ids or len(set(ids)) != len(ids) or min(ids) < 0 or 0 in ids[1:]:
             raise ValueError(f"frame_ids: {ids} must be distinct non-negative frame ids with frame 0 (if any) first. "
                              "Fix: list each frame once, the source frame 0 (if present) first")
+    rows = options.get("row_frames")
+    if rows is not None and (not list(rows) or min(rows) < 0):
+        raise ValueError(f"row_frames: {rows} must list one non-negative frame id per chunk. "
+                         "Fix: give the global frame id of each one-frame chunk")
     if "kv_carry" in options and not isinstance(options["kv_carry"], dict):
         raise ValueError("kv_carry: expected a dict shared by the windows of one step. "
                          "Fix: pass a new dict for every step, the same one to each of its windows")

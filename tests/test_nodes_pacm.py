@@ -88,44 +88,6 @@ def test_embeddings_frames():
     assert T.PACMEmbeddings(inversion=None, poses=_Poses()).frames == 5
 
 
-class _FakeDenoiser:
-    """The parts of ComfyDenoiser that nodes.host.memory reads (CPU device: ComfyUI's figures, no probe)."""
-
-    device = "cpu"
-
-    def __init__(self, free, per_sample):
-        self.free, self.per_sample, self.loaded = free, per_sample, []
-
-    def load(self, memory_required=0):
-        self.loaded.append(memory_required)
-
-    def free_memory(self):
-        return self.free
-
-    def memory_per_frame(self, latent_shape, grad=False):
-        return self.per_sample
-
-
-def test_auto_window_from_free_memory_and_the_models_estimate():
-    from poseanimate.nodes.host import memory as M
-
-    per_frame = int(100 * 2 * M.COMFY_FACTOR)  # 100 bytes per sample, uncond + cond, ComfyUI's factor 1.5
-    den = _FakeDenoiser(free=int(7.5 * per_frame / M.HEADROOM), per_sample=100)
-    assert M.auto_window(den, 49, (1, 4, 8, 8)) == 7
-    den.free = int(2.5 * per_frame / M.HEADROOM)
-    assert M.auto_window(den, 49, (1, 4, 8, 8)) == 2      # less free memory -> smaller windows
-    den.free = 10**12
-    assert M.auto_window(den, 49, (1, 4, 8, 8)) == 49     # never more than the frames
-    den.free = 0
-    assert M.auto_window(den, 49, (1, 4, 8, 8)) == 1      # never less than one frame per call
-    assert M.auto_window(den, 1, (1, 4, 8, 8)) == 1
-    # the widget: a positive value is used as is (at most all frames); 0 loads the model, then sizes
-    den = _FakeDenoiser(free=int(3.5 * per_frame / M.HEADROOM), per_sample=100)
-    assert M.resolve_window(den, 5, 9, (1, 4, 8, 8)) == 5 and M.resolve_window(den, 50, 9, (1, 4, 8, 8)) == 9
-    assert den.loaded == []
-    assert M.resolve_window(den, 0, 9, (1, 4, 8, 8)) == 3 and den.loaded == [200]
-
-
 def test_extra_control_residuals_land_on_the_cond_rows_only():
     from poseanimate.nodes.host.adapter import _merge_rows
 

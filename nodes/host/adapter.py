@@ -244,36 +244,37 @@ class ComfyDenoiser:
 
         return int(mm.get_free_memory(self.device))
 
-    def memory_per_frame(self, latent_shape, grad: bool = False) -> int:
-        """Rough bytes one frame (one cond or uncond chunk) costs in a forward (x~4 more with backward)."""
-        shape = [1] + list(latent_shape[1:])
-        est = int(self.model.memory_required(shape))
-        return est * (4 if grad else 1)
+    def estimate(self, latent_shape) -> int:
+        """ComfyUI's estimate of one sample's working memory in a forward (``BaseModel.memory_required``);
+        ``pipeline.runner.MemoryPolicy`` scales it by measured factors (the StageHost protocol)."""
+        return int(self.model.memory_required([1] + list(latent_shape[1:])))
+
+    def engine(self):
+        """Where pacm runs (the StageHost protocol): :func:`engine_mode`."""
+        return engine_mode()
 
     # ---- the protocol -------------------------------------------------------------------------------
-    def _extra_chain(self, n_cond: int, transformer_options: dict):
-        """Per-call copies of the ControlNets applied to the positive CONDITIONING ('Apply ControlNet'), for a
-        batch of the ``n_cond`` cond chunks only (see :meth:`_control_for`).
+    def _extra_chain(self, ids):
+        """Per-call copies of the ControlNets applied to the positive CONDITIONING ('Apply ControlNet'), for the
+        cond rows of this call (see :meth:`_control_for`).
 
-        A one-image hint applies to every frame. A hint batch is one image per frame (source first): the
-        rows of the frames in this call are picked by ``poseanimate.frame_ids``; without frame ids, ComfyUI's
-        own batch broadcasting applies (with a warning)."""
+        A one-image hint applies to every row. A hint batch is one image per frame (source first): ``ids`` is
+        the global frame id of each cond row (from ``poseanimate.row_frames`` or ``frame_ids``); without ids,
+        ComfyUI's own batch broadcasting applies (with a warning)."""
         if self.extra_control is None:
             return None
-        frame_ids = (transformer_options.get("poseanimate") or {}).get("frame_ids")
         copies = []
         link = self.extra_control
         while link is not None:
             hint = link.cond_hint_original
             if isinstance(hint, torch.Tensor) and hint.shape[0] > 1:
-                if frame_ids is not None:
-                    ids = [int(f) for f in frame_ids]
+                if ids is not None:
                     if max(ids) >= hint.shape[0]:
                         raise ValueError(
                             f"positive: the ControlNet applied to this conditioning has {hint.shape[0]} images "
                             f"but frame {max(ids)} is being sampled; give it one image, or one per frame "
                             "(source first)")
-                    hint = hint[ids].repeat(n_cond, 1, 1, 1)
+                    hint = hint[list(ids)]
                 elif not self._warned_broadcast:
                     self._warned_broadcast = True
                     log.warning("%s: the ControlNet on the conditioning has %d images; without frame ids they "
@@ -286,6 +287,16 @@ class ComfyDenoiser:
         for c, prev in zip(copies, copies[1:]):
             c.set_previous_controlnet(prev)
         return copies[0]
+
+    @staticmethod
+    def _cond_row_frames(transformer_options: dict, cond_chunks: list[int]):
+        """The global frame id of every cond row, or None where the call does not say."""
+        pa = transformer_options.get("poseanimate") or {}
+        if pa.get("row_frames") is not None:  # one frame per chunk
+            return [int(pa["row_frames"][k]) for k in cond_chunks]
+        if pa.get("frame_ids") is not None:  # every chunk holds these frames
+            return [int(f) for f in pa["frame_ids"]] * len(cond_chunks)
+        return None
 
     def _run_control(self, head, x, sigma, context, n_chunks, transformer_options):
         ms = self.model_sampling
@@ -320,7 +331,7 @@ class ComfyDenoiser:
         rows = torch.cat([torch.arange(k * size, (k + 1) * size) for k in cond_chunks]).to(x.device)
         to = dict(transformer_options)
         to["cond_or_uncond"] = [0] * len(cond_chunks)
-        head = self._extra_chain(len(cond_chunks), to)
+        head = self._extra_chain(self._cond_row_frames(transformer_options, cond_chunks))
         ctx = context[rows] if context.shape[0] == b else context[:1].expand(rows.shape[0], -1, -1)
         extra = self._run_control(head, x[rows], sigma[rows], ctx, len(cond_chunks), to)
         if extra is None:

@@ -12,7 +12,7 @@ later ComfyUI with the same features works and one without them fails here, by n
 * ``prompt_executor(execution, server, **kw)``: ``execution.PromptExecutor`` with the cache arguments a host
   needs (0.33 reads ``cache_args["ram"]`` on every run); used by the host tests and the headless checks.
 * ``mask_attention(attention)``: an attention function that honours ``mask=`` (ComfyUI's PyTorch attention)
-  where the host's optimised attention would drop it (sage attention).
+  where the host's optimised attention would drop it (sage attention on hosts that do not check for masks).
 """
 from __future__ import annotations
 
@@ -83,17 +83,15 @@ def prompt_executor(execution, server, **kwargs):
     return execution.PromptExecutor(server, **kwargs)
 
 
-def drops_masks(attention) -> bool:
-    """Whether ``attention`` is known to ignore ``mask=`` (sage attention passes its kwargs to ``sageattn``,
-    which has no mask)."""
-    name = getattr(attention, "__name__", "") or ""
-    return "sage" in name.lower()
-
-
 def mask_attention(attention):
-    """``attention`` where it honours masks, else ComfyUI's PyTorch attention (which does)."""
-    if attention is None or not drops_masks(attention):
-        return attention
-    from comfy.ldm.modules import attention as attn
+    """``attention`` where it honours ``mask=``, else ComfyUI's PyTorch attention (which does).
 
-    return getattr(attn, "attention_pytorch", None) or attn.attention_basic
+    The one known mask-dropper is the host's sage attention where its module does not say whether sage takes
+    masks (0.3.64 passes the mask to ``sageattn``, whose ``**kwargs`` drop it); 0.33 checks
+    ``SAGE_ATTENTION_SUPPORTS_MASK`` itself and falls back on its own."""
+    from comfy.ldm.modules import attention as host
+
+    sage = getattr(host, "attention_sage", None)
+    if attention is not None and attention is sage and not hasattr(host, "SAGE_ATTENTION_SUPPORTS_MASK"):
+        return host.attention_pytorch
+    return attention

@@ -31,19 +31,38 @@ def check_inversion(inversion, node: str, input_name: str = "inversion"):
 
 def inversion_denoiser(inversion, model, control_net, node: str, extra_control=None):
     """A ComfyDenoiser over ``model`` and ``control_net`` with the ControlNet strength and start/end percent
-    the inversion ran with, so every later stage conditions on the pose exactly as the inversion did."""
+    the inversion ran with (its typed ``control``), so every later stage conditions on the pose exactly as the
+    inversion did."""
+    from ...pipeline.runner import ControlSettings
     from .adapter import ComfyDenoiser
 
-    ctrl = inversion.settings.get("control") or {"strength": 1.0, "start": 0.0, "end": 1.0}
-    return ComfyDenoiser(model, control_net, strength=ctrl["strength"], start_percent=ctrl["start"],
-                         end_percent=ctrl["end"], extra_control=extra_control, node=node)
+    ctrl = getattr(inversion, "control", None) or ControlSettings()
+    return ComfyDenoiser(model, control_net, strength=ctrl.strength, start_percent=ctrl.start,
+                         end_percent=ctrl.end, extra_control=extra_control, node=node)
 
 
 def host_attention():
     """ComfyUI's ``optimized_attention`` (the function its own attention layers call, honouring its attention
-    options), for the DCA and capture patches; None where ComfyUI is absent (the unit tests), i.e. torch SDPA."""
+    options), for the DCA and capture patches, with masked calls (MGDM) routed to an attention function that
+    honours masks where the host's would drop them (``compat.mask_attention``); None where ComfyUI is absent
+    (the unit tests), i.e. torch SDPA."""
     try:
         from comfy.ldm.modules.attention import optimized_attention
     except ImportError:
         return None
-    return optimized_attention
+    from .compat import mask_attention
+
+    masked = mask_attention(optimized_attention)
+    return optimized_attention if masked is optimized_attention else MaskSafeAttention(optimized_attention, masked)
+
+
+class MaskSafeAttention:
+    """``fn(q, k, v, heads, mask=None, **kw)``: ``plain`` for unmasked calls, ``masked`` for masked ones."""
+
+    def __init__(self, plain, masked):
+        self.plain, self.masked = plain, masked
+
+    def __call__(self, q, k, v, heads, mask=None, **kwargs):
+        if mask is None:
+            return self.plain(q, k, v, heads, **kwargs)
+        return self.masked(q, k, v, heads, mask=mask, **kwargs)

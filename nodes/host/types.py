@@ -2,9 +2,9 @@
 
 No ComfyUI import here: CI tests these helpers without the host.
 
-* ``POSEANIMATE_INVERSION`` is a :class:`pacm.InversionResult` after pose-aware inversion (trajectory,
-  per-step source embeddings, sigmas, source pose); ``settings["control"]`` holds the ControlNet
-  strength / start / end it was made with, and later stages reuse them.
+* ``POSEANIMATE_INVERSION`` is a :class:`pipeline.runner.StagedInversion`: pacm's ``InversionResult`` after
+  pose-aware inversion (trajectory, per-step source embeddings, sigmas, source pose) plus the typed
+  ``control`` (ControlNet strength / start / end) it was made with, which later stages reuse.
 * ``POSEANIMATE_EMBEDDINGS`` is a :class:`PACMEmbeddings`: the inversion plus the per-frame
   :class:`pacm.PoseEmbeddings` (everything Sample Frames needs). Frame 0 is the source; target frame ``f``
   (1..N) has ``poses.uncond[f - 1]`` and ``poses.hints[f - 1]``. Latents are in the model's internal

@@ -135,3 +135,36 @@ def test_capture_and_dca_through_comfy_sampler(tiny):
     assert masks.shape == (FRAMES, 16, 16)
     # the installed capture got deep-copied by the sampler's clones, but the store is the one we hold
     assert copy.deepcopy(capture).store is store
+
+
+def test_masked_calls_never_reach_an_attention_that_drops_masks(monkeypatch):
+    """Sage attention on a host whose sage path ignores ``mask=`` (0.3.64 passes it to sageattn's **kwargs):
+    MGDM's masked calls go to ComfyUI's PyTorch attention, unmasked calls keep the host's choice."""
+    import comfy.ldm.modules.attention as host
+
+    from poseanimate.nodes.host.stages import host_attention
+
+    calls = []
+
+    def attention_sage(q, k, v, heads, mask=None, **kw):  # drops the mask, as sageattn(**kwargs) does
+        calls.append(mask is not None)
+        return host.attention_pytorch(q, k, v, heads, **kw)
+
+    monkeypatch.setattr(host, "attention_sage", attention_sage)
+    monkeypatch.setattr(host, "optimized_attention", attention_sage)
+    monkeypatch.delattr(host, "SAGE_ATTENTION_SUPPORTS_MASK", raising=False)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 16, 64, generator=g) for _ in range(3))
+    mask = torch.zeros(2, 16, 16)
+    mask[:, :, 8:] = float("-inf")
+    attn = host_attention()
+    masked = attn(q, k, v, 2, mask=mask)
+    assert calls == []  # never handed to the mask-dropping function
+    assert torch.allclose(masked, host.attention_pytorch(q, k, v, 2, mask=mask), atol=1e-6)
+    assert not torch.allclose(masked, host.attention_pytorch(q, k, v, 2), atol=1e-4)
+    attn(q, k, v, 2)
+    assert calls == [False]  # unmasked calls still use the host's attention
+
+    monkeypatch.setattr(host, "SAGE_ATTENTION_SUPPORTS_MASK", True, raising=False)  # a host that handles masks
+    host_attention()(q, k, v, 2, mask=mask)
+    assert calls == [False, True]

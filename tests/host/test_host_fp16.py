@@ -61,7 +61,7 @@ def _run(dtype, loss_scale: float):
         lambda m, a: seen.append(a[0].dtype))
     scale = _vp(sigma_next)
     try:
-        with torch.inference_mode(False), torch.no_grad(), den.session():
+        with torch.inference_mode(False), torch.no_grad():
             x0_cond = den(x, torch.tensor([sigma]), cond, None, {"cond_or_uncond": [0]})
             # the trajectory target: the step the prompt embedding itself would take, shifted a little
             target = _step(den, x, sigma, sigma_next, x0_cond, torch.zeros_like(cond)) + 0.05
@@ -136,7 +136,7 @@ def test_engine_loss_scaling_keeps_fp16_gradients(figures):
             context.register_hook(lambda g: zero_shares.append(float((g == 0).float().mean())))
         return inner_call(self, x, sigma, context, hint, transformer_options)
 
-    with torch.inference_mode(False), torch.no_grad(), den.session():
+    with torch.inference_mode(False), torch.no_grad():
         den.__class__ = type("Spy", (ComfyDenoiser,), {"__call__": spy})
         inv = ddim_invert(den, x, cond, None, steps=2)
         inv = pose_aware_inversion(den, inv, cfg=CFG, inner_steps=0)

@@ -11,6 +11,7 @@ from poseanimate.nodes._common import PoseAnimateError
 from poseanimate.nodes.embedding_optimize import PoseAnimatePoseEmbeddingOptimize
 from poseanimate.nodes.host.types import PACMEmbeddings
 from poseanimate.nodes.inversion import PoseAnimatePoseAwareInversion
+from poseanimate.pipeline.runner import ControlSettings
 from poseanimate.nodes.sample_frames import PoseAnimateSampleFrames
 
 STEPS = 2
@@ -78,7 +79,7 @@ def test_every_stage_runs_and_shared_model_is_unchanged():
         assert torch.is_inference_mode_enabled()
         inv, rec = _invert(patcher, cnet, latent, positive, poses)
         assert inv.uncond.shape == (STEPS, 77, 768) and inv.trajectory.shape == (STEPS + 1, 4, 8, 8)
-        assert inv.settings["control"] == {"strength": 1.0, "start": 0.0, "end": 1.0}
+        assert inv.control == ControlSettings(1.0, 0.0, 1.0)
         assert rec["samples"].shape == (1, 4, 8, 8) and rec["samples"].device == mm.intermediate_device()
         # trajectory is in the model's latent space (process_latent_in), the outputs in VAE space
         assert torch.allclose(inv.trajectory[0], latent["samples"][0] * 0.18215, atol=1e-6)
@@ -229,3 +230,33 @@ def test_sample_frames_with_the_real_dca_patch_windows_match_and_frame0_is_the_s
     assert _rel(whole["samples"], plain["samples"]) > 1e-4  # cross-frame attention changed frames 1..N
     assert masked["samples"].shape == (4, 4, 8, 8) and torch.isfinite(masked["samples"]).all()
     assert_weights_unchanged(patcher.model, snap)
+
+
+def test_per_frame_images_of_a_second_controlnet_reach_their_frames_in_every_stage(monkeypatch):
+    """A 3-image hint on the ControlNet of the positive conditioning: every row of every call gets the image of
+    its own frame (0 = source in the inversion, 1..2 in optimisation, each window's frames in sampling)."""
+    patcher, cnet = build_tiny_sd15()
+    _, cnet2 = build_tiny_sd15(seed=5)
+    latent, positive, poses = _scene(n_targets=2)
+    images = torch.stack([torch.full((3, 64, 64), k / 10) for k in range(3)])  # image k holds the value k/10
+    remix = [[positive[0][0], {"control": cnet2.copy().set_cond_hint(images, 0.8, (0.0, 1.0))}]]
+    seen = []
+    get_control = type(cnet2).get_control
+
+    def recording(self, x_noisy, t, cond, batched_number, transformer_options):
+        if self.control_model is cnet2.control_model:
+            stage = "grad" if torch.is_grad_enabled() else "no-grad"
+            seen.append((stage, [round(float(v) * 10) for v in self.cond_hint_original[:, 0, 0, 0]],
+                         x_noisy.shape[0]))
+        return get_control(self, x_noisy, t, cond, batched_number, transformer_options)
+
+    monkeypatch.setattr(type(cnet2), "get_control", recording)
+    inv, _rec = _invert(patcher, cnet, latent, remix, poses, inner=1)
+    assert seen and all(ids == [0] for _s, ids, _b in seen)  # the source is frame 0
+    seen.clear()
+    (emb,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, remix, poses, 1, 2)
+    assert seen and all(ids == [1, 2] and b == 2 for _s, ids, b in seen)  # the two targets of the micro-batch
+    seen.clear()
+    PoseAnimateSampleFrames().sample(patcher, cnet, remix, emb, 2)
+    windows = sorted({tuple(ids) for _s, ids, _b in seen})
+    assert windows == [(0, 1), (2,)]  # windows of 2 frames: each row its own frame's image
