@@ -11,7 +11,7 @@ import torch
 from tiny_models import build_tiny_sd15
 
 from poseanimate.nodes.host import ComfyDenoiser
-from poseanimate.nodes.host import memory as M
+from poseanimate.pipeline import runner as R
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 2
@@ -50,12 +50,12 @@ class _Calls:
 
 
 def _per_frame(patcher):
-    return int(patcher.model.memory_required([1, 4, 8, 8]) * 2 * M.COMFY_FACTOR)
+    return R.MEMORY.need(patcher.model.memory_required([1, 4, 8, 8]), 2, grad=False)
 
 
 def _free_for(patcher, window):
     """A free-memory figure for which the CPU estimate gives exactly ``window`` frames per call."""
-    return int((window + 0.5) * _per_frame(patcher) / M.HEADROOM)
+    return int((window + 0.5) * _per_frame(patcher) / R.MEMORY.headroom)
 
 
 class _TokenizerOnly:
@@ -66,10 +66,11 @@ class _TokenizerOnly:
 
 
 def test_window_from_estimate():
-    assert M.window_from_estimate(49, 100, 1000, headroom=1.0) == 10
-    assert M.window_from_estimate(49, 100, 10**9) == 49
-    assert M.window_from_estimate(49, 100, 0) == 1  # never 0: one frame per call is the floor
-    assert M.window_from_estimate(5, 0, 1000) == 5
+    policy = R.MemoryPolicy(forward=1.0, forward_backward=4.0, headroom=1.0)
+    assert policy.fit(49, 50, 2, False, 1000) == 10
+    assert R.MEMORY.fit(49, 50, 2, False, 10**9) == 49
+    assert R.MEMORY.fit(49, 50, 2, False, 0) == 1  # never 0: one frame per call is the floor
+    assert R.MEMORY.fit(5, 0, 2, False, 1000) == 5
 
 
 def test_auto_window_gives_the_frames_of_window_all(monkeypatch):
@@ -122,8 +123,8 @@ def test_full_graph_sampling_at_49_frames_stays_within_the_auto_window(monkeypat
     latent, positive, poses = _scene(n_targets=frames - 1)
     emb = _embeddings(patcher, cnet, latent, positive, poses)
     windows = []
-    real_auto = M.auto_window
-    monkeypatch.setattr(M, "auto_window", lambda *a, **k: windows.append(real_auto(*a, **k)) or windows[-1])
+    real_fit = R.frames_per_call
+    monkeypatch.setattr(R, "frames_per_call", lambda *a, **k: windows.append(real_fit(*a, **k)) or windows[-1])
 
     def run(free):
         if free is not None:
