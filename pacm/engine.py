@@ -440,42 +440,6 @@ def pose_aware_inversion(model, inversion: InversionResult, *, cfg: float = 7.5,
 
 
 # --------------------------------------------------------------------------------------------- stage 3
-def batch_size_from_probe(n: int, peak_one: int, peak_two: int, free: int, headroom: float = 0.8) -> int:
-    """Micro-batch size from the measured peak extra memory of a one-frame and a two-frame optimisation step.
-
-    The per-frame cost is the marginal ``peak_two - peak_one`` (so one-off costs such as a host's private
-    weight copies or workspaces are not counted per frame), the fixed part ``peak_one - per_frame``; the batch
-    fills ``headroom * free`` bytes. Always in ``1..n``."""
-    per_frame = peak_two - peak_one
-    if per_frame <= 0:
-        per_frame = max(peak_one, 1)
-    fixed = max(peak_one - per_frame, 0)
-    bs = int((headroom * free - fixed) // per_frame)
-    return max(1, min(n, bs))
-
-
-def _auto_batch_size(model, n: int, probe: Callable[[int], None]) -> int:
-    dev = torch.device(model.device)
-    if dev.type != "cuda":
-        return max(1, min(n, 8))
-    if n == 1:
-        return 1
-    peaks = []
-    for frames in (1, 2):
-        torch.cuda.synchronize(dev)
-        base = torch.cuda.memory_allocated(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        probe(frames)
-        torch.cuda.synchronize(dev)
-        peaks.append(torch.cuda.max_memory_allocated(dev) - base)
-    free, _total = torch.cuda.mem_get_info(dev)
-    free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
-    bs = batch_size_from_probe(n, peaks[0], peaks[1], free)
-    log.info("PACM: optimisation step peaks %.1f / %.1f MiB for 1 / 2 frames, %.1f MiB free -> micro-batch %d",
-             peaks[0] / 2**20, peaks[1] / 2**20, free / 2**20, bs)
-    return bs
-
-
 MODES = ("inner", "alg1")
 
 
@@ -500,9 +464,8 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
             lr schedule ``lr * (1 - i / (2 * T))``, per-frame early stop under ``early_stop + i * 2e-5``,
             per-frame adaptive stop, loss scaling). ``inner_steps=0``: no optimisation and no model pass at all
             (every frame keeps the source's per-step embeddings; losses NaN).
-        batch_size: frames per micro-batch; default: all frames up to 8 on CPU, or from free CUDA memory
-            (one optimisation step on 1 and on 2 frames measures the marginal per-frame cost; see
-            ``batch_size_from_probe``; the probe's passes are counted in ``evals``).
+        batch_size: frames per micro-batch; default: all frames up to 8 (the nodes size it from free memory with
+            ``pipeline.runner``'s memory policy and pass the integer).
         mode: ``"inner"`` (default): up to ``inner_steps`` Adam iterations per step, then the frame takes the
             step with the optimised embedding (1 cond forward + ``inner_steps`` forward-backward + 1 forward per
             step and frame). ``"alg1"``: the paper's Algorithm 1 as written: ONE gradient step (one Adam update
@@ -577,7 +540,7 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
     src = src.to(model.device, wd)
     hints_dev = None if hints is None else hints.to(model.device)
 
-    def run_batch(frames_idx: list[int], record: bool, start=None, report_base: int = 0, report_total: int = 0):
+    def run_batch(frames_idx: list[int], start=None, report_base: int = 0, report_total: int = 0):
         b = len(frames_idx)
         hb = None if hints_dev is None else hints_dev[frames_idx]
         rows = {"row_frames": [f + 1 for f in frames_idx]}  # global frame ids (the source is frame 0)
@@ -593,19 +556,14 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
             init = src[i] if start is None else start[i]
             emb, x, lb, la, it, ls_state["scale"] = _optimise_step(
                 model, x, s, s_next, x0_c, init[None].expand(b, -1, -1), hb, target, cfg,
-                _lr_at(lr, i, T), early_stop + i * 2e-5, inner_steps if record else 1, transformer_options,
+                _lr_at(lr, i, T), early_stop + i * 2e-5, inner_steps, transformer_options,
                 mode=mode, adaptive=adaptive, loss_scale=ls_state["scale"], tally=tally, step=i)
-            if not record:
-                return None
             out.append((emb.detach(), lb, la, it))
             _report(callback, "optimize", report_base + i + 1, report_total)
         return out
 
-    if batch_size is None:
-        if K == 0:
-            batch_size = min(n, 8)
-        else:
-            batch_size = _auto_batch_size(model, n, lambda b: run_batch(list(range(b)), record=False))
+    if batch_size is None:  # the nodes and StickWorld size it (pipeline.runner); plain callers get up to 8
+        batch_size = min(n, 8)
     batches = [list(range(k, min(n, k + batch_size))) for k in range(0, n, batch_size)]
     total = K * len(batches)
     uncond = torch.empty((n, T) + tuple(cond.shape), dtype=wd, device=model.device)
@@ -617,7 +575,7 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
         if K == 0:
             break
         start = uncond[batches[k - 1][-1]] if warm_start and k > 0 else None
-        res = run_batch(fr, record=True, start=start, report_base=k * K, report_total=total)
+        res = run_batch(fr, start=start, report_base=k * K, report_total=total)
         for i, (emb, lb, la, it) in enumerate(res):
             uncond[fr[0]:fr[-1] + 1, i] = emb
             losses[fr[0]:fr[-1] + 1, i, 0] = lb

@@ -108,3 +108,27 @@ def check_poseanimate_options(options: dict) -> PoseAnimateOptions:
         raise ValueError(f"mgdm: expected one of {MGDM_MODES}, got {options['mgdm']!r}. "
                          "Fix: set one of those, or leave the key out")
     return options  # type: ignore[return-value]
+
+
+class CheckedDenoiser:
+    """A Denoiser that checks the ``poseanimate`` dict of every call against :class:`PoseAnimateOptions` before
+    handing the call on (the pipeline steps wrap the host's Denoiser in it, so the contract between pacm and the
+    attention patches is checked on the shipped path, not only by tests). Everything else is the wrapped
+    Denoiser's."""
+
+    def __init__(self, model):
+        self.wrapped = model
+
+    def __call__(self, x, sigma, context, hint=None, transformer_options=None):
+        options = (transformer_options or {}).get("poseanimate")
+        if options is not None:
+            check_poseanimate_options(options)
+        return self.wrapped(x, sigma, context, hint, transformer_options)
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["wrapped"], name)
+
+
+def checked(model):
+    """``model`` wrapped in :class:`CheckedDenoiser` (once)."""
+    return model if isinstance(model, CheckedDenoiser) else CheckedDenoiser(model)

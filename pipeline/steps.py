@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ._layers import attention, pacm, pata
-from .contract import MGDM_MODES, Denoiser, PatchableModel
+from .contract import MGDM_MODES, Denoiser, PatchableModel, checked
 from .errors import argument_error
 
 Callback = Callable[[str, int, int], None]
@@ -112,6 +112,7 @@ def invert(model: Denoiser, latent: torch.Tensor, cond: torch.Tensor, hint: torc
     """PACM stages 1 + 2: DDIM inversion of the source under its pose, then pose-aware inversion. ``engine``
     passes further keyword arguments to both engine calls (e.g. ``counts``)."""
     _check_engine(engine, pacm.ddim_invert, pacm.pose_aware_inversion)
+    model = checked(model)
     inv = pacm.ddim_invert(model, latent, cond, hint, steps=int(steps), callback=callback,
                            **_only(engine, pacm.ddim_invert))
     return pacm.pose_aware_inversion(model, inv, cfg=float(cfg), inner_steps=int(inner_steps),
@@ -134,7 +135,7 @@ def optimise(model: Denoiser, inversion: pacm.InversionResult, hints: torch.Tens
                   adaptive=float(adaptive) or None)
     kwargs.update(engine)
     return pacm.optimize_pose_embeddings(
-        model, inversion, hints, inner_steps=int(inner_steps), lr=float(inversion.settings.get("lr", 1e-2)),
+        checked(model), inversion, hints, inner_steps=int(inner_steps), lr=float(inversion.settings.get("lr", 1e-2)),
         early_stop=float(inversion.settings.get("early_stop", 1e-5)), batch_size=batch_size, callback=callback,
         **kwargs)
 
@@ -148,7 +149,8 @@ def sample(model: Denoiser, inversion: pacm.InversionResult, embeddings: pacm.Po
         hints = engine.get("hints")
         targets = embeddings.frames if embeddings is not None else 0 if hints is None else int(hints.shape[0])
         masks = check_masks(masks, 1 + targets)
-    return pacm.sample_frames(model, inversion, embeddings, window=window, masks=masks, callback=callback, **engine)
+    return pacm.sample_frames(checked(model), inversion, embeddings, window=window, masks=masks, callback=callback,
+                              **engine)
 
 
 class _CaptureDone(Exception):
@@ -169,7 +171,7 @@ def capture_attention(model: PatchableModel, make_denoiser: Callable[[PatchableM
     store = attention.AttentionMapStore()
     patch = attention.CrossAttentionCapture(positions, store=store, factors=factors, attention=attention_fn)
     patched, _ = patch_model(model, capture=patch)
-    den = make_denoiser(patched)
+    den = checked(make_denoiser(patched))
     steps = inversion.steps
     captured = min(int(capture_steps), steps) if int(capture_steps) > 0 else steps
     w = frames if window is None else int(window)

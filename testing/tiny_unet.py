@@ -513,6 +513,24 @@ class TinyDenoiser:
     def grad_context(self):
         return contextlib.nullcontext()
 
+    # ---- pipeline.runner.StageHost: plain torch, no memory manager (callers give every size explicitly) ------
+    node = "StickWorld"
+
+    def estimate(self, latent_shape) -> int:
+        return 0
+
+    def free_memory(self) -> int:
+        return 0
+
+    def load(self, memory_required: int = 0) -> None:
+        pass
+
+    def check_grad_support(self) -> None:
+        pass
+
+    def engine(self):
+        return torch.no_grad()
+
     # ---- the ModelPatcher look-alike that attention.install_patches / pipeline.patch_model use ----------------
     @property
     def model(self):

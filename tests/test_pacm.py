@@ -354,13 +354,3 @@ def test_stages_run_under_inference_mode(model, data):
     ref = run(model)
     assert torch.equal(got[0].uncond, ref[0].uncond) and torch.equal(got[1].uncond, ref[1].uncond)
     assert torch.equal(got[2], ref[2])
-
-
-def test_batch_size_from_probe():
-    from pacm.engine import batch_size_from_probe
-    mib = 2 ** 20
-    # 100 MiB one-off (e.g. weight copies) + 10 MiB per frame; 1 GiB free -> (0.8 GiB - 100 MiB) / 10 MiB
-    assert batch_size_from_probe(1000, 110 * mib, 120 * mib, 1024 * mib) == int((0.8 * 1024 - 100) // 10)
-    assert batch_size_from_probe(16, 110 * mib, 120 * mib, 1024 * mib) == 16
-    assert batch_size_from_probe(16, 110 * mib, 120 * mib, 10 * mib) == 1
-    assert batch_size_from_probe(16, 10 * mib, 10 * mib, 45 * mib) == 3     # no marginal cost seen: use peak_one

@@ -162,3 +162,29 @@ def test_error_convention_round_trip():
         "Node: input 'steps': must be at least 1, got 0. Fix: set 50 (the paper)"
     assert pipeline.node_message("Node", "something odd") == "Node: something odd"
     assert pipeline.input_message("Node", "x", "is bad.", "fix it") == "Node: input 'x': is bad. Fix: fix it"
+
+
+def test_the_steps_check_every_engine_call_against_the_contract(monkeypatch):
+    """PoseAnimateOptions is checked on the shipped path: the steps hand pacm a Denoiser that validates the
+    ``poseanimate`` dict of every call before the host sees it."""
+    from pipeline.contract import CheckedDenoiser, checked
+
+    calls = []
+
+    class Host:
+        device = "cpu"
+
+        def __call__(self, x, sigma, context, hint, transformer_options):
+            calls.append(transformer_options)
+            return x
+
+    den = checked(Host())
+    assert checked(den) is den and den.device == "cpu"
+    den(torch.zeros(1), torch.ones(1), None, None, {"poseanimate": {"frame_ids": [0, 1]}})
+    with pytest.raises(ValueError, match="^poseanimate: unknown keys"):
+        den(torch.zeros(1), torch.ones(1), None, None, {"poseanimate": {"frames": [0]}})
+    assert len(calls) == 1  # the bad call never reached the host
+    seen = []
+    monkeypatch.setattr(pipeline.steps.pacm, "sample_frames", lambda model, *a, **k: seen.append(model))
+    pipeline.sample(Host(), None, None)
+    assert isinstance(seen[0], CheckedDenoiser)

@@ -24,20 +24,23 @@ CKPT_UNET = dict(
 )
 
 
-def write_tiny_checkpoint(path, seed: int = 0, in_channels: int = 4, reuse_from=None) -> None:
+def write_tiny_checkpoint(path, seed: int = 0, in_channels: int = 4, reuse_from=None, unet=None, init=None,
+                          dtype=None) -> None:
     """``in_channels=8`` gives an SD1.5 InstructPix2Pix-shaped checkpoint (ComfyUI loads it as
     ``SD15_instructpix2pix``: not an SD1.5 text-to-image model). ``reuse_from``: copy the CLIP and VAE
-    tensors of an earlier tiny checkpoint instead of building new ones (saves seconds)."""
+    tensors of an earlier tiny checkpoint instead of building new ones (saves seconds). ``unet``: another UNet
+    config (e.g. full-size SD1.5's, benchmarks/bench_workflow.py) with ``init(module, seed)`` for its weights,
+    stored in ``dtype`` (default float32)."""
     import comfy.sd
     import comfy.supported_models
     import comfy.taesd.taesd
     import comfy.utils
 
     config_cls = comfy.supported_models.SD15 if in_channels == 4 else comfy.supported_models.SD15_instructpix2pix
-    cfg = config_cls(dict(CKPT_UNET, in_channels=in_channels))
+    cfg = config_cls(dict(unet or CKPT_UNET, in_channels=in_channels))
     cfg.set_inference_dtype(torch.float32, None)
     model = cfg.get_model({}, "", device=torch.device("cpu"))
-    init_weights_(model.diffusion_model, seed)
+    (init or init_weights_)(model.diffusion_model, seed)
     if reuse_from is not None:
         old = comfy.utils.load_torch_file(str(reuse_from))
         sd = {k: v for k, v in old.items() if not k.startswith("model.diffusion_model.")}
@@ -55,20 +58,22 @@ def write_tiny_checkpoint(path, seed: int = 0, in_channels: int = 4, reuse_from=
     vae_sd = dict(taesd.state_dict())
     clip_sd = {k: v.half() if v.is_floating_point() else v for k, v in clip.get_sd().items()}
     sd = model.state_dict_for_saving(clip_sd, vae_sd, None)
-    sd = {k: v.contiguous() for k, v in sd.items()}
+    sd = {k: (v.to(dtype) if dtype is not None and k.startswith("model.diffusion_model.") else v).contiguous()
+          for k, v in sd.items()}
     comfy.utils.save_torch_file(sd, str(path))
 
 
-def write_tiny_controlnet(path, seed: int = 1) -> None:
+def write_tiny_controlnet(path, seed: int = 1, unet=None, init=None, dtype=None) -> None:
     import comfy.cldm.cldm
     import comfy.ops
     import comfy.utils
 
-    cfg = dict(CKPT_UNET)
+    cfg = dict(unet or CKPT_UNET)
     cfg.pop("out_channels")
     cfg.update(hint_channels=3, operations=comfy.ops.disable_weight_init, dtype=torch.float32,
                device=torch.device("cpu"))
     control = comfy.cldm.cldm.ControlNet(**cfg)
-    init_weights_(control, seed)
-    sd = {f"control_model.{k}": v.contiguous() for k, v in control.state_dict().items()}
+    (init or init_weights_)(control, seed)
+    sd = {f"control_model.{k}": (v.to(dtype) if dtype is not None else v).contiguous()
+          for k, v in control.state_dict().items()}
     comfy.utils.save_torch_file(sd, str(path))
