@@ -44,10 +44,16 @@ SD15_UNET = dict(
     use_temporal_attention=False, use_temporal_resblock=False,
 )  # SD1.5: output blocks are built popping from the end, so attention sits in output blocks 3-11
 
-PRESETS = {  # the bundled workflows' settings: 'full' (paper) and 'fast'
-    "paper": {"steps": 50, "inner": 5, "capture_steps": 0},
-    "fast": {"steps": 20, "inner": 2, "capture_steps": 8},
-}
+def _recipes() -> dict:
+    """The shipped settings, read from pipeline/defaults.py (by path: it imports nothing but dataclasses)."""
+    spec = importlib.util.spec_from_file_location("poseanimate_defaults", ROOT / "pipeline" / "defaults.py")
+    defaults = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = defaults  # dataclasses look their module up
+    spec.loader.exec_module(defaults)
+    return {"full": defaults.FULL, "paper": defaults.FULL, "fast": defaults.FAST}
+
+
+PRESETS = _recipes()  # the bundled workflows' settings: 'full' (= 'paper') and 'fast', from pipeline.FULL / FAST
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 PROMPT = "a person walking, full body"
 
@@ -65,12 +71,13 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv=None):
     p = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI checkout (or COMFYUI_PATH)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="paper: 50 steps, 5 inner; fast: 20 steps, 2 inner, "
-                   "mask capture 8 steps (the bundled 'full' and 'fast' workflows); explicit flags override it")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="the settings of pipeline.FULL ('full' = 'paper') or "
+                   "pipeline.FAST ('fast'), as the bundled workflows; explicit flags override them (default: full)")
     p.add_argument("--frames", type=int, default=None, help="all frames, source included (default 16)")
     p.add_argument("--size", type=int, default=None, help="image side in pixels, a multiple of 64 (default 512)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: preset, else 50)")
-    p.add_argument("--inner", type=int, default=None, help="inner iterations per step (default: preset, else 5)")
+    p.add_argument("--inner", type=int, default=None,
+                   help="inner iterations per step of both optimising stages (default: the preset's)")
     p.add_argument("--capture-steps", type=int, default=None, help="Mask Extract capture steps, 0 = all")
     p.add_argument("--early-stop", type=float, default=0.0,
                    help="inversion early stop; 0 (default) runs every inner iteration (the upper bound)")
@@ -83,10 +90,12 @@ def parse_args(argv=None):
     p.add_argument("--no-mask-extract", action="store_true", help="skip Cross-Attention Mask Extract")
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     args = p.parse_args(argv)
-    preset = PRESETS.get(args.preset, PRESETS["paper"])
-    for key in ("steps", "inner", "capture_steps"):
-        if getattr(args, key) is None:
-            setattr(args, key, preset[key])
+    recipe = PRESETS[args.preset or "full"]
+    args.recipe = recipe
+    args.steps = recipe.steps if args.steps is None else args.steps
+    args.capture_steps = recipe.capture_steps if args.capture_steps is None else args.capture_steps
+    args.inversion_inner = recipe.inversion_inner_steps if args.inner is None else args.inner
+    args.inner = recipe.inner_steps if args.inner is None else args.inner
     args.frames = 16 if args.frames is None else args.frames
     args.size = 512 if args.size is None else args.size
     return args
@@ -316,9 +325,12 @@ def run(args) -> dict:
         mem.start()  # learns whether the CPU peak can be reset per stage (for the header)
         print(_header(mem), flush=True)
         inv, _rec = stage("Pose-Aware Inversion", lambda: PoseAnimatePoseAwareInversion().invert(
-            model, cnet, latent, positive, poses[:1], args.steps, 7.5, args.inner, args.early_stop))
+            model, cnet, latent, positive, poses[:1], args.steps, args.recipe.cfg, args.inversion_inner,
+            args.early_stop))
         (emb,) = stage("Pose Embedding Optimize", lambda: PoseAnimatePoseEmbeddingOptimize().optimize(
-            inv, model, cnet, positive, poses, args.inner, args.frames_per_batch))
+            inv, model, cnet, positive, poses, args.inner, args.frames_per_batch, schedule=args.recipe.schedule,
+            optimize_steps=args.recipe.optimize_steps, warm_start=args.recipe.warm_start,
+            adaptive=args.recipe.adaptive))
         masks = None
         if not args.no_mask_extract:
             masks, _preview = stage("Cross-Attention Mask Extract", lambda: PoseAnimateCrossAttentionMaskExtract(
@@ -335,7 +347,8 @@ def run(args) -> dict:
     print(f"models: UNet {n_unet / 1e6:.1f}M + ControlNet {n_cn / 1e6:.1f}M parameters ({args.dtype}), built in "
           f"{build_s:.1f} s; frames finite: {finite}; memory: {mem.kind}")
     return {
-        "settings": {k: getattr(args, k) for k in ("frames", "size", "steps", "inner", "capture_steps", "early_stop",
+        "settings": {k: getattr(args, k) for k in ("frames", "size", "steps", "inversion_inner", "inner",
+                                                    "capture_steps", "early_stop",
                                                     "dtype", "window", "frames_per_batch", "device", "threads",
                                                     "seed", "preset")},
         "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()

@@ -617,10 +617,12 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
         callback: ``callback("sample", done, total)`` after every model evaluation (total = T * windows).
         transformer_options: passthrough dict (e.g. an attn2 capture patch) merged into every model call.
         counts: an ``EvalCount`` this stage adds its model evaluations to (T * 2 * (N + 1) forwards at cfg != 1,
-            T * (N + 1) at cfg 1).
+            T * (N + 1) at cfg 1 and at every step where each frame's uncond row equals its cond row).
 
     Every model call gets the batch ``[uncond frames..., cond frames...]`` of one window with
-    ``cond_or_uncond = [1, 0]`` (``[0]`` at cfg 1) and ``poseanimate = {"frame_ids": [...], "kv_carry": {...},
+    ``cond_or_uncond = [1, 0]`` (``[0]`` at cfg 1, and at a step where every frame's uncond embedding equals the
+    prompt and the model does not say ``cond_rows_differ``: CFG of identical rows is the cond prediction, so it is
+    evaluated once) and ``poseanimate = {"frame_ids": [...], "kv_carry": {...},
     "masks": masks}``. Frame 0 uses the source pose and ``inversion.uncond[i]``; frame f >= 1 uses
     ``hints[f-1]`` and ``embeddings.uncond[f-1, i]``.
 
@@ -697,6 +699,20 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
             parts.append(hints_dev[max(lo, 1) - 1:hi - 1])
         return torch.cat(parts)
 
+    def rows_identical(i: int) -> bool:
+        """Whether every frame's uncond row equals its cond row at step i: the same embedding and the same hints
+        (the host does not treat cond rows apart, e.g. with a ControlNet on the positive conditioning)."""
+        if getattr(model, "cond_rows_differ", False):
+            return False
+        for f in range(F):
+            if f > 0 and frame_emb is not None:
+                e = frame_emb[f - 1, i]
+            else:
+                e = src_emb[i] if src_emb is not None else fallback
+            if e.shape != cond.shape or not torch.equal(e.to(cond.device, cond.dtype), cond):
+                return False
+        return True
+
     x = traj[T][None].expand(F, -1, -1, -1).clone()
     starts = list(range(0, F, window))
     total = T * len(starts)
@@ -704,6 +720,9 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
     with torch.no_grad():
         for i in range(T):
             s, s_next = float(sig[i]), float(sig[i + 1])
+            # CFG of identical rows is the cond prediction itself: evaluate it once (for every window of the
+            # step, so the DCA carries hold the same chunk kinds throughout the step)
+            once = cfg == 1.0 or rows_identical(i)
             kv_carry: dict = {}
             for lo in starts:
                 hi = min(F, lo + window)
@@ -713,7 +732,7 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
                 pa = {"frame_ids": list(range(lo, hi)), "kv_carry": kv_carry}
                 if masks is not None:
                     pa["masks"] = masks
-                if cfg == 1.0:
+                if once:
                     x0 = _call(model, xb, s, cond[None].expand(b, -1, -1), hb, [0], transformer_options, pa)
                     tally.forward(b)
                 else:

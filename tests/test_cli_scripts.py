@@ -184,3 +184,21 @@ def test_atomic_output_leaves_nothing_when_the_writer_fails(tmp_path):
             tmp.write_bytes(b"new, broken")
             raise RuntimeError("again")
     assert target.read_bytes() == b"old"  # the previous good file is kept
+
+
+def test_bench_scale_presets_are_the_shipped_recipes():
+    """bench_scale measures the settings that ship: its presets are pipeline.FULL and pipeline.FAST."""
+    import dataclasses
+    import importlib.util
+
+    import pipeline
+
+    spec = importlib.util.spec_from_file_location("bench_scale_presets", ROOT / "benchmarks" / "bench_scale.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert dataclasses.asdict(module.PRESETS["full"]) == dataclasses.asdict(pipeline.FULL)
+    assert dataclasses.asdict(module.PRESETS["paper"]) == dataclasses.asdict(pipeline.FULL)
+    assert dataclasses.asdict(module.PRESETS["fast"]) == dataclasses.asdict(pipeline.FAST)
+    args = module.parse_args(["--preset", "fast", "--comfyui", "x"])
+    assert (args.steps, args.inner, args.inversion_inner) == (pipeline.FAST.steps, pipeline.FAST.inner_steps,
+                                                              pipeline.FAST.inversion_inner_steps)

@@ -256,6 +256,47 @@ def test_zero_iterations_is_negative_prompt_inversion_at_minimal_cost(model, dat
     assert neg.evals == {"forward": 2 * T, "forward_backward": 0}
 
 
+def test_identical_rows_are_evaluated_once(model, data):
+    """Sampling where every frame's uncond row equals its cond row (negative-prompt inversion, no optimisation):
+    CFG of identical rows is the cond prediction, evaluated once per frame; the frames are the two-row ones to
+    float tolerance; with DCA windows too. A host whose cond rows get more (cond_rows_differ) keeps both rows."""
+    from attention import DCAPatch, install_patches
+
+    inv = pacm.ddim_invert(model, data["latent"], data["cond"], data["hint"], steps=6)
+    T = inv.steps
+    npi = pacm.pose_aware_inversion(model, inv, inner_steps=0)
+    emb = pacm.optimize_pose_embeddings(model, npi, data["targets"][:3], inner_steps=0)
+    dca = model.clone()
+    assert install_patches(dca, dca=DCAPatch())
+
+    class TwoRows:  # the same model, claiming that its cond rows differ: pacm must keep both rows
+        cond_rows_differ = True
+
+        def __init__(self, m):
+            self.m = m
+
+        def __call__(self, *a, **k):
+            return self.m(*a, **k)
+
+        def __getattr__(self, name):
+            return getattr(self.m, name)
+
+    for m, window in ((model, None), (dca, 2)):
+        once, twice = Counting(m), Counting(TwoRows(m))
+        counts_once, counts_twice = pacm.EvalCount(), pacm.EvalCount()
+        a = pacm.sample_frames(once, npi, emb, window=window, counts=counts_once)
+        b = pacm.sample_frames(twice, npi, emb, window=window, counts=counts_twice)
+        assert counts_once.forward == T * 4 and counts_twice.forward == 2 * T * 4  # 4 frames, 1 row vs 2 rows
+        assert once.samples == counts_once.forward and twice.samples == counts_twice.forward
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # optimised embeddings (the first 2 steps optimised, the last one reused after) differ from the prompt at
+    # every step: both rows everywhere
+    opt = pacm.optimize_pose_embeddings(model, npi, data["targets"][:3], inner_steps=1, optimize_steps=2)
+    counts = pacm.EvalCount()
+    pacm.sample_frames(model, npi, opt, counts=counts)
+    assert counts.forward == 2 * T * 4
+
+
 # ----------------------------------------------------------------------------------------------- lr schedule
 def test_lr_schedule_relative_to_steps():
     at200 = [engine._lr_at(1e-2, i, 200) for i in range(200)]

@@ -197,6 +197,12 @@ class ComfyDenoiser:
         self._loaded = False
         self.calls = 0
 
+    @property
+    def cond_rows_differ(self) -> bool:
+        """Whether cond rows get more than uncond rows with the same embedding and hint (a ControlNet on the
+        positive conditioning): pacm then never evaluates a CFG pair as one row."""
+        return self.extra_control is not None
+
     # ---- memory -------------------------------------------------------------------------------------
     def _models(self) -> list:
         out = [self.patcher]
