@@ -15,7 +15,7 @@ DISPLAY_NAME = "Pose Embedding Optimize"
 SCHEDULE_TOOLTIP = ("How the embeddings are optimised at each step. 'inner iterations': up to inner_steps Adam "
                     "iterations, then the step (the paper's hyper-parameters: 5). 'algorithm 1': the paper's "
                     "Algorithm 1 as written, one gradient step per step, the step taken with the embedding before "
-                    "the update (about 1/4 of the model passes at 5 inner iterations).")
+                    "the update (about 1/4 of the model passes at 5 inner iterations). Needs inner_steps >= 1.")
 
 
 class PoseAnimatePoseEmbeddingOptimize:
@@ -56,14 +56,14 @@ class PoseAnimatePoseEmbeddingOptimize:
                 "schedule": (list(SCHEDULES), {"default": FULL.schedule, "tooltip": SCHEDULE_TOOLTIP}),
                 "optimize_steps": ("INT", {"default": FULL.optimize_steps, "min": 0, "max": 1000, "tooltip":
                                    "Optimise only the first (noisiest) steps, which set pose and layout, and reuse "
-                                   "the last embedding for the rest; 0 = every step."}),
+                                   "the last embedding for the rest; 0 = every step. Needs inner_steps >= 1."}),
                 "warm_start": ("BOOLEAN", {"default": FULL.warm_start, "tooltip":
                                "Start each frame from the previous frame's optimised embeddings instead of the "
                                "source's. Frames are then optimised in order: with frames_per_batch 0 it uses "
-                               "one frame per batch."}),
+                               "one frame per batch. Needs inner_steps >= 1."}),
                 "adaptive": ("FLOAT", {"default": FULL.adaptive, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip":
                              "Stop a frame's iterations at a step once one lowers its loss by less than this "
-                             "fraction; 0 = off (only the early_stop threshold of the inversion applies)."}),
+                             "fraction (needs inner_steps >= 1); 0 = off (only the early_stop threshold of the inversion applies)."}),
             },
         }
 
@@ -93,6 +93,9 @@ class PoseAnimatePoseEmbeddingOptimize:
                                 or (src.float().cpu() - hints[0]).abs().mean() > 0.05):
             log.warning("%s: poses[0] differs from the inversion's source pose; PATA Align puts the source "
                         "pose first, and frames 1..N are used as targets", node)
+        with node_errors(node, {k: k for k in ("schedule", "optimize_steps", "warm_start", "adaptive")}):
+            pipeline.check_schedule(inner_steps, schedule=schedule, optimize_steps=int(optimize_steps),
+                                    warm_start=bool(warm_start), adaptive=float(adaptive))
         den = inversion_denoiser(inversion, model, control_net, node, conditioning_control(positive))
         frames_per_call = int(frames_per_batch) or (1 if warm_start else 0)
         grad = int(inner_steps) > 0

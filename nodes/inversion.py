@@ -58,7 +58,8 @@ class PoseAnimatePoseAwareInversion:
                                                    "docs/stickworld.md); 5 = the paper (workflow 'full')."}),
                 "early_stop": ("FLOAT", {"default": FULL.early_stop, "min": 0.0, "max": 1.0, "step": 1e-6,
                                          "tooltip": "Stop a step's iterations once the loss is under "
-                                                    "early_stop + step * 2e-5 (null-text inversion's rule)."}),
+                                                    "early_stop + step * 2e-5 (null-text inversion's rule). "
+                                                    "Needs inner_steps >= 1."}),
                 **control_inputs(),
             },
         }
@@ -81,6 +82,8 @@ class PoseAnimatePoseAwareInversion:
                                 "control_strength": "control_strength"}):
             pipeline.check_pose_canvas([8 * v for v in samples.shape[-2:]], hints.shape[-2:], "source_pose")
             control = ControlSettings(float(control_strength), float(control_start), float(control_end))
+        with node_errors(node, {"early_stop": "early_stop"}):
+            pipeline.check_schedule(inner_steps, early_stop=float(early_stop))
         den = ComfyDenoiser(model, control_net, strength=control.strength, start_percent=control.start,
                             end_percent=control.end, extra_control=conditioning_control(positive), node=node)
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ._layers import attention, pacm, pata
 from .contract import MGDM_MODES, Denoiser, PatchableModel, checked
+from .defaults import FULL
 from .errors import argument_error
 
 Callback = Callable[[str, int, int], None]
@@ -106,12 +107,26 @@ def align_poses(source, targets, *, transition_frames: int, mode: str = "similar
 
 
 # ------------------------------------------------------------------------------------------------ PACM
+def check_schedule(inner_steps: int, **settings) -> None:
+    """Refuse a setting that would silently do nothing: with ``inner_steps`` 0 (no embedding optimisation) every
+    optimisation setting (``schedule``, ``optimize_steps``, ``warm_start``, ``adaptive``, ``early_stop``) must
+    keep its default (:data:`pipeline.FULL`'s)."""
+    if int(inner_steps) != 0:
+        return
+    for name, value in settings.items():
+        default = getattr(FULL, name)
+        if value != default and not (isinstance(default, float) and float(value) == default):
+            raise argument_error(name, f"{value!r} has no effect with inner_steps 0 (no embedding optimisation)",
+                                 f"set inner_steps to 1 or more, or {name} back to {default!r}")
+
+
 def invert(model: Denoiser, latent: torch.Tensor, cond: torch.Tensor, hint: torch.Tensor | None, *, steps: int,
            cfg: float, inner_steps: int, early_stop: float = 1e-5, callback: Callback | None = None,
            **engine) -> pacm.InversionResult:
     """PACM stages 1 + 2: DDIM inversion of the source under its pose, then pose-aware inversion. ``engine``
     passes further keyword arguments to both engine calls (e.g. ``counts``)."""
     _check_engine(engine, pacm.ddim_invert, pacm.pose_aware_inversion)
+    check_schedule(inner_steps, early_stop=early_stop)
     model = checked(model)
     inv = pacm.ddim_invert(model, latent, cond, hint, steps=int(steps), callback=callback,
                            **_only(engine, pacm.ddim_invert))
@@ -130,6 +145,8 @@ def optimise(model: Denoiser, inversion: pacm.InversionResult, hints: torch.Tens
     embeddings; ``adaptive`` > 0 stops a frame's iterations once one lowers its loss by less than that fraction."""
     if schedule not in SCHEDULES:
         raise argument_error("schedule", f"unknown schedule {schedule!r}", f"choose one of {', '.join(SCHEDULES)}")
+    check_schedule(inner_steps, schedule=schedule, optimize_steps=optimize_steps, warm_start=warm_start,
+                   adaptive=adaptive)
     kwargs = dict(SCHEDULES[schedule])
     kwargs.update(optimize_steps=int(optimize_steps) or None, warm_start=bool(warm_start),
                   adaptive=float(adaptive) or None)

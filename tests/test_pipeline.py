@@ -188,3 +188,13 @@ def test_the_steps_check_every_engine_call_against_the_contract(monkeypatch):
     monkeypatch.setattr(pipeline.steps.pacm, "sample_frames", lambda model, *a, **k: seen.append(model))
     pipeline.sample(Host(), None, None)
     assert isinstance(seen[0], CheckedDenoiser)
+
+
+@pytest.mark.parametrize("name, value", [("schedule", "algorithm 1"), ("optimize_steps", 10), ("warm_start", True),
+                                         ("adaptive", 0.3), ("early_stop", 1e-3)])
+def test_a_setting_without_effect_at_inner_steps_0_is_refused(name, value):
+    """No silent settings: with no embedding optimisation every optimisation setting keeps its default."""
+    with pytest.raises(ValueError, match=f"^{name}: .* has no effect with inner_steps 0.*Fix: set inner_steps"):
+        pipeline.check_schedule(0, **{name: value})
+    pipeline.check_schedule(1, **{name: value})  # with optimisation it acts
+    pipeline.check_schedule(0, **{name: getattr(pipeline.FULL, name)})  # the default says nothing
