@@ -10,11 +10,11 @@ from .prior import body_prior
 from .render import COLORS, LIMB_SEQ, render_pose
 from .repair import repair_sequence
 from .sequence import build_sequence, build_sequence_with_parts
-from .skeleton import BONES, KEYPOINT_NAMES, body_scale
+from .skeleton import BONES, KEYPOINT_NAMES, body_height, body_scale
 from .transition import transition
 
 __all__ = [
     "align_sequence", "transition", "build_sequence", "render_pose", "from_pose_keypoint", "to_pose_keypoint",
     "build_sequence_with_parts", "estimate_similarity", "retarget", "repair_sequence", "load_pose_json",
-    "BONES", "KEYPOINT_NAMES", "LIMB_SEQ", "COLORS", "body_scale", "body_prior",
+    "BONES", "KEYPOINT_NAMES", "LIMB_SEQ", "COLORS", "body_height", "body_scale", "body_prior",
 ]
