@@ -245,4 +245,38 @@ file (hundreds of poses work); PATA inserts transition frames between distant po
     return g
 
 
-WORKFLOWS = {"full": full, "fast": fast, "remix": remix, "long": long}
+RETARGET_NOTE = """
+### Retarget: a driving pose sequence on your character's body
+No model, no picture: this workflow only makes poses, for any pose-driven video model.
+1. **Pose sequence**: the driving motion, a bundled example (`examples/...`) or a POSE_KEYPOINT / OpenPose JSON
+   file in ComfyUI's `input` folder (or connect *DWPose Estimator* run on a video).
+2. **Source pose**: your character's pose (its body proportions), as a pose file; the sample
+   `examples/character.json` is a short, long-legged figure on a 640x640 canvas.
+3. Queue. **PATA Align** (`retarget`) scales and places the motion on the character, gives every bone the
+   character's length, repairs bad detections and adds transition frames from the character's pose; frame 0 is
+   the character's own pose.
+4. Outputs in `output/PoseAnimate/retarget/`: the OpenPose video (`pose_video_*.mp4`) and the poses as JSON
+   (`pose_*.json`, OpenPose/DWPose format; Load Pose Sequence reads it from the `input` folder).
+
+Feed **PATA Align**'s `pose_images` (IMAGE) straight into a video model's pose input, e.g. ComfyUI's
+**WanAnimateToVideo** `pose_video`, **WanFunControlToVideo** / **WanVaceToVideo** `control_video`, or an
+OpenPose ControlNet's `image` (docs/workflows.md lists them). Set PATA Align's width/height to the video size.
+"""
+
+
+def retarget(g):
+    seq = g.node("PoseAnimateLoadPoseSequence", title="Pose sequence", pose_file=POSE_FILE, frames=0)
+    source_pose = g.node("PoseAnimateLoadPoseSequence", title="Source pose", pose_file=SOURCE_POSE_FILE)
+    align = g.node("PoseAnimatePATAAlign", title="PATA Align", source_pose=source_pose.out("pose"),
+                   target_pose=seq.out("pose"), transition_frames=FULL.transition_frames, mode="retarget",
+                   repair=FULL.repair, width=512, height=512)
+    g.node("PoseAnimateSavePoseSequence", title="Save poses (JSON)", pose=align.out("aligned_pose"),
+           filename_prefix="PoseAnimate/retarget/pose")
+    video = g.node("CreateVideo", title="Create pose video", images=align.out("pose_images"), fps=16.0)
+    g.node("SaveVideo", title="Save pose video", video=video.out(), filename_prefix="PoseAnimate/retarget/pose_video",
+           format="mp4", codec="h264")
+    g.note(RETARGET_NOTE, title="How to use")
+    return g
+
+
+WORKFLOWS = {"full": full, "fast": fast, "remix": remix, "long": long, "retarget": retarget}

@@ -484,13 +484,16 @@ def test_ui_format_workflow_is_refused(server, tmp_path, capsys):
 
 
 BUNDLED = sorted((ROOT / "workflows" / "api").glob("*.json"))
+# the workflows that animate a picture (retarget makes poses only: no image, prompt or seed to set)
+ANIMATE = [p for p in BUNDLED if any(n["class_type"] == "LoadImage" for n in json.loads(p.read_text()).values())]
 
 
 def test_bundled_api_workflows_exist():
-    assert {p.stem for p in BUNDLED} >= {"full", "fast", "remix", "long"}
+    assert {p.stem for p in BUNDLED} >= {"full", "fast", "remix", "long", "retarget"}
+    assert {p.stem for p in ANIMATE} >= {"full", "fast", "remix", "long"}
 
 
-@pytest.mark.parametrize("path", BUNDLED, ids=[p.stem for p in BUNDLED])
+@pytest.mark.parametrize("path", ANIMATE, ids=[p.stem for p in ANIMATE])
 def test_bundled_workflow_runs_headless(server, files, path):
     """Every bundled API workflow takes the standard settings and runs through the fake server."""
     server.known = _core_and_pack_classes()
@@ -650,3 +653,16 @@ def test_out_that_is_a_file(files, capsys):
     wf, image, pose, _ = files
     line = _bad(capsys, ["--workflow", str(wf), "--image", str(image), "--out", str(pose)])
     assert f"--out: {pose} is a file" in line, line
+
+
+def test_retarget_workflow_takes_the_pose_settings(capsys):
+    """The pose-only workflow: --pose, --source-pose and the canvas size are its settings."""
+    code = cli.run(["--server", "127.0.0.1:9", "--workflow", "retarget", "--pose", "input:drive.json",
+                    "--source-pose", "input:me.json", "--width", "384", "--height", "512", "--dry-run"])
+    assert code == 0
+    graph = json.loads(capsys.readouterr().out)
+    loads = {n["_meta"]["title"]: n["inputs"]["pose_file"] for n in graph.values()
+             if n["class_type"] == "PoseAnimateLoadPoseSequence"}
+    assert loads == {"Pose sequence": "drive.json", "Source pose": "me.json"}
+    align = next(n for n in graph.values() if n["class_type"] == "PoseAnimatePATAAlign")
+    assert (align["inputs"]["width"], align["inputs"]["height"], align["inputs"]["mode"]) == (384, 512, "retarget")

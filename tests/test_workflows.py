@@ -21,7 +21,7 @@ PACK = mw.pack_specs()
 SPECS = {**CORE["nodes"], **PACK}
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 UI_FILES = sorted((ROOT / "workflows").glob("*.json"))
-EXPECTED = {"full", "fast", "remix", "long"}
+EXPECTED = {"full", "fast", "remix", "long", "retarget"}
 
 
 # ------------------------------------------------------------------ an independent reading of the rules
@@ -352,3 +352,21 @@ def test_bundled_workflow_needs_no_optional_package(name):
     resize = next(n for n in graph.values() if n["_meta"]["title"] == "Resize source")
     assert (align["inputs"]["width"], align["inputs"]["height"]) == (resize["inputs"]["width"],
                                                                      resize["inputs"]["height"])
+
+
+def test_retarget_workflow_saves_the_retargeted_poses_as_video_and_json():
+    """retarget: driving sequence + the character's pose -> PATA Align (retarget) -> OpenPose video and JSON."""
+    graph = json.loads((ROOT / "workflows" / "api" / "retarget.json").read_text())
+    kinds = sorted(n["class_type"] for n in graph.values())
+    assert kinds == sorted(["PoseAnimateLoadPoseSequence"] * 2 + ["PoseAnimatePATAAlign", "PoseAnimateSavePoseSequence",
+                                                                  "CreateVideo", "SaveVideo"])
+    align_id, align = next((i, n) for i, n in graph.items() if n["class_type"] == "PoseAnimatePATAAlign")
+    assert align["inputs"]["mode"] == "retarget"
+    for role, title in (("source_pose", "Source pose"), ("target_pose", "Pose sequence")):
+        assert graph[align["inputs"][role][0]]["_meta"]["title"] == title
+    save = next(n for n in graph.values() if n["class_type"] == "PoseAnimateSavePoseSequence")
+    assert save["inputs"]["pose"] == [align_id, 0]  # aligned_pose
+    video = next(n for n in graph.values() if n["class_type"] == "CreateVideo")
+    assert video["inputs"]["images"] == [align_id, 1]  # pose_images
+    saver = next(n for n in graph.values() if n["class_type"] == "SaveVideo")
+    assert graph[saver["inputs"]["video"][0]] is video
