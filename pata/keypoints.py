@@ -41,7 +41,8 @@ def _points(flat, name: str, where: str, expected: int | None = None) -> np.ndar
         label = f" ({KEYPOINT_NAMES[k]})" if expected == N_BODY else ""
         raise ValueError(f"{name}: NaN or infinite value in {where}, keypoint {k}{label}. "
                          "Fix: re-run pose detection, or mark the point missing as [0, 0, 0].")
-    pts[pts[:, 2] <= 0] = 0.0
+    # comfyui_controlnet_aux's OpenPose Pose node writes a hand point it did not find as (-1, -1) with confidence 1
+    pts[(pts[:, 2] <= 0) | ((pts[:, 0] == -1) & (pts[:, 1] == -1))] = 0.0
     return pts
 
 
