@@ -26,7 +26,7 @@ SPECS = {**CORE["nodes"], **PACK}
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload")
 UI_FILES = sorted((ROOT / "workflows").glob("*.json"))
-EXPECTED = {"full", "fast", "remix", "long", "retarget"}
+EXPECTED = {"full", "fast", "remix", "long", "retarget", "dwpose"}
 
 
 # ------------------------------------------------------------------ an independent reading of the rules
@@ -503,3 +503,60 @@ def test_generator_refuses_a_third_party_node_without_its_pack():
     with pytest.raises(KeyError, match="no checked specs"):
         g.requires("comfyui_mystery_pack")
 
+
+def test_dwpose_workflow_finds_both_poses_with_dwpose_and_animates_like_full():
+    """dwpose: DWPose Estimator on the resized picture gives PATA Align's source pose, on every Nth frame of a
+    video (core Load Video + Get Video Components, Rebatch Images / Get Image From Batch) its target poses; the
+    rest is workflow 'full' with the same settings."""
+    wf = json.loads((ROOT / "workflows" / "dwpose.json").read_text())
+    assert declared_packs(wf) == {"comfyui_controlnet_aux": THIRD["comfyui_controlnet_aux"]["repository"]}
+    assert _node(wf, "LoadVideo")["widgets_values"] == ["driving_video.mp4", "image"]  # + the upload button
+    graph = json.loads((ROOT / "workflows" / "api" / "dwpose.json").read_text())
+    by_title = {n["_meta"]["title"]: n for n in graph.values()}
+
+    def src(node, name):
+        return graph[node["inputs"][name][0]]
+
+    align = by_title["PATA Align"]
+    full = json.loads((ROOT / "workflows" / "api" / "full.json").read_text())
+    full_align = next(n for n in full.values() if n["class_type"] == "PoseAnimatePATAAlign")
+    for key in ("transition_frames", "mode", "repair", "width", "height"):
+        assert align["inputs"][key] == full_align["inputs"][key], key
+    resize = by_title["Resize source"]
+    assert (align["inputs"]["width"], align["inputs"]["height"]) == (resize["inputs"]["width"],
+                                                                     resize["inputs"]["height"])
+    source = src(align, "source_pose")
+    assert source["class_type"] == "DWPreprocessor" and align["inputs"]["source_pose"][1] == 1  # POSE_KEYPOINT
+    assert src(source, "image") is resize
+    target = src(align, "target_pose")
+    assert target["class_type"] == "DWPreprocessor" and align["inputs"]["target_pose"][1] == 1
+    chain = [target]
+    while chain[-1]["class_type"] != "LoadVideo":
+        upstream = next(k for k in ("image", "images", "video") if k in chain[-1]["inputs"])
+        chain.append(src(chain[-1], upstream))
+    assert [n["class_type"] for n in chain] == ["DWPreprocessor", "ImageFromBatch", "RebatchImages", "ImageFromBatch",
+                                                "RebatchImages", "GetVideoComponents", "LoadVideo"]
+    _, frames, join, first, split, components, video = chain
+    assert frames["_meta"]["title"] == "Driving frames" and video["_meta"]["title"] == "Driving video"
+    assert frames["inputs"]["length"] == full[next(i for i, n in full.items() if n["_meta"]["title"] ==
+                                                   "Pose sequence")]["inputs"]["frames"]  # the paper's 12 poses
+    assert (first["inputs"]["batch_index"], first["inputs"]["length"]) == (0, 1)
+    assert split["inputs"]["batch_size"] > 1 and join["inputs"]["batch_size"] == 4096
+    assert split["inputs"]["images"][1] == 0  # Get Video Components' images, not its audio or fps
+    # no pose files; the PACM part is full's, node for node
+    assert not [n for n in graph.values() if n["class_type"] == "PoseAnimateLoadPoseSequence"]
+    pose_kinds = {"LoadVideo", "GetVideoComponents", "RebatchImages", "ImageFromBatch", "DWPreprocessor"}
+    previews = {"Source pose check", "Driving poses check"}
+    rest = sorted(n["class_type"] for n in graph.values()
+                  if n["class_type"] not in pose_kinds and n["_meta"]["title"] not in previews)
+    assert rest == sorted(n["class_type"] for n in full.values() if n["class_type"] != "PoseAnimateLoadPoseSequence")
+    for node in full.values():
+        if node["class_type"].startswith("PoseAnimate") and node["class_type"] != "PoseAnimateLoadPoseSequence":
+            mine = next(n for n in graph.values() if n["class_type"] == node["class_type"])
+            widgets = {k: v for k, v in node["inputs"].items() if not isinstance(v, list)}
+            assert {k: v for k, v in mine["inputs"].items() if not isinstance(v, list)} == widgets
+    for title in previews:
+        assert by_title[title]["class_type"] == "PreviewImage" and src(by_title[title], "images")["class_type"] == \
+            "DWPreprocessor"
+    saves = [n["inputs"]["filename_prefix"] for n in graph.values() if n["class_type"] in ("SaveImage", "SaveVideo")]
+    assert saves and all(p.startswith("PoseAnimate/dwpose/") for p in saves)
