@@ -11,11 +11,13 @@ from .mask_extract import PoseAnimateCrossAttentionMaskExtract
 from .pata_align import PoseAnimatePATAAlign
 from .pose_extract import PoseAnimatePoseExtract
 from .sample_frames import PoseAnimateSampleFrames
+from .save_pose_sequence import PoseAnimateSavePoseSequence
 
 NODE_CLASS_MAPPINGS = {
     "PoseAnimateLoadPoseSequence": PoseAnimateLoadPoseSequence,
     "PoseAnimatePoseExtract": PoseAnimatePoseExtract,
     "PoseAnimatePATAAlign": PoseAnimatePATAAlign,
+    "PoseAnimateSavePoseSequence": PoseAnimateSavePoseSequence,
     "PoseAnimatePoseAwareInversion": PoseAnimatePoseAwareInversion,
     "PoseAnimatePoseEmbeddingOptimize": PoseAnimatePoseEmbeddingOptimize,
     "PoseAnimateCrossAttentionMaskExtract": PoseAnimateCrossAttentionMaskExtract,
@@ -27,6 +29,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "PoseAnimateLoadPoseSequence": "Load Pose Sequence",
     "PoseAnimatePoseExtract": "Pose Extract",
     "PoseAnimatePATAAlign": "PATA Align",
+    "PoseAnimateSavePoseSequence": "Save Pose Sequence",
     "PoseAnimatePoseAwareInversion": "Pose-Aware Inversion",
     "PoseAnimatePoseEmbeddingOptimize": "Pose Embedding Optimize",
     "PoseAnimateCrossAttentionMaskExtract": "Cross-Attention Mask Extract",

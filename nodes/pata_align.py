@@ -66,8 +66,10 @@ class PoseAnimatePATAAlign:
                                                   "source character's length (keeps its proportions)."}),
                 "repair": ("BOOLEAN", {"default": FULL.repair,
                                        "tooltip": "Repair the target detections: fill short gaps, reject "
-                                                  "single-frame jumps, fix left/right swaps, light "
-                                                  "smoothing."}),
+                                                  "single-frame jumps, fix left/right swaps (a turn to the "
+                                                  "back is kept), light smoothing. Its thresholds follow the "
+                                                  "sequence's own motion, so clean motion passes through at "
+                                                  "any frame count."}),
                 "width": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 8,
                                   "tooltip": "Width of the output canvas in pixels; 0 = the source pose's "
                                              "canvas. Use your source image's width."}),

@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 
 import numpy as np
 
@@ -40,7 +41,8 @@ def _points(flat, name: str, where: str, expected: int | None = None) -> np.ndar
         label = f" ({KEYPOINT_NAMES[k]})" if expected == N_BODY else ""
         raise ValueError(f"{name}: NaN or infinite value in {where}, keypoint {k}{label}. "
                          "Fix: re-run pose detection, or mark the point missing as [0, 0, 0].")
-    pts[pts[:, 2] <= 0] = 0.0
+    # comfyui_controlnet_aux's OpenPose Pose node writes a hand point it did not find as (-1, -1) with confidence 1
+    pts[(pts[:, 2] <= 0) | ((pts[:, 0] == -1) & (pts[:, 1] == -1))] = 0.0
     return pts
 
 
@@ -268,3 +270,37 @@ def _read_json(path: str, name: str):
     except json.JSONDecodeError as exc:
         raise ValueError(f"{name}: {os.path.basename(path)} is not valid JSON ({exc}). Fix: use a POSE_KEYPOINT "
                          "or OpenPose JSON file.") from None
+
+
+def _json_value(value):
+    """numpy scalars and arrays as plain JSON values (POSE_KEYPOINT built in Python may hold them)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def save_pose_json(data, path, name: str = "pose") -> str:
+    """Write POSE_KEYPOINT data (a list of frames, or one frame) to ``path`` as JSON that
+    :func:`load_pose_json` reads back to the same frames; returns the path. The data are checked first
+    (:func:`from_pose_keypoint`), then written whole: to a temporary file beside ``path``, renamed over it."""
+    frames = _frames(data, name)
+    from_pose_keypoint(frames, name)
+    try:
+        text = json.dumps(frames, default=_json_value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: the pose data cannot be written as JSON ({exc}). Fix: pass POSE_KEYPOINT "
+                         "frames of plain numbers, lists and dicts.") from None
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path

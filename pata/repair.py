@@ -5,8 +5,8 @@ import logging
 
 import numpy as np
 
-from .skeleton import L_ANKLE, L_ELBOW, L_HIP, L_KNEE, L_SHOULDER, L_WRIST, LR_GROUPS, N_BODY, R_ANKLE, R_ELBOW, \
-    R_HIP, R_KNEE, R_SHOULDER, R_WRIST, as_sequence, body_scale
+from .skeleton import L_ANKLE, L_EAR, L_ELBOW, L_EYE, L_HIP, L_KNEE, L_SHOULDER, L_WRIST, LR_GROUPS, N_BODY, NOSE, \
+    R_ANKLE, R_EAR, R_ELBOW, R_EYE, R_HIP, R_KNEE, R_SHOULDER, R_WRIST, as_sequence, body_scale
 
 logger = logging.getLogger(__name__)
 
@@ -17,19 +17,88 @@ JOINT_PAIRS = (
     (R_WRIST, R_ELBOW, L_WRIST, L_ELBOW), (R_ANKLE, R_KNEE, L_ANKLE, L_KNEE),
 )
 
+# How far a repair may trust frame-to-frame continuity, in multiples of the sequence's own motion (the median
+# frame-to-frame move of the keypoint or group): a clean sequence subsampled to a few frames moves a lot between
+# frames, and that motion must never read as a fault. Measured on the bundled sequences subsampled from 6 frames
+# to all (benchmarks/bench_repair.py): clean motion stays under 1.9 times its median move; faults of a fifth of
+# the body height on a dense sequence are 4 times and more.
+MOTION_FACTOR = 2.5
+SMOOTH_LIMIT = 0.05  # smoothing moves a keypoint by at most this fraction of the body scale (jitter, not motion)
+
+
+def _steps(xy: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Per keypoint, the median frame-to-frame move over the frame pairs where it is present in both (0 if none)."""
+    step = np.hypot(*(xy[1:] - xy[:-1]).transpose(2, 0, 1))
+    both = ok[1:] & ok[:-1]
+    return np.array([float(np.median(step[both[:, j], j])) if both[:, j].any() else 0.0 for j in range(xy.shape[1])])
+
+
+def _facing(pose: np.ndarray) -> int:
+    """+1 when the face is seen (nose, or both eyes), -1 for a back view (no nose or eyes, an ear), 0 unknown."""
+    if pose[NOSE, 2] > 0 or (pose[R_EYE, 2] > 0 and pose[L_EYE, 2] > 0):
+        return 1
+    if pose[R_EYE, 2] <= 0 and pose[L_EYE, 2] <= 0 and (pose[R_EAR, 2] > 0 or pose[L_EAR, 2] > 0):
+        return -1
+    return 0
+
+
+# The root pairs of each group in LR_GROUPS, tried in order: they sit apart on a rigid part of the body (shoulders,
+# hips, eyes or else ears), so a detector's swap of the whole group moves them while clean motion rarely crosses them.
+ROOT_PAIRS = (((R_SHOULDER, L_SHOULDER),), ((R_HIP, L_HIP),), ((R_EYE, L_EYE), (R_EAR, L_EAR)))
+
+
+def _root_pair(*poses: np.ndarray, group: int) -> tuple[int, int] | None:
+    """The group's first root pair present in every pose given, or None."""
+    for r, l in ROOT_PAIRS[group]:
+        if all(p[r, 2] > 0 and p[l, 2] > 0 for p in poses):
+            return r, l
+    return None
+
+
+def _side_order(pose: np.ndarray, group: int, scale: float) -> int:
+    """Which way the labels put a group's root pair against the way the person faces: +1 when the right one is on
+    the image's left for a face seen from the front (or on the image's right for a back view), -1 the other way
+    round, 0 when the face or the pair does not say (a profile, a point missing)."""
+    facing = _facing(pose)
+    pair = _root_pair(pose, group=group)
+    if not facing or pair is None:
+        return 0
+    dx = pose[pair[1], 0] - pose[pair[0], 0]
+    if abs(dx) < 0.15 * scale:
+        return 0
+    return facing * (1 if dx > 0 else -1)
+
+
+def _runs(mask: np.ndarray) -> list[np.ndarray]:
+    """The runs of consecutive True frames of a boolean mask, as index arrays."""
+    idx = np.flatnonzero(mask)
+    return [r for r in np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1) if len(r)]
+
 
 def fix_swaps(seq: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
     """Undo left/right swaps of whole groups (arms, legs, eyes+ears).
 
-    For each group, walk the frames keeping the latest known positions in frame 0's labelling; a frame whose
-    swapped labels match those much better than its own is flipped relative to frame 0. The labelling most frames agree on wins, so a swapped first frame
-    is fixed too instead of flipping the rest. Returns the fixed sequence and how many group swaps were undone.
+    Continuity: for each group, walk the frames keeping the latest known positions in frame 0's labelling; a frame
+    whose swapped labels match those much better than its own (by more than the group's own frame-to-frame motion
+    allows) is flipped relative to frame 0. The labelling most frames agree on wins, so a swapped first frame is
+    fixed too instead of flipping the rest.
+    Orientation: the labelling is kept in any frame where the group's root pair (shoulders, hips; eyes) sits the way
+    the sequence's person faces over the whole sequence (right on the image's left when the face is seen, on the
+    image's right in a back view), so a turn to the back is never "undone".
+    Returns the fixed sequence and how many group swaps were undone.
     """
     out = seq.copy()
     count = 0
-    for right, left in LR_GROUPS:
+    xy, ok_all = seq[..., :2], seq[..., 2] > 0
+    steps = _steps(xy, ok_all)
+    for group, (right, left) in enumerate(LR_GROUPS):
         idx = list(right) + list(left)
         flip = list(left) + list(right)
+        motion = float(np.mean(steps[idx]))
+        thr = max(0.15 * scale, MOTION_FACTOR * motion)
+        # the sequence's own orientation: the root pair's order against the facing, over every frame that shows it
+        order = np.array([_side_order(p, group, scale) for p in seq])
+        usual = int(np.sign(order.sum()))
         parity = np.zeros(len(seq), dtype=bool)  # labels flipped relative to frame 0's
         last = seq[0].copy()  # latest known positions, in frame 0's labelling
         for f in range(1, len(seq)):
@@ -41,8 +110,14 @@ def fix_swaps(seq: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
                     keep += np.hypot(*(pose[j, :2] - last[j, :2]))
                     swap += np.hypot(*(pose[j, :2] - last[o, :2]))
                     n += 1
+            # a detector swaps a whole group root and all, while limbs of clean motion cross with their roots apart:
+            # the root pair must sit closer to the other side's latest positions too
+            pair = _root_pair(pose, last, group=group)
+            roots = pair is not None and (
+                np.hypot(*(pose[pair[0], :2] - last[pair[1], :2])) + np.hypot(*(pose[pair[1], :2] - last[pair[0], :2]))
+                < np.hypot(*(pose[pair[0], :2] - last[pair[0], :2])) + np.hypot(*(pose[pair[1], :2] - last[pair[1], :2])))
             # last holds frame 0's labelling, so this says whether frame f is flipped relative to frame 0
-            parity[f] = bool(n) and keep > 0.15 * scale * n and swap < 0.5 * keep
+            parity[f] = bool(n) and roots and keep > thr * n and swap < 0.5 * keep
             relabelled = pose.copy()
             if parity[f]:
                 relabelled[idx] = pose[flip]
@@ -51,9 +126,15 @@ def fix_swaps(seq: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
         shown = (seq[:, idx, 2] > 0).any(axis=1)
         if parity[shown].sum() * 2 > shown.sum():
             parity = ~parity  # frame 0 was the odd one out
-        for f in np.flatnonzero(parity & shown):
-            out[f, idx] = seq[f, flip]
-            count += 1
+        # a run of frames whose labels agree with the sequence's orientation more often than not is kept (a turn,
+        # not a swap); a run the orientation cannot judge (profile views, no face) follows continuity
+        suspect = parity & shown
+        for run in _runs(suspect):
+            if usual and (order[run] == usual).sum() > (order[run] == -usual).sum():
+                continue
+            for f in run:
+                out[f, idx] = seq[f, flip]
+                count += 1
     return out, count
 
 
@@ -80,14 +161,16 @@ def fix_joint_swaps(seq: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
 
 def reject_jumps(seq: np.ndarray, scale: float, fraction: float = 0.3) -> tuple[np.ndarray, int]:
     """Mark a keypoint missing in a frame where it sits more than ``fraction * scale`` away from where its
-    neighbours put it (their midpoint; at the first and last frame, the extrapolation of the next two)
-    and further than the neighbours move themselves: a one-frame glitch, not fast motion (steady fast
-    motion passes through the midpoint, and a move that lasts two frames or more moves a neighbour too)."""
+    neighbours put it (their midpoint; at the first and last frame, the extrapolation of the next two),
+    further than the neighbours move themselves, and more than ``MOTION_FACTOR`` times the keypoint's own
+    median frame-to-frame move: a one-frame glitch, not fast motion (steady fast motion passes through the
+    midpoint, a move that lasts two frames or more moves a neighbour too, and a sequence sampled sparsely
+    moves that much every frame)."""
     out = seq.copy()
-    thr = fraction * scale
+    ok_all = seq[..., 2] > 0
+    thr = np.maximum(fraction * scale, MOTION_FACTOR * _steps(seq[..., :2], ok_all))
     count = 0
     n = len(seq)
-    ok_all = seq[..., 2] > 0
     for f in range(n):
         if 0 < f < n - 1:
             a, b = f - 1, f + 1
@@ -101,21 +184,35 @@ def reject_jumps(seq: np.ndarray, scale: float, fraction: float = 0.3) -> tuple[
             continue
         ok = ok_all[f] & ok_all[a] & ok_all[b]
         dev = np.hypot(*(seq[f, :, :2] - pred).T)
-        jump = ok & (dev > thr) & (dev > span)
+        # an extrapolation strays about twice as far from smooth motion as an interpolation
+        jump = ok & (dev > (thr if 0 < f < n - 1 else 2 * thr)) & (dev > span)
         out[f, jump] = 0.0
         count += int(jump.sum())
     return out, count
 
 
-def fill_gaps(seq: np.ndarray, max_gap: int = 8) -> tuple[np.ndarray, int]:
-    """Linearly interpolate runs of at most ``max_gap`` missing frames between two present frames."""
+FACE = (NOSE, R_EYE, L_EYE, R_EAR, L_EAR)
+
+
+def fill_gaps(seq: np.ndarray, max_gap: int = 8, detected: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Linearly interpolate runs of at most ``max_gap`` missing frames between two present frames. A face point
+    (nose, eyes, ears) is filled only in frames that show no face point at all, or where ``detected`` ``(F, 18)``
+    says the detector gave it (a rejected jump): a missing ear or eye beside a seen one is the head turned (the
+    detector rightly leaves it out), not a detection lost."""
     out = seq.copy()
     count = 0
+    no_face = ~(seq[:, list(FACE), 2] > 0).any(axis=1)
+    if detected is not None:
+        no_face = no_face[:, None] | detected
+    else:
+        no_face = np.repeat(no_face[:, None], N_BODY, axis=1)
     for j in range(N_BODY):
         idx = np.flatnonzero(seq[:, j, 2] > 0)
         for a, b in zip(idx[:-1], idx[1:]):
             if 1 < b - a <= max_gap + 1:
                 for f in range(a + 1, b):
+                    if j in FACE and not no_face[f, j]:
+                        continue
                     t = (f - a) / (b - a)
                     out[f, j, :2] = (1 - t) * seq[a, j, :2] + t * seq[b, j, :2]
                     out[f, j, 2] = min(seq[a, j, 2], seq[b, j, 2])
@@ -146,9 +243,11 @@ def _savgol_weights(window: int, order: int) -> np.ndarray:
     return np.linalg.pinv(basis)[0]  # value of the fitted polynomial at the centre
 
 
-def smooth(seq: np.ndarray, window: int = 5, order: int = 2) -> np.ndarray:
+def smooth(seq: np.ndarray, window: int = 5, order: int = 2, limit: float | None = None) -> np.ndarray:
     """Savitzky-Golay smoothing (window 5, quadratic) of each keypoint over its frames; frames whose
-    whole window is present are smoothed, others kept. A quadratic fit keeps real fast motion."""
+    whole window is present are smoothed, others kept. A quadratic fit keeps real fast motion. With ``limit``
+    (pixels) no keypoint moves further than that: smoothing removes detector jitter, and a larger correction
+    is the fit failing to follow motion the frames sample sparsely, not noise."""
     out = seq.copy()
     w = _savgol_weights(window, order)
     h = window // 2
@@ -156,7 +255,11 @@ def smooth(seq: np.ndarray, window: int = 5, order: int = 2) -> np.ndarray:
         ok = seq[:, j, 2] > 0
         for f in range(h, len(seq) - h):
             if ok[f - h:f + h + 1].all():
-                out[f, j, :2] = w @ seq[f - h:f + h + 1, j, :2]
+                delta = w @ seq[f - h:f + h + 1, j, :2] - seq[f, j, :2]
+                size = float(np.hypot(*delta))
+                if limit is not None and size > limit:
+                    delta *= limit / size
+                out[f, j, :2] = seq[f, j, :2] + delta
     return out
 
 
@@ -180,11 +283,12 @@ def repair_sequence(sequence, max_gap: int = 8, jump_fraction: float = 0.3, smoo
     seq, n_swap = fix_swaps(seq, scale)
     seq, n_joint = fix_joint_swaps(seq, scale)
     n_swap += n_joint
+    detected = seq[..., 2] > 0
     seq, n_jump = reject_jumps(seq, scale, jump_fraction)
-    seq, n_fill = fill_gaps(seq, max_gap)
+    seq, n_fill = fill_gaps(seq, max_gap, detected)
     seq, n_hold = hold_ends(seq, max_gap)
     if smoothing:
-        seq = smooth(seq)
+        seq = smooth(seq, limit=SMOOTH_LIMIT * scale)
     logger.info("PATA repair: %d left/right swaps undone, %d jumps rejected, %d points filled, "
                 "%d empty end frames held", n_swap, n_jump, n_fill, n_hold)
     return seq

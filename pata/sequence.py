@@ -26,7 +26,7 @@ def build_sequence_with_parts(source, targets, n_transition: int, mode: str = "s
     output frame (None where neither input has that part).
 
     Parts follow their anchor keypoint (wrists, nose): target parts take the similarity transform and
-    then ride along with their anchor's retargeting shift; during the transition each part keeps its
+    then ride along with their anchor's move by repair and retargeting; during the transition each part keeps its
     shape from the nearer end and moves with its anchor.
     """
     _check_mode(mode)
@@ -42,6 +42,7 @@ def build_sequence_with_parts(source, targets, n_transition: int, mode: str = "s
             "target: every target frame is empty (no person detected in any frame). Fix: check the target "
             "video or pose file and the pose detector's settings."
         )
+    detected = seq  # as given: the parts sit on these anchors
     if repair:
         seq = repair_sequence(seq)
     scale, shift = estimate_similarity(src, seq)
@@ -74,9 +75,13 @@ def build_sequence_with_parts(source, targets, n_transition: int, mode: str = "s
             out[0] = sp
         if tp is not None:
             moved = apply_similarity(tp, scale, shift)
+            # a part rides on its anchor from where the detector put the anchor (repair may have moved it) to
+            # where it ends up, so repair and retargeting carry the part along
+            placed = apply_similarity(detected, scale, shift)
             for f in range(len(aligned)):
-                if aligned[f, anchor, 2] > 0 and similar[f, anchor, 2] > 0:
-                    moved[f] = _shift(moved[f], aligned[f, anchor, :2] - similar[f, anchor, :2])
+                ref = placed if detected[f, anchor, 2] > 0 else similar
+                if aligned[f, anchor, 2] > 0 and ref[f, anchor, 2] > 0:
+                    moved[f] = _shift(moved[f], aligned[f, anchor, :2] - ref[f, anchor, :2])
             out[1 + n:] = moved
         tp_end = out[1 + n + first] if tp is not None and (out[1 + n + first, :, 2] > 0).any() else None
         for i, w in enumerate(weights):

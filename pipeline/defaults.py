@@ -22,7 +22,7 @@ class Recipe:
     # PATA Align
     transition_frames: int = 3
     pata_mode: str = "similarity"
-    repair: bool = True
+    repair: bool = True                # on: clean motion passes through at any frame count (benchmarks/bench_repair.py)
     # Pose-Aware Inversion
     steps: int = 50
     cfg: float = 7.5

@@ -10,10 +10,15 @@ Node inputs come from the node classes themselves: this pack's classes are impor
 ComfyUI's core nodes are read from the checked list ``tests/data/comfy_core_nodes.json``, extracted from
 ComfyUI's ``NODE_CLASS_MAPPINGS`` with the same ``node_info`` shape ComfyUI's ``/object_info`` serves. In that
 file an empty combo list means the options are files found at run time (checkpoints, images, ...).
+Nodes of other custom node packs come from ``tests/data/third_party_nodes.json`` (written from each pack's
+source, same shape) and only into a workflow that declares the pack with ``Graph.requires(pack)``; the UI file
+then names the pack in ``extra.poseanimate.custom_nodes`` and each of its nodes carries the pack's registry id
+(``properties.cnr_id``, which ComfyUI-Manager reads to offer the install).
 
 Widget values follow the ComfyUI frontend: one value per widget input in INPUT_TYPES order (required, then
 optional); an INT input named ``seed``/``noise_seed`` or flagged ``control_after_generate`` is followed by the
-control value ("fixed", ...); an ``image_upload`` combo is followed by the upload widget's value "image".
+control value ("fixed", ...); an upload combo (``image_upload``, ``video_upload``, ``animated_image_upload``: the
+frontend gives all three the same upload button) is followed by the upload widget's value "image".
 Inputs of other types are sockets. A widget fed by a link keeps its widget value and gains a socket with
 ``"widget": {"name": ...}``.
 """
@@ -38,6 +43,8 @@ if str(ROOT / "scripts") not in sys.path:
 from _cli import CliError, Parser, atomic_output, output_path  # noqa: E402
 WORKFLOWS = ROOT / "workflows"
 CORE_SPECS = ROOT / "tests" / "data" / "comfy_core_nodes.json"
+THIRD_PARTY_SPECS = ROOT / "tests" / "data" / "third_party_nodes.json"
+UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload")
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
@@ -51,6 +58,7 @@ CORE_SPEC_NODES = [
     "PrimitiveString", "PrimitiveStringMultiline", "PrimitiveInt", "PrimitiveFloat", "PrimitiveBoolean", "Canny",
     "ImageInvert", "ImageToMask", "MaskToImage", "SolidMask", "InvertMask", "GrowMask", "ImageBatch",
     "RepeatImageBatch", "ImageFromBatch", "GetImageSize", "ImageCompositeMasked", "SetLatentNoiseMask",
+    "LoadVideo", "GetVideoComponents", "RebatchImages",
 ]
 
 
@@ -113,6 +121,11 @@ def core_specs() -> dict:
     return json.loads(CORE_SPECS.read_text())
 
 
+def third_party_packs() -> dict:
+    """{pack id: {"repository", "commit", "registry_id", "nodes": {node id: spec}, ...}} from the checked list."""
+    return json.loads(THIRD_PARTY_SPECS.read_text())["packs"]
+
+
 def all_specs() -> dict:
     specs = dict(core_specs()["nodes"])
     specs.update(pack_specs())
@@ -131,7 +144,7 @@ def widgets(spec: dict) -> list[tuple[str, str, object]]:
             out.append(("value", name, entry))
             if kind == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed")):
                 out.append(("control", name, entry))
-            if opts.get("image_upload"):
+            if any(opts.get(flag) for flag in UPLOAD_FLAGS):
                 out.append(("upload", name, entry))
     return out
 
@@ -200,10 +213,25 @@ class Graph:
         self.nodes: list[Node] = []
         self.notes: list[dict] = []
         self.groups: list[tuple[str, list[Node], str]] = []
+        self.packs: dict[str, dict] = {}  # custom node packs this workflow declares (other than this one)
+
+    def requires(self, pack: str) -> None:
+        """Declare that this workflow needs another custom node pack: its checked node specs become usable."""
+        packs = third_party_packs()
+        if pack not in packs:
+            raise KeyError(f"{self.name}: no checked specs for custom node pack {pack!r} in "
+                           f"{THIRD_PARTY_SPECS.relative_to(ROOT)}; known: {sorted(packs)}")
+        self.packs[pack] = packs[pack]
+        self.specs = {**self.specs, **packs[pack]["nodes"]}  # this graph's own view; the shared dict stays
+
+    def _pack_of(self, class_type: str) -> str | None:
+        return next((p for p, info in self.packs.items() if class_type in info["nodes"]), None)
 
     def node(self, class_type: str, title: str | None = None, column: int | None = None, **inputs) -> Node:
         if class_type not in self.specs:
-            raise KeyError(f"{self.name}: unknown node class {class_type!r}")
+            owner = next((p for p, info in third_party_packs().items() if class_type in info["nodes"]), None)
+            hint = f" (a node of custom node pack {owner!r}: call g.requires({owner!r}) first)" if owner else ""
+            raise KeyError(f"{self.name}: unknown node class {class_type!r}{hint}")
         spec = self.specs[class_type]
         for name in inputs:
             if input_entry(spec, name)[0] is None:
@@ -295,6 +323,9 @@ class Graph:
                 "properties": {"Node name for S&R": node.class_type},
                 "widgets_values": self._widget_values(node),
             }
+            pack = self._pack_of(node.class_type)
+            if pack:  # ComfyUI-Manager finds the pack to install for a missing node by this id
+                ui_nodes[node.id]["properties"]["cnr_id"] = self.packs[pack]["registry_id"]
             if node.title:
                 ui_nodes[node.id]["title"] = node.title
         for link_id, (src, dst, name) in enumerate(self._links(), start=1):
@@ -333,11 +364,14 @@ class Graph:
             groups.append({"id": len(groups) + 1, "title": title, "bounding": [min(xs) - 20, min(ys) - 60,
                            x2 - min(xs) + 40, y2 - min(ys) + 80], "color": color, "font_size": 24, "flags": {}})
         all_ids = [n["id"] for n in ui_nodes.values()]
+        extra = {"ds": {"scale": 0.8, "offset": [0, 0]}}
+        if self.packs:
+            extra["poseanimate"] = {"custom_nodes": {p: info["repository"] for p, info in self.packs.items()}}
         return {
             "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"poseanimate/{self.name}")), "revision": 0,
             "last_node_id": max(all_ids), "last_link_id": len(links),
             "nodes": [ui_nodes[i] for i in sorted(ui_nodes)], "links": links, "groups": groups, "config": {},
-            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4,
+            "extra": extra, "version": 0.4,
         }
 
     # ---- API format

@@ -7,12 +7,17 @@
 Pose files (--pose, --source-pose): a local JSON file is checked and uploaded; ``examples/<name>.json`` names a
 pose file bundled with the pack (walk, wave, turn, dance, character) and ``input:<name>`` a file already in the
 server's input folder; both are passed to the server as names. A local path that does not exist is an error.
+Workflow ``dwpose`` finds the poses itself (DWPose Estimator, from comfyui_controlnet_aux): give it the picture
+(--image) and the driving video (--video, a local video file or ``input:<name>``) instead of pose files.
+
+    python scripts/poseanimate_run.py --workflow dwpose --image me.png --video dance.mp4 --prompt "a knight"
 
 What it does, with the standard library only:
 
 1. loads the API-format workflow (``workflows/api/<name>.json`` or any API-format JSON file);
-2. uploads the character image (and the pose files, when they are local files) with ``POST /upload/image``;
-3. sets the image, pose files, prompt, subject word, seed and sizes in the graph, finding nodes by
+2. uploads the character image (and the pose files and the driving video, when they are local files) with
+   ``POST /upload/image``;
+3. sets the image, pose files or video, prompt, subject word, seed and sizes in the graph, finding nodes by
    ``class_type`` and title rather than by node id, plus any ``--set NODE.INPUT=VALUE`` overrides;
 4. queues it with ``POST /prompt`` (with a ``client_id``) and prints progress lines while it polls
    ``GET /queue`` and ``GET /history/{prompt_id}``;
@@ -58,6 +63,7 @@ POSE_NODE = "PoseAnimateLoadPoseSequence"
 POSE_INPUTS = ("pose_file", "pose_path", "path", "file", "poses")
 EXAMPLE_PREFIX, SERVER_PREFIX = "examples/", "input:"
 MASK_NODE = "PoseAnimateCrossAttentionMaskExtract"
+VIDEO_NODE = "LoadVideo"
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".mov", ".gif", ".webp", ".apng"}
 
 
@@ -330,9 +336,29 @@ def pose_argument(flag: str, value: str) -> tuple[str, object]:
     return "local", path
 
 
+def video_argument(flag: str, value: str) -> tuple[str, object]:
+    """('local', Path) for a local video file, ('name', str) for a file in the server's input folder."""
+    if value.startswith(SERVER_PREFIX):
+        name = value[len(SERVER_PREFIX):]
+        if not name:
+            raise RunError(f"{flag}: {value!r} names no file. Fix: {flag} {SERVER_PREFIX}my_video.mp4", EXIT_USAGE)
+        return "name", name
+    try:
+        path = readable_file(flag, value, "video file")
+    except CliError as exc:
+        raise RunError(f"{exc}; or name a file in the server's input folder as {SERVER_PREFIX}<name>",
+                       EXIT_USAGE) from None
+    kind = mimetypes.guess_type(path.name)[0] or ""
+    if not kind.startswith("video/"):
+        raise RunError(f"{flag}: {path} is not a video file by its name (ComfyUI's Load Video lists video files "
+                       f"only). Fix: give an .mp4, .webm, .mov or .mkv file", EXIT_USAGE)
+    return "local", path
+
+
 def check_arguments(args) -> None:
     """Every check on the command line and the local files, before the workflow is loaded or a server is
-    contacted. Stores the parsed pose arguments on ``args`` (``pose_spec``, ``source_pose_spec``)."""
+    contacted. Stores the parsed pose and video arguments on ``args`` (``pose_spec``, ``source_pose_spec``,
+    ``video_spec``)."""
     try:
         if args.image:
             image_file("--image", args.image)
@@ -340,6 +366,7 @@ def check_arguments(args) -> None:
         raise _usage(exc) from None
     args.pose_spec = pose_argument("--pose", args.pose) if args.pose else None
     args.source_pose_spec = pose_argument("--source-pose", args.source_pose) if args.source_pose else None
+    args.video_spec = video_argument("--video", args.video) if args.video else None
     specs = [x for x in (args.pose_spec, args.source_pose_spec) if x and x[0] == "local"]
     if len(specs) == 2 and specs[0][1].name == specs[1][1].name and \
             specs[0][1].read_bytes() != specs[1][1].read_bytes():
@@ -414,7 +441,9 @@ def apply_settings(graph: dict, args, client: Client | None) -> tuple[dict, list
         name = client.upload(image) if client else image.name
         set_input(graph, ids[0], "image", name)
         notes.append(f"image -> {name} ({_node_label(graph, ids[0])})")
-        if args.source_pose_spec is None:
+        has_source_loader = any("source" in graph[i].get("_meta", {}).get("title", "").lower()
+                                for i in find_nodes(graph, POSE_NODE))
+        if args.source_pose_spec is None and has_source_loader:
             notes.append("warning: no --source-pose: the workflow's sample source pose (examples/character.json) "
                          "stands for your character's pose; give your picture's pose with --source-pose")
 
@@ -438,6 +467,17 @@ def apply_settings(graph: dict, args, client: Client | None) -> tuple[dict, list
                 f"poseanimate/{value.name}"
         set_input(graph, ids[0], field, value)
         notes.append(f"{flag[2:]} -> {value} ({_node_label(graph, ids[0])}.{field})")
+
+    if args.video_spec is not None:
+        ids = find_nodes(graph, VIDEO_NODE, "driving") or find_nodes(graph, VIDEO_NODE)
+        if not ids:
+            raise RunError(f"--video: the workflow has no {VIDEO_NODE} node. Fix: leave --video out or use the "
+                           f"bundled workflow dwpose", EXIT_USAGE)
+        kind, value = args.video_spec
+        if kind == "local":
+            value = client.upload(value) if client else value.name
+        set_input(graph, ids[0], "file", value)
+        notes.append(f"video -> {value} ({_node_label(graph, ids[0])})")
 
     if args.prompt is not None:
         ids = find_nodes(graph, title="prompt")
@@ -649,12 +689,15 @@ def build_parser() -> Parser:
     p.add_argument("--server", default=os.environ.get("COMFYUI_SERVER", "http://127.0.0.1:8188"),
                    help="ComfyUI address (default: $COMFYUI_SERVER or http://127.0.0.1:8188)")
     p.add_argument("--workflow", default="full",
-                   help="bundled workflow name in workflows/api/ (full, fast, remix, long) or an API-format JSON")
+                   help="bundled workflow name in workflows/api/ (full, fast, remix, long, retarget, dwpose) or an "
+                        "API-format JSON")
     p.add_argument("--image", help="character image to animate (uploaded to the server's input folder)")
     p.add_argument("--pose", help="target pose sequence: a local JSON file (uploaded), examples/<name>.json (bundled "
                                   "with the pack) or input:<name> (already in the server's input folder)")
     p.add_argument("--source-pose", help="pose of the character in --image, for the workflow's 'Source pose' "
                                          "loader; same forms as --pose")
+    p.add_argument("--video", help="driving video for a workflow that finds the poses in one (dwpose): a local "
+                                   "video file (uploaded) or input:<name> (already in the server's input folder)")
     p.add_argument("--prompt", help="positive prompt describing the character")
     p.add_argument("--negative", help="negative prompt")
     p.add_argument("--subject", help="subject word(s) in the prompt for the cross-attention character mask")

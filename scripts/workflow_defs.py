@@ -9,7 +9,9 @@ the optional package controlnet-aux, whose requirements (torchvision, timm, scik
 opencv-python-headless, huggingface_hub) do not sit well beside ComfyUI's torch -- in a ComfyUI Python with
 torch 2.13.0, `pip install --dry-run controlnet-aux` would replace torch with 2.14.1 and add the CUDA 13
 libraries. So the bundled workflows run after the README's install, and Pose Extract stays the documented
-alternative (see docs/workflows.md).
+alternative (see docs/workflows.md). The one exception is ``dwpose``: it finds both poses inside the graph with
+DWPose Estimator, so it declares the custom node pack comfyui_controlnet_aux (``g.requires``; its node specs are
+checked in tests/data/third_party_nodes.json) and says so in its note.
 """
 from __future__ import annotations
 
@@ -32,13 +34,18 @@ PROMPT = "a young woman in a red dress and white sneakers, full body, plain stud
 NEGATIVE = "blurry, deformed, extra limbs, bad anatomy, lowres, watermark"
 SUBJECT = "woman"
 
-MODELS_NOTE = f"""
+MODEL_FILES = f"""
 ### Models
 - **Load Checkpoint**: any SD1.5 checkpoint or fine-tune (default name `{CKPT}`), in `models/checkpoints`.
 - **Load OpenPose ControlNet**: an SD1.5 OpenPose ControlNet, e.g. `{OPENPOSE}`, in `models/controlnet`.
-
+"""
+MODELS_NOTE = MODEL_FILES + """
 PoseAnimate is training-free: nothing is trained, and these workflows download nothing. (Pose Extract, if
 you add it, downloads the OpenPose annotator weights `lllyasviel/Annotators` on its first run.)
+"""
+DWPOSE_MODELS_NOTE = MODEL_FILES + """
+PoseAnimate is training-free: nothing is trained. DWPose Estimator downloads its detector weights on its first
+run (see How to use).
 """
 
 HOW_NOTE = """
@@ -83,11 +90,21 @@ def _loaders(g, lora=False):
     return model, clip, ckpt.out("VAE"), cnet.out()
 
 
+def _pose_files(g, recipe, resized, pose_file):
+    """The target poses and the source pose from pose files (two Load Pose Sequence nodes)."""
+    seq = g.node("PoseAnimateLoadPoseSequence", title="Pose sequence", pose_file=pose_file,
+                 frames=recipe.pose_frames)
+    source_pose = g.node("PoseAnimateLoadPoseSequence", title="Source pose", pose_file=SOURCE_POSE_FILE)
+    return source_pose.out("pose"), seq.out("pose")
+
+
 def _pipeline(g, recipe, *, window=None, frames_per_batch=0, lora=False, fps=8.0, prefix="PoseAnimate",
-              pose_file=POSE_FILE):
+              pose_file=POSE_FILE, find_poses=None):
     """The paper's pipeline with a ``pipeline.Recipe``'s node settings; returns the interesting node outputs.
-    With ``recipe.use_masks`` the masks of Cross-Attention Mask Extract (attention + the skeleton's body prior,
-    the source image's own mask for frame 0 when it has one) turn on MGDM in DCA Patch Model."""
+    ``find_poses(g, recipe, resized)`` makes the (source pose, target poses) POSE_KEYPOINT outputs (default: from
+    pose files). With ``recipe.use_masks`` the masks of Cross-Attention Mask Extract (attention + the
+    skeleton's body prior, the source image's own mask for frame 0 when it has one) turn on MGDM in DCA Patch
+    Model."""
     window = recipe.window if window is None else window
     model, clip, vae, cnet = _loaders(g, lora)
     image = g.node("LoadImage", title="Source image", image="example.png")
@@ -96,12 +113,13 @@ def _pipeline(g, recipe, *, window=None, frames_per_batch=0, lora=False, fps=8.0
     prompt = g.node("PrimitiveStringMultiline", title="Prompt", value=PROMPT)
     positive = g.node("CLIPTextEncode", title="Positive prompt", text=prompt.out(), clip=clip)
 
-    seq = g.node("PoseAnimateLoadPoseSequence", title="Pose sequence", pose_file=pose_file,
-                 frames=recipe.pose_frames)
-    source_pose = g.node("PoseAnimateLoadPoseSequence", title="Source pose", pose_file=SOURCE_POSE_FILE)
-    align = g.node("PoseAnimatePATAAlign", title="PATA Align", source_pose=source_pose.out("pose"),
-                   target_pose=seq.out("pose"), transition_frames=recipe.transition_frames, mode=recipe.pata_mode,
-                   repair=recipe.repair, width=512, height=512)  # = Resize source (the pose file has its own canvas)
+    if find_poses is None:
+        source_pose, target_pose = _pose_files(g, recipe, resized, pose_file)
+    else:
+        source_pose, target_pose = find_poses(g, recipe, resized)
+    align = g.node("PoseAnimatePATAAlign", title="PATA Align", source_pose=source_pose, target_pose=target_pose,
+                   transition_frames=recipe.transition_frames, mode=recipe.pata_mode, repair=recipe.repair,
+                   width=512, height=512)  # = Resize source (a pose file has its own canvas)
     poses = align.out("pose_images")
 
     latent = g.node("VAEEncode", title="Encode source", pixels=resized.out(), vae=vae)
@@ -245,4 +263,94 @@ file (hundreds of poses work); PATA inserts transition frames between distant po
     return g
 
 
-WORKFLOWS = {"full": full, "fast": fast, "remix": remix, "long": long}
+RETARGET_NOTE = """
+### Retarget: a driving pose sequence on your character's body
+No model, no picture: this workflow only makes poses, for any pose-driven video model.
+1. **Pose sequence**: the driving motion, a bundled example (`examples/...`) or a POSE_KEYPOINT / OpenPose JSON
+   file in ComfyUI's `input` folder (or connect *DWPose Estimator* run on a video).
+2. **Source pose**: your character's pose (its body proportions), as a pose file; the sample
+   `examples/character.json` is a short, long-legged figure on a 640x640 canvas.
+3. Queue. **PATA Align** (`retarget`) scales and places the motion on the character, gives every bone the
+   character's length, repairs bad detections and adds transition frames from the character's pose; frame 0 is
+   the character's own pose.
+4. Outputs in `output/PoseAnimate/retarget/`: the OpenPose video (`pose_video_*.mp4`) and the poses as JSON
+   (`pose_*.json`, OpenPose/DWPose format; Load Pose Sequence reads it from the `input` folder).
+
+Feed **PATA Align**'s `pose_images` (IMAGE) straight into a video model's pose input, e.g. ComfyUI's
+**WanAnimateToVideo** `pose_video`, **WanFunControlToVideo** / **WanVaceToVideo** `control_video`, or an
+OpenPose ControlNet's `image` (docs/workflows.md lists them). Set PATA Align's width/height to the video size.
+"""
+
+
+def retarget(g):
+    seq = g.node("PoseAnimateLoadPoseSequence", title="Pose sequence", pose_file=POSE_FILE, frames=0)
+    source_pose = g.node("PoseAnimateLoadPoseSequence", title="Source pose", pose_file=SOURCE_POSE_FILE)
+    align = g.node("PoseAnimatePATAAlign", title="PATA Align", source_pose=source_pose.out("pose"),
+                   target_pose=seq.out("pose"), transition_frames=FULL.transition_frames, mode="retarget",
+                   repair=FULL.repair, width=512, height=512)
+    g.node("PoseAnimateSavePoseSequence", title="Save poses (JSON)", pose=align.out("aligned_pose"),
+           filename_prefix="PoseAnimate/retarget/pose")
+    video = g.node("CreateVideo", title="Create pose video", images=align.out("pose_images"), fps=16.0)
+    g.node("SaveVideo", title="Save pose video", video=video.out(), filename_prefix="PoseAnimate/retarget/pose_video",
+           format="mp4", codec="h264")
+    g.note(RETARGET_NOTE, title="How to use")
+    return g
+
+
+CONTROLNET_AUX = "comfyui_controlnet_aux"
+DRIVING_VIDEO = "driving_video.mp4"
+FRAME_STEP = 3  # every 3rd frame: 12 driving frames span 36 video frames (1.5 s at 24 fps)
+
+DWPOSE_NOTE = f"""
+### DWPose: the poses from your picture and from a video
+**Needs the custom node pack comfyui_controlnet_aux** (its *DWPose Estimator*). If ComfyUI reports DWPose
+Estimator as missing, install the pack with ComfyUI-Manager (*Install Missing Custom Nodes*), or clone
+https://github.com/Fannovel16/comfyui_controlnet_aux into `custom_nodes` and install its requirements; then
+restart ComfyUI. DWPose downloads its models from Hugging Face on its first run (`yolox_l.onnx` from
+`yzd-v/DWPose`, `dw-ll_ucoco_384_bs5.torchscript.pt` from `hr16/DWPose-TorchScript-BatchSize5`).
+1. **Source image**: one picture of the character (full body works best). *Source pose (DWPose)* finds its
+   pose on **Resize source**: look at **Source pose check** (one skeleton on the character).
+2. **Driving video**: the motion to follow, a video in ComfyUI's `input` folder (upload it on the node; the
+   default name `{DRIVING_VIDEO}` is a placeholder). Its frames go through *Every Nth frame* (N = {FRAME_STEP}: the
+   `batch_size` of step 1/3; 1 takes every frame) and **Driving frames** (`batch_index` = the first frame taken,
+   `length` = how many: {FULL.pose_frames} as in the paper) into *Driving poses (DWPose)*; see **Driving poses
+   check**. With several people in the video PATA follows the largest one of the first frame.
+3. **Prompt**: describe the picture.
+4. Queue. **PATA Align** ({FULL.pata_mode}) fits the driving poses to the character found in the picture and adds
+   {FULL.transition_frames} transition frames from the character's own pose (`retarget` also gives every bone
+   the character's length); the PACM pipeline then animates the picture as workflow **full** does. Frames land in
+   `output/PoseAnimate/dwpose/`, the MP4 next to them: the source, then the transition frames, then the motion.
+"""
+
+
+def _dwpose_poses(g, recipe, resized):
+    """The source pose from DWPose on the resized picture, the target poses from DWPose on video frames."""
+    video = g.node("LoadVideo", title="Driving video", file=DRIVING_VIDEO)
+    frames = g.node("GetVideoComponents", title="Video frames", video=video.out())
+    # every Nth frame with core nodes: split into groups of N, keep the first of each group (the node runs once
+    # per group), join the list into one batch again
+    groups = g.node("RebatchImages", title="Every Nth frame (1/3): groups of N", images=frames.out("images"),
+                    batch_size=FRAME_STEP)
+    firsts = g.node("ImageFromBatch", title="Every Nth frame (2/3): first of each group", image=groups.out(),
+                    batch_index=0, length=1)
+    joined = g.node("RebatchImages", title="Every Nth frame (3/3): one batch again", images=firsts.out(),
+                    batch_size=4096)
+    driving = g.node("ImageFromBatch", title="Driving frames", image=joined.out(), batch_index=0,
+                     length=recipe.pose_frames)
+    target = g.node("DWPreprocessor", title="Driving poses (DWPose)", image=driving.out())
+    g.node("PreviewImage", title="Driving poses check", images=target.out("IMAGE"))
+    source = g.node("DWPreprocessor", title="Source pose (DWPose)", image=resized.out())
+    g.node("PreviewImage", title="Source pose check", images=source.out("IMAGE"))
+    return source.out("POSE_KEYPOINT"), target.out("POSE_KEYPOINT")
+
+
+def dwpose(g):
+    g.requires(CONTROLNET_AUX)
+    p = _pipeline(g, FULL, prefix="PoseAnimate/dwpose", find_poses=_dwpose_poses)
+    _save(g, p["decoded"].out(), p["fps"], p["prefix"])
+    g.note(DWPOSE_NOTE, title="How to use (needs comfyui_controlnet_aux)")
+    g.note(DWPOSE_MODELS_NOTE, title="Models")
+    return g
+
+
+WORKFLOWS = {"full": full, "fast": fast, "remix": remix, "long": long, "retarget": retarget, "dwpose": dwpose}

@@ -31,10 +31,12 @@ OUTPUT_NODES = {"SaveImage", "SaveAnimatedWEBP", "SaveVideo", "PreviewImage"}
 
 
 def _core_and_pack_classes() -> set[str]:
-    """Ids a ComfyUI with this pack knows: the checked core ids and this pack's node ids."""
+    """Ids a ComfyUI with this pack (and the other packs a bundled workflow declares, e.g. comfyui_controlnet_aux
+    for dwpose) knows: the checked core ids, this pack's node ids and the checked third-party ids."""
     names = set(json.loads((ROOT / "tests" / "data" / "comfy_core_nodes.json").read_text())["ids"])
     mw = load_script("make_workflows")
-    return names | set(mw.pack_classes())
+    third = {node for pack in mw.third_party_packs().values() for node in pack["nodes"]}
+    return names | set(mw.pack_classes()) | third
 
 
 class FakeComfy:
@@ -112,6 +114,10 @@ class FakeComfy:
                 reasons.append({"type": "custom_validation_failed", "message": "Custom validation failed for node",
                                 "details": f"image - Invalid image file: {node['inputs'].get('image')}",
                                 "extra_info": {"input_name": "image"}})
+            if node["class_type"] == "LoadVideo" and node["inputs"].get("file") not in self.inputs:
+                reasons.append({"type": "custom_validation_failed", "message": "Custom validation failed for node",
+                                "details": f"file - Invalid video file: {node['inputs'].get('file')}",
+                                "extra_info": {"input_name": "file"}})
             if reasons:
                 node_errors[node_id] = {"errors": reasons, "dependent_outputs": outputs,
                                         "class_type": node["class_type"]}
@@ -484,27 +490,79 @@ def test_ui_format_workflow_is_refused(server, tmp_path, capsys):
 
 
 BUNDLED = sorted((ROOT / "workflows" / "api").glob("*.json"))
+# the workflows that animate a picture (retarget makes poses only: no image, prompt or seed to set)
+ANIMATE = [p for p in BUNDLED if any(n["class_type"] == "LoadImage" for n in json.loads(p.read_text()).values())]
 
 
 def test_bundled_api_workflows_exist():
-    assert {p.stem for p in BUNDLED} >= {"full", "fast", "remix", "long"}
+    assert {p.stem for p in BUNDLED} >= {"full", "fast", "remix", "long", "retarget", "dwpose"}
+    assert {p.stem for p in ANIMATE} >= {"full", "fast", "remix", "long", "dwpose"}
 
 
-@pytest.mark.parametrize("path", BUNDLED, ids=[p.stem for p in BUNDLED])
+def _finds_poses_in_a_video(path) -> bool:
+    return any(n["class_type"] == "LoadVideo" for n in json.loads(path.read_text()).values())
+
+
+@pytest.mark.parametrize("path", ANIMATE, ids=[p.stem for p in ANIMATE])
 def test_bundled_workflow_runs_headless(server, files, path):
-    """Every bundled API workflow takes the standard settings and runs through the fake server."""
+    """Every bundled API workflow takes the standard settings and runs through the fake server (dwpose takes a
+    driving video where the others take a pose file)."""
     server.known = _core_and_pack_classes()
     _, image, pose, out = files
-    code, lines = _run(server, ["--workflow", path.stem, "--image", str(image), "--pose", str(pose),
+    video = pose.with_name("drive.mp4")
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42 fake video")
+    motion = ["--video", str(video)] if _finds_poses_in_a_video(path) else ["--pose", str(pose)]
+    code, lines = _run(server, ["--workflow", path.stem, "--image", str(image), *motion,
                                 "--prompt", "a knight", "--subject", "knight", "--seed", "3",
                                 "--width", "384", "--height", "512", "--out", str(out)])
     assert code == 0, lines
     g = server.prompts[-1]["prompt"]
     sent = json.dumps(g)
-    assert "hero.png" in sent and "poseanimate/dance.json" in sent and "a knight" in sent
-    assert any(n["class_type"] == "PoseAnimateLoadPoseSequence" for n in g.values())
+    assert "hero.png" in sent and "a knight" in sent
+    if motion[0] == "--video":
+        assert server.inputs["drive.mp4"] == video.read_bytes()
+        assert [n["inputs"]["file"] for n in g.values() if n["class_type"] == "LoadVideo"] == ["drive.mp4"]
+        assert not any("no --source-pose" in x for x in lines)  # the workflow finds the pose in the picture
+    else:
+        assert "poseanimate/dance.json" in sent
+        assert any(n["class_type"] == "PoseAnimateLoadPoseSequence" for n in g.values())
     assert len(list(out.rglob("*.png"))) == server.frames
     assert any("width ->" in x for x in lines) and any("height ->" in x for x in lines)
+
+
+def test_dwpose_workflow_takes_a_video_not_pose_files(files, tmp_path, capsys):
+    """dwpose finds both poses with DWPose Estimator: --video sets its Load Video ('Driving video'); the pose
+    file flags and --video on a workflow without Load Video are refused before any server contact."""
+    _, image, pose, _ = files
+    assert cli.run(["--workflow", "dwpose", "--image", str(image), "--video", "input:clips/walk.mp4",
+                    "--width", "384", "--height", "512", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    graph = json.loads(captured.out)
+    video = next(n for n in graph.values() if n["class_type"] == "LoadVideo")
+    assert video["_meta"]["title"] == "Driving video" and video["inputs"]["file"] == "clips/walk.mp4"
+    align = next(n for n in graph.values() if n["class_type"] == "PoseAnimatePATAAlign")
+    assert (align["inputs"]["width"], align["inputs"]["height"]) == (384, 512)
+    assert "set video -> clips/walk.mp4 (node" in captured.err and "no --source-pose" not in captured.err
+    for flag in ("--pose", "--source-pose"):
+        line = _bad(capsys, ["--workflow", "dwpose", "--image", str(image), flag, str(pose), "--dry-run"])
+        assert f"{flag}: the workflow has no PoseAnimateLoadPoseSequence node" in line, line
+    line = _bad(capsys, ["--workflow", "full", "--video", "input:walk.mp4", "--dry-run"])
+    assert "--video: the workflow has no LoadVideo node. Fix: leave --video out or use the bundled workflow dwpose" \
+        in line, line
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("walk.mp4", None, "--video: no such video file"),
+    ("walk.txt", b"not a video", "is not a video file by its name"),
+    ("", None, "names no file"),
+])
+def test_bad_video(files, tmp_path, capsys, name, content, expected):
+    wf, image, _, _ = files
+    value = str(tmp_path / name) if name else "input:"
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    line = _bad(capsys, ["--workflow", "dwpose", "--image", str(image), "--video", value])
+    assert expected in line and "Fix:" in line, line
 
 
 def test_dry_run_prints_the_edited_graph_without_a_server(files, capsys):
@@ -650,3 +708,16 @@ def test_out_that_is_a_file(files, capsys):
     wf, image, pose, _ = files
     line = _bad(capsys, ["--workflow", str(wf), "--image", str(image), "--out", str(pose)])
     assert f"--out: {pose} is a file" in line, line
+
+
+def test_retarget_workflow_takes_the_pose_settings(capsys):
+    """The pose-only workflow: --pose, --source-pose and the canvas size are its settings."""
+    code = cli.run(["--server", "127.0.0.1:9", "--workflow", "retarget", "--pose", "input:drive.json",
+                    "--source-pose", "input:me.json", "--width", "384", "--height", "512", "--dry-run"])
+    assert code == 0
+    graph = json.loads(capsys.readouterr().out)
+    loads = {n["_meta"]["title"]: n["inputs"]["pose_file"] for n in graph.values()
+             if n["class_type"] == "PoseAnimateLoadPoseSequence"}
+    assert loads == {"Pose sequence": "drive.json", "Source pose": "me.json"}
+    align = next(n for n in graph.values() if n["class_type"] == "PoseAnimatePATAAlign")
+    assert (align["inputs"]["width"], align["inputs"]["height"], align["inputs"]["mode"]) == (384, 512, "retarget")

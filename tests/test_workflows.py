@@ -3,6 +3,9 @@
 The checks here are written independently of ``scripts/make_workflows.py`` (only the node specs are shared):
 node specs come from this pack's classes and from the checked list of ComfyUI core nodes in
 ``tests/data/comfy_core_nodes.json`` (compared with a real ComfyUI by ``tests/host/test_host_workflows.py``).
+Nodes of another custom node pack are accepted only in a workflow that declares the pack (UI format:
+``extra.poseanimate.custom_nodes``), with the pack's registry id on each such node, and only with a spec in
+``tests/data/third_party_nodes.json`` (restated from the pack's source below).
 """
 from __future__ import annotations
 
@@ -17,11 +20,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 mw = load_script("make_workflows")
 
 CORE = json.loads((ROOT / "tests" / "data" / "comfy_core_nodes.json").read_text())
+THIRD = json.loads((ROOT / "tests" / "data" / "third_party_nodes.json").read_text())["packs"]
 PACK = mw.pack_specs()
 SPECS = {**CORE["nodes"], **PACK}
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
+UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload")
 UI_FILES = sorted((ROOT / "workflows").glob("*.json"))
-EXPECTED = {"full", "fast", "remix", "long"}
+EXPECTED = {"full", "fast", "remix", "long", "retarget", "dwpose"}
 
 
 # ------------------------------------------------------------------ an independent reading of the rules
@@ -49,7 +54,7 @@ def expected_widgets(spec):
         out.append((name, entry, None))
         if entry[0] == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed")):
             out.append((None, entry, "control"))
-        if opts.get("image_upload"):
+        if any(opts.get(flag) for flag in UPLOAD_FLAGS):
             out.append((None, entry, "upload"))
     return out
 
@@ -81,6 +86,24 @@ def check_value(name, entry, value) -> str | None:
     return None
 
 
+def declared_packs(wf: dict) -> dict:
+    """{pack id: repository} of the other custom node packs a UI workflow says it needs."""
+    return ((wf.get("extra") or {}).get("poseanimate") or {}).get("custom_nodes") or {}
+
+
+def third_party_owner(wf: dict) -> dict:
+    """{node id: pack id} for the nodes of the checked packs this workflow declares."""
+    return {node: pack for pack in declared_packs(wf) if pack in THIRD for node in THIRD[pack]["nodes"]}
+
+
+def specs_for(wf: dict) -> dict:
+    """Core + this pack's specs, plus the checked specs of the packs the workflow declares."""
+    specs = dict(SPECS)
+    for pack in declared_packs(wf):
+        specs.update(THIRD.get(pack, {}).get("nodes", {}))
+    return specs
+
+
 def validate_ui(wf: dict) -> list[str]:
     """Every problem found in a UI-format workflow (an empty list when it is valid)."""
     errors = []
@@ -89,6 +112,19 @@ def validate_ui(wf: dict) -> list[str]:
             errors.append(f"missing top-level key {key!r}")
     if errors:
         return errors
+    SPECS = specs_for(wf)  # noqa: N806  (the module's SPECS, widened by the packs this workflow declares)
+    owner = third_party_owner(wf)
+    for pack, repo in declared_packs(wf).items():
+        if pack not in THIRD:
+            errors.append(f"declares custom node pack {pack!r}, which has no checked specs")
+        elif repo != THIRD[pack]["repository"]:
+            errors.append(f"custom node pack {pack!r}: repository {repo!r}, checked list says "
+                          f"{THIRD[pack]['repository']!r}")
+        elif not any(n.get("type") in THIRD[pack]["nodes"] for n in wf["nodes"]):
+            errors.append(f"declares custom node pack {pack!r} but uses none of its nodes")
+        notes = " ".join(str(n.get("widgets_values", [""])[0]) for n in wf["nodes"] if n.get("type") in FRONTEND_ONLY)
+        if pack not in notes:
+            errors.append(f"no note tells the user that the workflow needs custom node pack {pack!r}")
     nodes = {}
     for node in wf["nodes"]:
         if node["id"] in nodes:
@@ -99,8 +135,15 @@ def validate_ui(wf: dict) -> list[str]:
             if not (node.get("widgets_values") and str(node["widgets_values"][0]).strip()):
                 errors.append(f"node {node['id']}: empty note")
             continue
-        if ntype not in PACK and ntype not in CORE["ids"]:
-            errors.append(f"node {node['id']}: {ntype!r} is neither a PoseAnimate node nor a checked core node")
+        if ntype in owner:
+            registry_id = THIRD[owner[ntype]]["registry_id"]
+            if (node.get("properties") or {}).get("cnr_id") != registry_id:
+                errors.append(f"node {node['id']} ({ntype}): properties.cnr_id should name its pack {registry_id!r} "
+                              f"(ComfyUI-Manager installs missing nodes by it)")
+        elif ntype not in PACK and ntype not in CORE["ids"]:
+            undeclared = any(ntype in p["nodes"] for p in THIRD.values())
+            errors.append(f"node {node['id']}: {ntype!r} is neither a PoseAnimate node nor a checked core node"
+                          + (" (its custom node pack is not declared)" if undeclared else ""))
             continue
         if ntype not in SPECS:
             errors.append(f"node {node['id']}: core node {ntype!r} has no checked spec")
@@ -189,6 +232,7 @@ def ui_to_api(wf: dict) -> dict:
     """What ComfyUI's 'Export (API)' gives for a UI workflow: linked inputs as [id, slot], widgets by name."""
     nodes = {n["id"]: n for n in wf["nodes"]}
     links = {link[0]: link for link in wf["links"]}
+    SPECS = specs_for(wf)  # noqa: N806
     out = {}
     for node in wf["nodes"]:
         if node["type"] in FRONTEND_ONLY or node.get("mode", 0) in (2, 4):
@@ -352,3 +396,167 @@ def test_bundled_workflow_needs_no_optional_package(name):
     resize = next(n for n in graph.values() if n["_meta"]["title"] == "Resize source")
     assert (align["inputs"]["width"], align["inputs"]["height"]) == (resize["inputs"]["width"],
                                                                      resize["inputs"]["height"])
+
+
+def test_retarget_workflow_saves_the_retargeted_poses_as_video_and_json():
+    """retarget: driving sequence + the character's pose -> PATA Align (retarget) -> OpenPose video and JSON."""
+    graph = json.loads((ROOT / "workflows" / "api" / "retarget.json").read_text())
+    kinds = sorted(n["class_type"] for n in graph.values())
+    assert kinds == sorted(["PoseAnimateLoadPoseSequence"] * 2 + ["PoseAnimatePATAAlign", "PoseAnimateSavePoseSequence",
+                                                                  "CreateVideo", "SaveVideo"])
+    align_id, align = next((i, n) for i, n in graph.items() if n["class_type"] == "PoseAnimatePATAAlign")
+    assert align["inputs"]["mode"] == "retarget"
+    for role, title in (("source_pose", "Source pose"), ("target_pose", "Pose sequence")):
+        assert graph[align["inputs"][role][0]]["_meta"]["title"] == title
+    save = next(n for n in graph.values() if n["class_type"] == "PoseAnimateSavePoseSequence")
+    assert save["inputs"]["pose"] == [align_id, 0]  # aligned_pose
+    video = next(n for n in graph.values() if n["class_type"] == "CreateVideo")
+    assert video["inputs"]["images"] == [align_id, 1]  # pose_images
+    saver = next(n for n in graph.values() if n["class_type"] == "SaveVideo")
+    assert graph[saver["inputs"]["video"][0]] is video
+
+
+# ------------------------------------------------- other custom node packs: checked specs, declared per workflow
+
+
+def test_dwpose_estimator_spec_restates_comfyui_controlnet_aux_source():
+    """tests/data/third_party_nodes.json holds DWPose Estimator as comfyui_controlnet_aux defines it at commit
+    e8b689a (https://github.com/Fannovel16/comfyui_controlnet_aux): node_wrappers/dwpose.py registers class
+    DWPose_Preprocessor as "DWPreprocessor" with display name "DWPose Estimator", RETURN_TYPES
+    ("IMAGE", "POSE_KEYPOINT") and no RETURN_NAMES; its INPUT_TYPES is utils.py's define_preprocessor_inputs
+    (``image`` required, the rest optional in the order given), where INPUT.COMBO(values, default) defaults to
+    the first value unless given and INPUT.RESOLUTION() is INT 512 in 64..MAX_RESOLUTION (16384) step 64."""
+    pack = THIRD["comfyui_controlnet_aux"]
+    assert pack["repository"] == "https://github.com/Fannovel16/comfyui_controlnet_aux"
+    assert pack["commit"].startswith("e8b689a") and pack["registry_id"] == "comfyui_controlnet_aux"
+    assert "node_wrappers/dwpose.py" in pack["sources"]["DWPreprocessor"]
+    assert set(pack["nodes"]) == {"DWPreprocessor"}
+
+    def combo(values, default=None):
+        return [values, {"default": values[0] if default is None else default}]
+
+    optional = {
+        "detect_hand": combo(["enable", "disable"]),
+        "detect_body": combo(["enable", "disable"]),
+        "detect_face": combo(["enable", "disable"]),
+        "resolution": ["INT", {"default": 512, "min": 64, "max": 16384, "step": 64}],
+        "bbox_detector": combo(["None", "yolox_l.torchscript.pt", "yolox_l.onnx", "yolo_nas_l_fp16.onnx",
+                                "yolo_nas_m_fp16.onnx", "yolo_nas_s_fp16.onnx"], "yolox_l.onnx"),
+        "pose_estimator": combo(["dw-ll_ucoco_384_bs5.torchscript.pt", "dw-ll_ucoco_384.onnx", "dw-ll_ucoco.onnx"],
+                                "dw-ll_ucoco_384_bs5.torchscript.pt"),
+        "scale_stick_for_xinsr_cn": combo(["disable", "enable"]),
+    }
+    assert pack["nodes"]["DWPreprocessor"] == {
+        "display_name": "DWPose Estimator",
+        "input": {"required": {"image": ["IMAGE"]}, "optional": optional},
+        "input_order": {"required": ["image"], "optional": list(optional)},
+        "output": ["IMAGE", "POSE_KEYPOINT"], "output_name": ["IMAGE", "POSE_KEYPOINT"], "output_node": False,
+    }
+    for spec in pack["nodes"].values():  # the generator reads it like any spec
+        assert [name for _, name, _ in mw.widgets(spec)] == list(optional)
+
+
+def _sample_with_dwpose():
+    g = mw.Graph("sample_dwpose", SPECS)
+    g.requires("comfyui_controlnet_aux")
+    image = g.node("LoadImage", title="Source image", image="example.png")
+    dw = g.node("DWPreprocessor", image=image.out("IMAGE"), detect_face="disable")
+    g.node("PreviewImage", images=dw.out("IMAGE"))
+    g.note("Needs comfyui_controlnet_aux.")
+    return g
+
+
+def test_third_party_nodes_only_in_a_workflow_that_declares_their_pack():
+    g = _sample_with_dwpose()
+    wf = g.ui()
+    assert validate_ui(wf) == [] and ui_to_api(wf) == g.api()
+    dw = _node(wf, "DWPreprocessor")
+    assert dw["properties"]["cnr_id"] == "comfyui_controlnet_aux"
+    assert wf["extra"]["poseanimate"]["custom_nodes"] == {
+        "comfyui_controlnet_aux": "https://github.com/Fannovel16/comfyui_controlnet_aux"}
+    assert dw["widgets_values"][:3] == ["enable", "enable", "disable"]
+    assert "poseanimate" not in _sample().ui()["extra"]  # nothing declared: nothing written
+
+    undeclared = json.loads(json.dumps(wf))
+    del undeclared["extra"]["poseanimate"]
+    assert any("its custom node pack is not declared" in e for e in validate_ui(undeclared))
+    no_id = json.loads(json.dumps(wf))
+    del _node(no_id, "DWPreprocessor")["properties"]["cnr_id"]
+    assert any("properties.cnr_id" in e for e in validate_ui(no_id))
+    silent = json.loads(json.dumps(wf))
+    _node(silent, "MarkdownNote")["widgets_values"] = ["A note."]
+    assert any("no note tells the user" in e for e in validate_ui(silent))
+    unknown = json.loads(json.dumps(wf))
+    unknown["extra"]["poseanimate"]["custom_nodes"]["comfyui_mystery_pack"] = "https://example.invalid/x"
+    assert any("'comfyui_mystery_pack', which has no checked specs" in e for e in validate_ui(unknown))
+    unused = _sample().ui()
+    unused["extra"]["poseanimate"] = {"custom_nodes": dict(wf["extra"]["poseanimate"]["custom_nodes"])}
+    unused["nodes"][-1]["widgets_values"] = ["Needs comfyui_controlnet_aux."]
+    assert any("uses none of its nodes" in e for e in validate_ui(unused))
+
+
+def test_generator_refuses_a_third_party_node_without_its_pack():
+    g = mw.Graph("undeclared", SPECS)
+    image = g.node("LoadImage", image="example.png")
+    with pytest.raises(KeyError, match=r"g.requires\('comfyui_controlnet_aux'\)"):
+        g.node("DWPreprocessor", image=image.out("IMAGE"))
+    with pytest.raises(KeyError, match="no checked specs"):
+        g.requires("comfyui_mystery_pack")
+
+
+def test_dwpose_workflow_finds_both_poses_with_dwpose_and_animates_like_full():
+    """dwpose: DWPose Estimator on the resized picture gives PATA Align's source pose, on every Nth frame of a
+    video (core Load Video + Get Video Components, Rebatch Images / Get Image From Batch) its target poses; the
+    rest is workflow 'full' with the same settings."""
+    wf = json.loads((ROOT / "workflows" / "dwpose.json").read_text())
+    assert declared_packs(wf) == {"comfyui_controlnet_aux": THIRD["comfyui_controlnet_aux"]["repository"]}
+    assert _node(wf, "LoadVideo")["widgets_values"] == ["driving_video.mp4", "image"]  # + the upload button
+    graph = json.loads((ROOT / "workflows" / "api" / "dwpose.json").read_text())
+    by_title = {n["_meta"]["title"]: n for n in graph.values()}
+
+    def src(node, name):
+        return graph[node["inputs"][name][0]]
+
+    align = by_title["PATA Align"]
+    full = json.loads((ROOT / "workflows" / "api" / "full.json").read_text())
+    full_align = next(n for n in full.values() if n["class_type"] == "PoseAnimatePATAAlign")
+    for key in ("transition_frames", "mode", "repair", "width", "height"):
+        assert align["inputs"][key] == full_align["inputs"][key], key
+    resize = by_title["Resize source"]
+    assert (align["inputs"]["width"], align["inputs"]["height"]) == (resize["inputs"]["width"],
+                                                                     resize["inputs"]["height"])
+    source = src(align, "source_pose")
+    assert source["class_type"] == "DWPreprocessor" and align["inputs"]["source_pose"][1] == 1  # POSE_KEYPOINT
+    assert src(source, "image") is resize
+    target = src(align, "target_pose")
+    assert target["class_type"] == "DWPreprocessor" and align["inputs"]["target_pose"][1] == 1
+    chain = [target]
+    while chain[-1]["class_type"] != "LoadVideo":
+        upstream = next(k for k in ("image", "images", "video") if k in chain[-1]["inputs"])
+        chain.append(src(chain[-1], upstream))
+    assert [n["class_type"] for n in chain] == ["DWPreprocessor", "ImageFromBatch", "RebatchImages", "ImageFromBatch",
+                                                "RebatchImages", "GetVideoComponents", "LoadVideo"]
+    _, frames, join, first, split, components, video = chain
+    assert frames["_meta"]["title"] == "Driving frames" and video["_meta"]["title"] == "Driving video"
+    assert frames["inputs"]["length"] == full[next(i for i, n in full.items() if n["_meta"]["title"] ==
+                                                   "Pose sequence")]["inputs"]["frames"]  # the paper's 12 poses
+    assert (first["inputs"]["batch_index"], first["inputs"]["length"]) == (0, 1)
+    assert split["inputs"]["batch_size"] > 1 and join["inputs"]["batch_size"] == 4096
+    assert split["inputs"]["images"][1] == 0  # Get Video Components' images, not its audio or fps
+    # no pose files; the PACM part is full's, node for node
+    assert not [n for n in graph.values() if n["class_type"] == "PoseAnimateLoadPoseSequence"]
+    pose_kinds = {"LoadVideo", "GetVideoComponents", "RebatchImages", "ImageFromBatch", "DWPreprocessor"}
+    previews = {"Source pose check", "Driving poses check"}
+    rest = sorted(n["class_type"] for n in graph.values()
+                  if n["class_type"] not in pose_kinds and n["_meta"]["title"] not in previews)
+    assert rest == sorted(n["class_type"] for n in full.values() if n["class_type"] != "PoseAnimateLoadPoseSequence")
+    for node in full.values():
+        if node["class_type"].startswith("PoseAnimate") and node["class_type"] != "PoseAnimateLoadPoseSequence":
+            mine = next(n for n in graph.values() if n["class_type"] == node["class_type"])
+            widgets = {k: v for k, v in node["inputs"].items() if not isinstance(v, list)}
+            assert {k: v for k, v in mine["inputs"].items() if not isinstance(v, list)} == widgets
+    for title in previews:
+        assert by_title[title]["class_type"] == "PreviewImage" and src(by_title[title], "images")["class_type"] == \
+            "DWPreprocessor"
+    saves = [n["inputs"]["filename_prefix"] for n in graph.values() if n["class_type"] in ("SaveImage", "SaveVideo")]
+    assert saves and all(p.startswith("PoseAnimate/dwpose/") for p in saves)
