@@ -21,7 +21,7 @@ PACK = mw.pack_specs()
 SPECS = {**CORE["nodes"], **PACK}
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 UI_FILES = sorted((ROOT / "workflows").glob("*.json"))
-EXPECTED = {"full", "fast", "remix", "long"}
+EXPECTED = {"full", "fast", "remix", "long", "full_sdxl"}
 
 
 # ------------------------------------------------------------------ an independent reading of the rules
@@ -338,7 +338,7 @@ def test_api_comparison_catches_a_changed_twin():
     assert api != ui_to_api(g.ui())
 
 
-@pytest.mark.parametrize("name", ["full", "fast", "remix", "long"])
+@pytest.mark.parametrize("name", ["full", "fast", "remix", "long", "full_sdxl"])
 def test_bundled_workflow_needs_no_optional_package(name):
     """The bundled workflows run after the README's install: the source pose comes from a bundled pose file
     through Load Pose Sequence ('Source pose'), not from Pose Extract (which needs controlnet-aux)."""
