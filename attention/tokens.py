@@ -10,14 +10,19 @@ def _unwrap(tokenizer):
     """Return (comfy_sd_tokenizer or None, hf_style_tokenizer).
 
     Accepts an HF-style tokenizer (callable returning {"input_ids": ...} or with .encode), ComfyUI's
-    SDTokenizer (has .tokenizer and .tokens_start), SD1Tokenizer (.clip names the SDTokenizer attribute)
-    or a comfy.sd.CLIP (its .tokenizer is an SD1Tokenizer).
+    SDTokenizer (has .tokenizer and .tokens_start), SD1Tokenizer (.clip names the SDTokenizer attribute),
+    SDXLTokenizer (its .clip_l) or a comfy.sd.CLIP (its .tokenizer is one of those).
     """
     tok = tokenizer
     for _ in range(6):
         clip = getattr(tok, "clip", None)
         if isinstance(clip, str) and hasattr(tok, clip):
             tok = getattr(tok, clip)
+            continue
+        # SDXL's tokenizer (clip_l + clip_g, one BPE vocabulary, the same token positions): read CLIP-L's
+        inner = getattr(tok, "clip_l", None)
+        if inner is not None and hasattr(inner, "tokenize_with_weights") and not hasattr(tok, "tokens_start"):
+            tok = inner
             continue
         inner = getattr(tok, "tokenizer", None)
         if inner is not None and hasattr(tok, "tokens_start") and hasattr(tok, "tokenize_with_weights"):

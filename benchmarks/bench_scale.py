@@ -44,13 +44,23 @@ SD15_UNET = dict(
     use_temporal_attention=False, use_temporal_resblock=False,
 )  # SD1.5: output blocks are built popping from the end, so attention sits in output blocks 3-11
 
+SDXL_UNET = dict(
+    use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+    num_classes="sequential", adm_in_channels=2816, in_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
+    transformer_depth=[0, 0, 2, 2, 10, 10], channel_mult=[1, 2, 4], transformer_depth_middle=10,
+    use_linear_in_transformer=True, context_dim=2048, num_head_channels=64,
+    transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], use_temporal_attention=False, use_temporal_resblock=False,
+)  # SDXL base: attention in output blocks 0-2 (10 layers, 1280 channels) and 3-5 (2 layers, 640 channels)
+ARCHS = {"sd15": ("SD15", SD15_UNET, 768), "sdxl": ("SDXL", SDXL_UNET, 2048)}
+
+
 def _recipes() -> dict:
     """The shipped settings, read from pipeline/defaults.py (by path: it imports nothing but dataclasses)."""
     spec = importlib.util.spec_from_file_location("poseanimate_defaults", ROOT / "pipeline" / "defaults.py")
     defaults = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = defaults  # dataclasses look their module up
     spec.loader.exec_module(defaults)
-    return {"full": defaults.FULL, "paper": defaults.FULL, "fast": defaults.FAST}
+    return {"full": defaults.FULL, "paper": defaults.FULL, "fast": defaults.FAST, "full_sdxl": defaults.FULL_SDXL}
 
 
 PRESETS = _recipes()  # the bundled workflows' settings: 'full' (= 'paper') and 'fast', from pipeline.FULL / FAST
@@ -82,6 +92,8 @@ def parse_args(argv=None):
     p.add_argument("--early-stop", type=float, default=0.0,
                    help="inversion early stop; 0 (default) runs every inner iteration (the upper bound)")
     p.add_argument("--dtype", default="fp32", help="fp32 | fp16 | bf16 (UNet and ControlNet weights)")
+    p.add_argument("--arch", default="sd15", choices=sorted(ARCHS),
+                   help="sd15: SD1.5 UNet + ControlNet; sdxl: SDXL base UNet (2.6B) + an SDXL OpenPose ControlNet")
     p.add_argument("--window", type=int, default=0, help="frames per sampling call; 0 = auto (free memory)")
     p.add_argument("--frames-per-batch", type=int, default=0, help="optimisation micro-batch; 0 = auto")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
@@ -177,8 +189,9 @@ def init_weights_(module, seed: int) -> None:
                     p.copy_((torch.randn(p.shape, generator=gen) / math.sqrt(fan_in)).to(p.dtype))
 
 
-def build_models(dtype, seed: int):
-    """(ModelPatcher, comfy.controlnet.ControlNet) at SD1.5's real sizes, random weights, ComfyUI classes."""
+def build_models(dtype, seed: int, arch: str = "sd15"):
+    """(ModelPatcher, comfy.controlnet.ControlNet) at SD1.5's or SDXL's real sizes, random weights, ComfyUI
+    classes (an SDXL OpenPose ControlNet such as xinsir's is a full copy of the SDXL encoder, ADM included)."""
     import torch
 
     import comfy.cldm.cldm
@@ -188,7 +201,8 @@ def build_models(dtype, seed: int):
     import comfy.ops
     import comfy.supported_models
 
-    cfg = comfy.supported_models.SD15(dict(SD15_UNET))
+    config_name, unet, _ctx = ARCHS[arch]
+    cfg = getattr(comfy.supported_models, config_name)(dict(unet))
     cfg.set_inference_dtype(dtype, None)
     cfg.unet_config["dtype"] = dtype
     model = cfg.get_model({}, "", device=torch.device("cpu"))
@@ -279,6 +293,7 @@ def run(args) -> dict:
 
     import comfy.model_management as mm
     import comfy.sd1_clip
+    import comfy.sdxl_clip
 
     from poseanimate.nodes.dca_patch import PoseAnimateDCAPatchModel
     from poseanimate.nodes.embedding_optimize import PoseAnimatePoseEmbeddingOptimize
@@ -293,18 +308,20 @@ def run(args) -> dict:
     rows = []
 
     class _Clip:  # Mask Extract uses only the CLIP's tokenizer (ComfyUI's real SD1.5 tokenizer)
-        tokenizer = comfy.sd1_clip.SD1Tokenizer()
+        tokenizer = comfy.sd1_clip.SD1Tokenizer() if args.arch == "sd15" else comfy.sdxl_clip.SDXLTokenizer()
 
     with torch.inference_mode():  # as ComfyUI's executor runs every node (loaders included)
         t0 = time.perf_counter()
-        patcher, cnet, n_unet, n_cn = build_models(dtype, args.seed)
+        patcher, cnet, n_unet, n_cn = build_models(dtype, args.seed, args.arch)
         build_s = time.perf_counter() - t0
         model = patcher.clone()
         model.set_model_unet_function_wrapper(counter)
         g = torch.Generator().manual_seed(args.seed)
         lat = args.size // 8
         latent = {"samples": torch.randn(1, 4, lat, lat, generator=g) * 5}
-        positive = [[torch.randn(1, 77, 768, generator=g), {"pooled_output": None}]]
+        ctx_dim = ARCHS[args.arch][2]
+        pooled = torch.randn(1, 1280, generator=g) if args.arch == "sdxl" else None
+        positive = [[torch.randn(1, 77, ctx_dim, generator=g), {"pooled_output": pooled}]]
         poses = torch.rand(args.frames, args.size, args.size, 3, generator=g)
 
         def stage(name, fn):
@@ -349,7 +366,8 @@ def run(args) -> dict:
     return {
         "settings": {k: getattr(args, k) for k in ("frames", "size", "steps", "inversion_inner", "inner",
                                                     "capture_steps", "early_stop",
-                                                    "dtype", "window", "frames_per_batch", "device", "threads",
+                                                    "dtype", "arch", "window", "frames_per_batch", "device",
+                                                    "threads",
                                                     "seed", "preset")},
         "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
                         or platform.machine()),

@@ -70,7 +70,8 @@ class PoseAnimatePoseAwareInversion:
 
         from .. import pipeline
         from ..pipeline.runner import ControlSettings, Stage, StagedInversion, run_stage
-        from .host import ComfyDenoiser, ComfyProgress, conditioning_context, conditioning_control, plain
+        from .host import (ComfyDenoiser, ComfyProgress, conditioning_adm, conditioning_context,
+                           conditioning_control, plain)
 
         node = DISPLAY_NAME
         samples = latent_samples(latent, node, "latent")
@@ -85,7 +86,9 @@ class PoseAnimatePoseAwareInversion:
         with node_errors(node, {"early_stop": "early_stop"}):
             pipeline.check_schedule(inner_steps, early_stop=float(early_stop))
         den = ComfyDenoiser(model, control_net, strength=control.strength, start_percent=control.start,
-                            end_percent=control.end, extra_control=conditioning_control(positive), node=node)
+                            end_percent=control.end, extra_control=conditioning_control(positive),
+                            adm=conditioning_adm(positive), node=node)
+        den.check_context(ctx)
 
         def body(_frames_per_call):
             z0 = plain(den.model.process_latent_in(samples.to(den.device, den.dtype)))
@@ -96,4 +99,5 @@ class PoseAnimatePoseAwareInversion:
         with node_errors(node):
             inv = run_stage(den, Stage("invert", tuple(samples.shape), grad=int(inner_steps) > 0), body)
         out = den.model.process_latent_out(inv.reconstruction[None]).to(mm.intermediate_device())
-        return (StagedInversion.of(inv, control).to(mm.intermediate_device()), {"samples": out})
+        staged = StagedInversion.of(inv, control, extra_cond=den.adm)
+        return (staged.to(mm.intermediate_device()), {"samples": out})

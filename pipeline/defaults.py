@@ -2,7 +2,7 @@
 read them from here, so the benchmark measures the path that ships.
 
 ``FULL`` is the bundled ``full`` workflow (the paper's per-frame settings on a 16-frame sequence); ``FAST`` is
-the ``fast`` workflow's preset. Every field names the node input it sets, except ``body_prior`` (in the node the
+the ``fast`` workflow's preset; ``FULL_SDXL`` the ``full_sdxl`` workflow's (SDXL-family checkpoints). Every field names the node input it sets, except ``body_prior`` (in the node the
 prior is on when PATA Align's poses are connected to Mask Extract) and ``use_masks`` (whether the workflows
 connect masks to DCA Patch Model).
 """
@@ -17,6 +17,8 @@ MASK_SOURCES = ("attention", "user", "truth")  # where frame 0's mask comes from
 class Recipe:
     """One complete set of node settings, grouped by node."""
 
+    # the picture: Resize source and PATA Align's canvas (pixels, square)
+    size: int = 512
     # Load Pose Sequence
     pose_frames: int = 12              # frames: target poses taken evenly from the file (0 = all)
     # PATA Align
@@ -65,4 +67,9 @@ FULL = Recipe()
 # background there. It is also the node default of the two inner_steps inputs (NODE_DEFAULTS); the full workflow
 # sets the paper's 5 explicitly.
 FAST = FULL.replace(inversion_inner_steps=0, inner_steps=0)
+# SDXL-family checkpoints (SDXL base, Illustrious, Pony, NoobAI) with an SDXL OpenPose ControlNet: the paper's
+# settings at SDXL's native 1024x1024 (a 128x128 latent: 4096 tokens at the largest DCA layers, as SD1.5 at 512).
+# DCA on every decoder attention block, which on SDXL is output blocks 0-5, every layer (0-2: 10 layers, 3-5: 2);
+# which blocks and layers are best on SDXL is unmeasured (no SDXL weights here), as is image quality.
+FULL_SDXL = FULL.replace(size=1024)
 NODE_DEFAULTS = FAST

@@ -46,14 +46,17 @@ class ControlSettings:
 
 @dataclass
 class StagedInversion(pacm.InversionResult):
-    """POSEANIMATE_INVERSION: pacm's inversion plus the typed context later stages read."""
+    """POSEANIMATE_INVERSION: pacm's inversion plus the typed context later stages read: the ControlNet settings,
+    and ``extra_cond``, the conditioning the host needs besides the text embedding to repeat the inversion's model
+    calls exactly (SDXL: the pooled output and size values; empty for SD1.5)."""
 
     control: ControlSettings = field(default_factory=ControlSettings)
+    extra_cond: dict = field(default_factory=dict)
 
     @classmethod
-    def of(cls, result, control: ControlSettings) -> "StagedInversion":
+    def of(cls, result, control: ControlSettings, extra_cond: dict | None = None) -> "StagedInversion":
         values = {f.name: getattr(result, f.name) for f in dataclasses.fields(pacm.InversionResult)}
-        return cls(**values, control=control)
+        return cls(**values, control=control, extra_cond=dict(extra_cond or {}))
 
 
 @dataclass(frozen=True)

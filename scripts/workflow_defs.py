@@ -22,11 +22,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipeline import FAST, FULL  # noqa: E402  (the settings that ship, shared with the node defaults)
+from pipeline import FAST, FULL, FULL_SDXL  # noqa: E402  (the settings that ship, shared with the node defaults)
 
 CKPT = "v1-5-pruned-emaonly.safetensors"
 OPENPOSE = "control_v11p_sd15_openpose.pth"
 CANNY = "control_v11p_sd15_canny.pth"
+CKPT_SDXL = "sd_xl_base_1.0.safetensors"
+OPENPOSE_SDXL = "controlnet-openpose-sdxl-1.0.safetensors"
 LORA = "your_style_lora.safetensors"
 POSE_FILE = "examples/walk.json"
 SOURCE_POSE_FILE = "examples/character.json"
@@ -79,14 +81,14 @@ MGDM_NOTE = ("""- MGDM (mask-guided decoupling) is on: **Cross-Attention Mask Ex
   PATA Align's `aligned_pose` for the body prior) and connect its masks to **DCA Patch Model**.""")
 
 
-def _loaders(g, lora=False):
-    ckpt = g.node("CheckpointLoaderSimple", title="Load Checkpoint", ckpt_name=CKPT)
+def _loaders(g, lora=False, ckpt_name=CKPT, openpose=OPENPOSE):
+    ckpt = g.node("CheckpointLoaderSimple", title="Load Checkpoint", ckpt_name=ckpt_name)
     model, clip = ckpt.out("MODEL"), ckpt.out("CLIP")
     if lora:
         lo = g.node("LoraLoader", title="Load LoRA", model=model, clip=clip, lora_name=LORA,
                     strength_model=0.8, strength_clip=0.8)
         model, clip = lo.out("MODEL"), lo.out("CLIP")
-    cnet = g.node("ControlNetLoader", title="Load OpenPose ControlNet", control_net_name=OPENPOSE)
+    cnet = g.node("ControlNetLoader", title="Load OpenPose ControlNet", control_net_name=openpose)
     return model, clip, ckpt.out("VAE"), cnet.out()
 
 
@@ -99,17 +101,17 @@ def _pose_files(g, recipe, resized, pose_file):
 
 
 def _pipeline(g, recipe, *, window=None, frames_per_batch=0, lora=False, fps=8.0, prefix="PoseAnimate",
-              pose_file=POSE_FILE, find_poses=None):
+              pose_file=POSE_FILE, find_poses=None, ckpt_name=CKPT, openpose=OPENPOSE):
     """The paper's pipeline with a ``pipeline.Recipe``'s node settings; returns the interesting node outputs.
     ``find_poses(g, recipe, resized)`` makes the (source pose, target poses) POSE_KEYPOINT outputs (default: from
     pose files). With ``recipe.use_masks`` the masks of Cross-Attention Mask Extract (attention + the
     skeleton's body prior, the source image's own mask for frame 0 when it has one) turn on MGDM in DCA Patch
     Model."""
     window = recipe.window if window is None else window
-    model, clip, vae, cnet = _loaders(g, lora)
+    model, clip, vae, cnet = _loaders(g, lora, ckpt_name, openpose)
     image = g.node("LoadImage", title="Source image", image="example.png")
     resized = g.node("ImageScale", title="Resize source", image=image.out("IMAGE"), upscale_method="lanczos",
-                     width=512, height=512, crop="center")
+                     width=recipe.size, height=recipe.size, crop="center")
     prompt = g.node("PrimitiveStringMultiline", title="Prompt", value=PROMPT)
     positive = g.node("CLIPTextEncode", title="Positive prompt", text=prompt.out(), clip=clip)
 
@@ -119,7 +121,7 @@ def _pipeline(g, recipe, *, window=None, frames_per_batch=0, lora=False, fps=8.0
         source_pose, target_pose = find_poses(g, recipe, resized)
     align = g.node("PoseAnimatePATAAlign", title="PATA Align", source_pose=source_pose, target_pose=target_pose,
                    transition_frames=recipe.transition_frames, mode=recipe.pata_mode, repair=recipe.repair,
-                   width=512, height=512)  # = Resize source (a pose file has its own canvas)
+                   width=recipe.size, height=recipe.size)  # = Resize source (a pose file has its own canvas)
     poses = align.out("pose_images")
 
     latent = g.node("VAEEncode", title="Encode source", pixels=resized.out(), vae=vae)
@@ -138,7 +140,7 @@ def _pipeline(g, recipe, *, window=None, frames_per_batch=0, lora=False, fps=8.0
         inverted = g.node("InvertMask", title="Source mask (alpha)", mask=image.out("MASK"))
         as_image = g.node("MaskToImage", title="Source mask as image", mask=inverted.out())
         scaled = g.node("ImageScale", title="Resize source mask", image=as_image.out(), upscale_method="bilinear",
-                        width=512, height=512, crop="center")
+                        width=recipe.size, height=recipe.size, crop="center")
         src_mask = g.node("ImageToMask", title="Source mask", image=scaled.out(), channel="red")
         mx = g.node("PoseAnimateCrossAttentionMaskExtract", title="Cross-Attention Mask Extract", model=model,
                     control_net=cnet, clip=clip, embeddings=emb.out(), prompt=prompt.out(), subject=SUBJECT,
@@ -183,6 +185,31 @@ def full(g):
 {MGDM_NOTE}
 - **Inversion check** should look like your source image; if not, raise the inversion's inner steps.
 """, title="Settings")
+    return g
+
+
+def full_sdxl(g):
+    p = _pipeline(g, FULL_SDXL, prefix="PoseAnimate/sdxl", ckpt_name=CKPT_SDXL, openpose=OPENPOSE_SDXL)
+    _save(g, p["decoded"].out(), p["fps"], p["prefix"])
+    g.note(HOW_NOTE, title="How to use")
+    g.note(f"""
+### Models (SDXL family)
+- **Load Checkpoint**: an SDXL-family checkpoint: SDXL base, Illustrious, Pony, NoobAI, their fine-tunes and
+  merges (default name `{CKPT_SDXL}`), in `models/checkpoints`. LoRAs for it are welcome.
+- **Load OpenPose ControlNet**: an SDXL OpenPose ControlNet, e.g. xinsir's controlnet-openpose-sdxl-1.0
+  (default name `{OPENPOSE_SDXL}`), thibaud's OpenPoseXL2, or a union ControlNet set to OpenPose, in
+  `models/controlnet`.
+- The PACM nodes detect SDXL from the model and refuse an SD1.5 ControlNet or prompt on it (and the reverse).
+
+### Settings
+- As the `full` workflow (the paper's settings: {FULL_SDXL.frames} frames, {FULL_SDXL.steps} DDIM steps, CFG
+  {FULL_SDXL.cfg}, {FULL_SDXL.inner_steps} inner iterations) at SDXL's {FULL_SDXL.size}x{FULL_SDXL.size}.
+- DCA on every decoder attention block: on SDXL output blocks 0-5, every layer. Which blocks and layers work
+  best on SDXL, and the image quality on real SDXL weights, were not measured (docs/pacm.md).
+{MGDM_NOTE}
+- The unconditional rows keep the prompt's pooled output (PACM optimises the token embeddings); the size
+  conditioning is the latent's pixel size, the same in inversion and sampling.
+""", title="SDXL")
     return g
 
 
@@ -353,4 +380,5 @@ def dwpose(g):
     return g
 
 
-WORKFLOWS = {"full": full, "fast": fast, "remix": remix, "long": long, "retarget": retarget, "dwpose": dwpose}
+WORKFLOWS = {"full": full, "fast": fast, "remix": remix, "long": long, "retarget": retarget, "dwpose": dwpose,
+             "full_sdxl": full_sdxl}

@@ -26,7 +26,7 @@ SPECS = {**CORE["nodes"], **PACK}
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload")
 UI_FILES = sorted((ROOT / "workflows").glob("*.json"))
-EXPECTED = {"full", "fast", "remix", "long", "retarget", "dwpose"}
+EXPECTED = {"full", "fast", "remix", "long", "retarget", "dwpose", "full_sdxl"}
 
 
 # ------------------------------------------------------------------ an independent reading of the rules
@@ -382,7 +382,7 @@ def test_api_comparison_catches_a_changed_twin():
     assert api != ui_to_api(g.ui())
 
 
-@pytest.mark.parametrize("name", ["full", "fast", "remix", "long"])
+@pytest.mark.parametrize("name", ["full", "fast", "remix", "long", "full_sdxl"])
 def test_bundled_workflow_needs_no_optional_package(name):
     """The bundled workflows run after the README's install: the source pose comes from a bundled pose file
     through Load Pose Sequence ('Source pose'), not from Pose Extract (which needs controlnet-aux)."""

@@ -3,7 +3,8 @@
 ComfyUI is imported lazily inside functions, so ``nodes.host`` imports without ComfyUI.
 """
 from .adapter import ComfyDenoiser, install_out_of_place_control, merge_transformer_options, plain, engine_mode, plain_fields
-from .checks import check_control_net, check_sd15_model, conditioning_context, conditioning_control
+from .checks import (check_control_net, check_sd15_model, conditioning_adm, conditioning_context,
+                     conditioning_control, model_family)
 from . import compat, gradpath
 from .progress import ComfyProgress
 
@@ -14,11 +15,13 @@ __all__ = [
     "compat",
     "gradpath",
     "check_sd15_model",
+    "conditioning_adm",
     "conditioning_context",
     "conditioning_control",
     "engine_mode",
     "install_out_of_place_control",
     "merge_transformer_options",
+    "model_family",
     "plain",
     "plain_fields",
 ]

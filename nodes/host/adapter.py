@@ -26,7 +26,7 @@ import logging
 
 import torch
 
-from .checks import check_control_net, check_sd15_model
+from .checks import CONTEXT_DIMS, check_control_net, model_family
 
 log = logging.getLogger(__name__)
 
@@ -164,25 +164,35 @@ class ComfyDenoiser:
     """PACM's Denoiser over a ComfyUI MODEL (ModelPatcher) and an optional CONTROL_NET.
 
     Args:
-        model: the MODEL (``comfy.model_patcher.ModelPatcher``), SD1.5-shaped; its ``model_options``
-            (transformer patches, wrappers, ``model_function_wrapper``) apply to every call.
+        model: the MODEL (``comfy.model_patcher.ModelPatcher``), SD1.5 or SDXL family (detected, ``family``); its
+            ``model_options`` (transformer patches, wrappers, ``model_function_wrapper``) apply to every call.
         control_net: a CONTROL_NET (``comfy.controlnet.ControlBase``) or None; it is copied per call and
             never modified.
         strength, start_percent, end_percent: as in ComfyUI's "Apply ControlNet" node.
+        extra_control: the ControlNet chain of the positive CONDITIONING ('Apply ControlNet'), cond rows only.
+        adm: SDXL's pooled/size conditioning (``checks.conditioning_adm`` of the positive CONDITIONING): every call
+            gets ``y = encode_adm(pooled_output, width, height, ...)`` for its latent size, on every row (the
+            unconditional rows hold the prompt's pooled output: PACM optimises the token embeddings only), as a
+            KSampler makes it (width/height default to the latent's pixel size). Ignored for SD1.5.
         node: display name of the calling node, for error messages.
     """
 
     def __init__(self, model, control_net=None, *, strength: float = 1.0, start_percent: float = 0.0,
-                 end_percent: float = 1.0, extra_control=None, node: str = "PoseAnimate"):
+                 end_percent: float = 1.0, extra_control=None, adm: dict | None = None, node: str = "PoseAnimate"):
+
         self.node = node
         self.patcher = model
-        self.model = check_sd15_model(model, node, "model")
-        self.control_net = check_control_net(control_net, node, "control_net")
+        self.family = model_family(model, node, "model")
+        self.model = model.model
+        self.context_dim = CONTEXT_DIMS[self.family]
+        self.control_net = check_control_net(control_net, node, "control_net", self.family)
         self.extra_control = extra_control
         link = extra_control
         while link is not None:
-            check_control_net(link, node, "positive")
+            check_control_net(link, node, "positive", self.family)
             link = getattr(link, "previous_controlnet", None)
+        self.adm = dict(adm or {}) if self.family == "SDXL" else {}
+        self._y: dict = {}
         self._warned_broadcast = False
         self.strength = float(strength)
         self.percent_range = (float(start_percent), float(end_percent))
@@ -304,15 +314,50 @@ class ComfyDenoiser:
             return [int(f) for f in pa["frame_ids"]] * len(cond_chunks)
         return None
 
-    def _run_control(self, head, x, sigma, context, n_chunks, transformer_options):
+    def check_context(self, context, input_name: str = "positive") -> None:
+        """Refuse a text embedding whose width is not the MODEL's (an SD1.5 prompt on an SDXL model, or back), and
+        an SDXL conditioning without its pooled output."""
+        from .._common import input_error
+
+        if context.shape[-1] != self.context_dim:
+            other = next((f for f, d in CONTEXT_DIMS.items() if d == context.shape[-1]), "another model")
+            raise input_error(self.node, input_name, f"the text embedding is {context.shape[-1]} wide ({other}) but "
+                              f"the MODEL is {self.family} ({self.context_dim})",
+                              "encode the prompt with the CLIP of the same checkpoint as the MODEL")
+        if self.family == "SDXL" and not isinstance(self.adm.get("pooled_output"), torch.Tensor):
+            raise input_error(self.node, input_name, "the conditioning has no pooled output, which an SDXL model "
+                              "needs", "encode the prompt with the CLIP of your SDXL checkpoint ('CLIP Text Encode')")
+
+    def adm_for(self, x):
+        """SDXL's ``y`` (B, 2816) for a batch of latents ``x`` (see ``adm`` in the class docstring); None for SD1.5."""
+        if self.family != "SDXL":
+            return None
+        if not isinstance(self.adm.get("pooled_output"), torch.Tensor):
+            raise ValueError("positive: an SDXL model needs the conditioning's pooled output. Fix: encode the prompt "
+                             "with the CLIP of your SDXL checkpoint")
+        key = (int(x.shape[-2]), int(x.shape[-1]))
+        if key not in self._y:
+            kw = dict(self.adm)
+            kw.setdefault("width", key[1] * 8)
+            kw.setdefault("height", key[0] * 8)
+            with torch.inference_mode(False), torch.no_grad():
+                y = self.model.encode_adm(device=torch.device("cpu"), **{k: _plain(v) if isinstance(v, torch.Tensor)
+                                                                          else v for k, v in kw.items()})
+                self._y[key] = y[:1].detach().float().cpu().clone()
+        return self._y[key].to(x.device).expand(x.shape[0], -1)
+
+    def _run_control(self, head, x, sigma, context, n_chunks, transformer_options, y=None):
         ms = self.model_sampling
         head.pre_run(self.model, lambda p: ms.percent_to_sigma(p))
+        cond = {"c_crossattn": context}
+        if y is not None:
+            cond["y"] = y
         try:
-            return head.get_control(x, sigma, {"c_crossattn": context}, n_chunks, transformer_options)
+            return head.get_control(x, sigma, cond, n_chunks, transformer_options)
         finally:
             head.cleanup()
 
-    def _control_for(self, x, sigma, context, hint, cond_or_uncond, transformer_options):
+    def _control_for(self, x, sigma, context, hint, cond_or_uncond, transformer_options, y=None):
         """ControlNet residuals for one call: the pose ControlNet on every chunk; the ControlNets of the
         positive CONDITIONING on the cond chunks (``cond_or_uncond`` 0) only, zero on the uncond rows, as in
         ComfyUI where a ControlNet applied to the positive conditioning runs with the cond batch only."""
@@ -329,7 +374,7 @@ class ComfyDenoiser:
                     raise ValueError(f"hint: batch {hint.shape[0]} does not divide the latent batch {b}")
             c = self.control_net.copy()
             c.set_cond_hint(hint, self.strength, self.percent_range)
-            control = self._run_control(c, x, sigma, context, n_chunks, transformer_options)
+            control = self._run_control(c, x, sigma, context, n_chunks, transformer_options, y)
         cond_chunks = [k for k, cu in enumerate(cond_or_uncond) if cu == 0]
         if self.extra_control is None or not cond_chunks or b % n_chunks:
             return control
@@ -339,7 +384,8 @@ class ComfyDenoiser:
         to["cond_or_uncond"] = [0] * len(cond_chunks)
         head = self._extra_chain(self._cond_row_frames(transformer_options, cond_chunks))
         ctx = context[rows] if context.shape[0] == b else context[:1].expand(rows.shape[0], -1, -1)
-        extra = self._run_control(head, x[rows], sigma[rows], ctx, len(cond_chunks), to)
+        extra = self._run_control(head, x[rows], sigma[rows], ctx, len(cond_chunks), to,
+                                  None if y is None else y[rows])
         if extra is None:
             return control
         return _merge_rows(control, extra, rows, b)
@@ -367,8 +413,11 @@ class ComfyDenoiser:
         if "sigmas" not in to:
             to["sigmas"] = sigma[: x.shape[0] // n] if x.shape[0] % n == 0 else sigma
         to.setdefault("uuids", [None] * n)
-        control = self._control_for(x, sigma, context, hint, cond_or_uncond, to)
+        y = self.adm_for(x)
+        control = self._control_for(x, sigma, context, hint, cond_or_uncond, to, y)
         c = {"c_crossattn": context, "transformer_options": to}
+        if y is not None:
+            c["y"] = y
         if self._grad_depth:
             install_out_of_place_control(to, control)
         else:

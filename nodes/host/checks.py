@@ -7,10 +7,13 @@ from __future__ import annotations
 from .._common import input_error
 
 SD15_CONTEXT_DIM = 768
+SDXL_CONTEXT_DIM = 2048
+SDXL_ADM_CHANNELS = 2816
 SD15_LATENT_CHANNELS = 4
+CONTEXT_DIMS = {"SD1.5": SD15_CONTEXT_DIM, "SDXL": SDXL_CONTEXT_DIM}
 
-_SD15_FIX = ("load an SD1.5 checkpoint (or a fine-tune / merge of SD1.5; LoRAs on top are fine) with "
-             "'Load Checkpoint' and connect its MODEL here")
+_MODEL_FIX = ("load an SD1.5 or SDXL-family checkpoint (SDXL base, Illustrious, Pony, NoobAI; fine-tunes, merges and "
+              "LoRAs welcome) with 'Load Checkpoint' and connect its MODEL here")
 
 
 def _describe(model) -> str:
@@ -56,13 +59,59 @@ def check_sd15_model(model_patcher, node: str, input_name: str = "model"):
     if sigmas is None or sigmas.ndim != 1 or sigmas.shape[0] != 1000:
         problems.append("its noise schedule is not SD1.5's discrete 1000-step schedule")
     if problems:
-        raise input_error(node, input_name, f"{_describe(model)} is not SD1.5-shaped: " + "; ".join(problems),
-                          _SD15_FIX)
+        raise input_error(node, input_name, f"{_describe(model)} is not an SD1.5 or SDXL model (against SD1.5: "
+                          + "; ".join(problems) + ")", _MODEL_FIX)
     return model
 
 
-def check_control_net(control_net, node: str, input_name: str = "control_net"):
-    """Check that CONTROL_NET is an image-hint ControlNet usable with an SD1.5 UNet; return it."""
+def model_family(model_patcher, node: str, input_name: str = "model") -> str:
+    """"SD1.5" or "SDXL" for a MODEL the PACM engine can drive (detected from the model, never a switch), else a
+    clear error naming what the model is (an SDXL refiner, SD2, another family)."""
+    import comfy.latent_formats
+    import comfy.model_base
+
+    model = getattr(model_patcher, "model", None)
+    sdxl = getattr(comfy.model_base, "SDXL", None)
+    if sdxl is None or not isinstance(model, sdxl) or isinstance(model, getattr(comfy.model_base, "SDXLRefiner", ())):
+        check_sd15_model(model_patcher, node, input_name)  # SD1.5, or its error (which names SDXL-style models)
+        return "SD1.5"
+    unet_cfg = dict(getattr(getattr(model, "model_config", None), "unet_config", {}) or {})
+    problems = []
+    if unet_cfg.get("context_dim") != SDXL_CONTEXT_DIM:
+        problems.append(f"its cross-attention width is {unet_cfg.get('context_dim')} (SDXL: {SDXL_CONTEXT_DIM})")
+    if unet_cfg.get("adm_in_channels") != SDXL_ADM_CHANNELS:
+        problems.append(f"its pooled/size conditioning is {unet_cfg.get('adm_in_channels')} wide (SDXL: "
+                        f"{SDXL_ADM_CHANNELS}; a refiner has 2560)")
+    if unet_cfg.get("in_channels", SD15_LATENT_CHANNELS) != SD15_LATENT_CHANNELS:
+        problems.append(f"it takes {unet_cfg.get('in_channels')} input channels (SDXL: 4)")
+    if not isinstance(getattr(model, "latent_format", None), comfy.latent_formats.SDXL):
+        problems.append(f"its latent format is {type(getattr(model, 'latent_format', None)).__name__} (SDXL: SDXL)")
+    if getattr(model, "model_type", None) not in (comfy.model_base.ModelType.EPS, comfy.model_base.ModelType.V_PREDICTION):
+        problems.append(f"its prediction type is {getattr(model, 'model_type', None)} (EPS or V_PREDICTION)")
+    sigmas = getattr(getattr(model, "model_sampling", None), "sigmas", None)
+    if sigmas is None or sigmas.ndim != 1 or sigmas.shape[0] != 1000:
+        problems.append("its noise schedule is not the discrete 1000-step schedule")
+    if problems:
+        raise input_error(node, input_name, f"{_describe(model)} is an SDXL model the PACM engine cannot drive: "
+                          + "; ".join(problems), _MODEL_FIX)
+    return "SDXL"
+
+
+def _control_context_dim(control_net):
+    cm = getattr(control_net, "control_model", None)
+    ctx = getattr(cm, "context_dim", None) if cm is not None else None
+    if ctx is None and cm is not None:
+        # comfy.cldm.cldm.ControlNet does not keep context_dim; read it off the first cross-attention.
+        for mod in cm.modules():
+            k = getattr(mod, "to_k", None)
+            if k is not None and getattr(mod, "to_q", None) is not None and k.in_features != mod.to_q.in_features:
+                return k.in_features
+    return ctx
+
+
+def check_control_net(control_net, node: str, input_name: str = "control_net", family: str = "SD1.5"):
+    """Check that CONTROL_NET is an image-hint ControlNet usable with a UNet of ``family`` ("SD1.5" or "SDXL");
+    return it. (A Control-LoRA builds its model from the UNet's when it runs: its family is not read here.)"""
     import comfy.controlnet
 
     if control_net is None:
@@ -72,24 +121,21 @@ def check_control_net(control_net, node: str, input_name: str = "control_net"):
                           "connect the CONTROL_NET output of 'Load ControlNet Model' (an SD1.5 OpenPose ControlNet)")
     if getattr(control_net, "latent_format", None) is not None:
         raise input_error(node, input_name, "this ControlNet needs a VAE-encoded hint (an SD3/Flux-style ControlNet)",
-                          "use an SD1.5 OpenPose ControlNet such as control_v11p_sd15_openpose")
-    cm = getattr(control_net, "control_model", None)
-    ctx = getattr(cm, "context_dim", None) if cm is not None else None
-    if ctx is None and cm is not None:
-        # comfy.cldm.cldm.ControlNet does not keep context_dim; read it off the first cross-attention.
-        for mod in cm.modules():
-            k = getattr(mod, "to_k", None)
-            if k is not None and getattr(mod, "to_q", None) is not None and k.in_features != mod.to_q.in_features:
-                ctx = k.in_features
-                break
-    if ctx is not None and ctx != SD15_CONTEXT_DIM:
-        raise input_error(node, input_name, f"this ControlNet was made for a model with {ctx}-wide text embeddings",
-                          "use an SD1.5 ControlNet (e.g. control_v11p_sd15_openpose)")
+                          "use an SD1.5 or SDXL OpenPose ControlNet such as control_v11p_sd15_openpose")
+    ctx = _control_context_dim(control_net)
+    want = CONTEXT_DIMS[family]
+    if ctx is not None and ctx != want:
+        other = next((f for f, d in CONTEXT_DIMS.items() if d == ctx), None)
+        made_for = f"an {other} model" if other else f"a model with {ctx}-wide text embeddings"
+        example = "control_v11p_sd15_openpose" if family == "SD1.5" else "xinsir controlnet-openpose-sdxl-1.0"
+        raise input_error(node, input_name, f"this ControlNet was made for {made_for}, the MODEL is {family}",
+                          f"use an {family} OpenPose ControlNet (e.g. {example}) with this model")
     return control_net
 
 
 def conditioning_context(conditioning, node: str, input_name: str = "positive"):
-    """Return the text embedding (1, 77k, 768) of a CONDITIONING (its first entry), float32 on the CPU."""
+    """Return the text embedding (1, 77k, 768 or 2048) of a CONDITIONING (its first entry), float32 on the CPU.
+    (Whether its width fits the MODEL is checked where both meet: ``ComfyDenoiser.check_context``.)"""
     import torch
 
     if not isinstance(conditioning, (list, tuple)) or len(conditioning) == 0:
@@ -100,13 +146,24 @@ def conditioning_context(conditioning, node: str, input_name: str = "positive"):
     if not isinstance(ctx, torch.Tensor) or ctx.ndim != 3:
         raise input_error(node, input_name, "the CONDITIONING holds no text embedding tensor",
                           "connect the output of 'CLIP Text Encode' with your prompt")
-    if ctx.shape[-1] != SD15_CONTEXT_DIM:
-        raise input_error(node, input_name, f"the text embedding is {ctx.shape[-1]} wide (SD1.5 CLIP: 768)",
-                          "encode the prompt with the CLIP of your SD1.5 checkpoint")
+    if ctx.shape[-1] not in CONTEXT_DIMS.values():
+        raise input_error(node, input_name, f"the text embedding is {ctx.shape[-1]} wide (SD1.5 CLIP: 768, SDXL "
+                          "CLIP-L + CLIP-G: 2048)", "encode the prompt with the CLIP of your SD1.5 or SDXL checkpoint")
     if ctx.shape[0] != 1:
         ctx = ctx[:1]
     with torch.inference_mode(False):  # a normal tensor: pacm may optimise embeddings started from it
         return ctx.detach().to(device="cpu", dtype=torch.float32).clone()
+
+
+def conditioning_adm(conditioning) -> dict:
+    """What SDXL's ``encode_adm`` reads from a CONDITIONING's first entry (``pooled_output`` and, where 'CLIP Text
+    Encode (SDXL)' set them, width/height/crop/target sizes); empty for other conditionings."""
+    keys = ("pooled_output", "width", "height", "crop_w", "crop_h", "target_width", "target_height")
+    if isinstance(conditioning, (list, tuple)) and conditioning:
+        entry = conditioning[0]
+        if isinstance(entry, (list, tuple)) and len(entry) > 1 and isinstance(entry[1], dict):
+            return {k: entry[1][k] for k in keys if entry[1].get(k) is not None}
+    return {}
 
 
 def conditioning_control(conditioning):

@@ -31,14 +31,16 @@ def check_inversion(inversion, node: str, input_name: str = "inversion"):
 
 def inversion_denoiser(inversion, model, control_net, node: str, extra_control=None):
     """A ComfyDenoiser over ``model`` and ``control_net`` with the ControlNet strength and start/end percent
-    the inversion ran with (its typed ``control``), so every later stage conditions on the pose exactly as the
-    inversion did."""
+    the inversion ran with (its typed ``control``) and its extra conditioning (SDXL's pooled output and sizes),
+    so every later stage conditions exactly as the inversion did."""
     from ...pipeline.runner import ControlSettings
     from .adapter import ComfyDenoiser
 
     ctrl = getattr(inversion, "control", None) or ControlSettings()
-    return ComfyDenoiser(model, control_net, strength=ctrl.strength, start_percent=ctrl.start,
-                         end_percent=ctrl.end, extra_control=extra_control, node=node)
+    den = ComfyDenoiser(model, control_net, strength=ctrl.strength, start_percent=ctrl.start, end_percent=ctrl.end,
+                        extra_control=extra_control, adm=getattr(inversion, "extra_cond", None), node=node)
+    den.check_context(inversion.cond, "model")  # the MODEL of this stage is of the inversion's family
+    return den
 
 
 def host_attention():

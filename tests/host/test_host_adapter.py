@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tiny_models import assert_weights_unchanged, build_tiny_sd15, build_tiny_sd2, build_tiny_sdxl, snapshot_weights
+from tiny_models import (assert_weights_unchanged, build_tiny_sd15, build_tiny_sd2, build_tiny_sdxl_refiner,
+                         snapshot_weights)
 
 from poseanimate.nodes._common import PoseAnimateError
 from poseanimate.nodes.host import ComfyDenoiser, ComfyProgress, conditioning_context, engine_mode, plain
@@ -235,7 +236,7 @@ def test_bf16_model_runs_in_its_dtype_with_grads():
     assert emb.grad is not None and torch.isfinite(emb.grad).all() and emb.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("builder, word", [(build_tiny_sdxl, "SDXL"), (build_tiny_sd2, "1024")])
+@pytest.mark.parametrize("builder, word", [(build_tiny_sdxl_refiner, "SDXLRefiner"), (build_tiny_sd2, "1024")])
 def test_refuses_non_sd15_models(builder, word):
     with pytest.raises(PoseAnimateError) as err:
         ComfyDenoiser(builder(), None, node="Pose-Aware Inversion")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tiny_models import assert_weights_unchanged, build_tiny_sd15, build_tiny_sdxl, snapshot_weights
+from tiny_models import assert_weights_unchanged, build_tiny_sd15, build_tiny_sdxl_refiner, snapshot_weights
 
 from poseanimate.nodes._common import PoseAnimateError
 from poseanimate.nodes.embedding_optimize import PoseAnimatePoseEmbeddingOptimize
@@ -170,8 +170,9 @@ def test_user_mistakes_get_the_nodes_own_message():
     inv_node = PoseAnimatePoseAwareInversion()
     with pytest.raises(PoseAnimateError, match=r"^Pose-Aware Inversion: input 'latent': the latent batch holds 2"):
         inv_node.invert(patcher, cnet, {"samples": torch.zeros(2, 4, 8, 8)}, positive, poses, 2, 7.5, 1, 1e-5)
-    with pytest.raises(PoseAnimateError, match=r"^Pose-Aware Inversion: input 'model': .*not SD1.5-shaped.*Fix:"):
-        inv_node.invert(build_tiny_sdxl(), cnet, latent, positive, poses, 2, 7.5, 1, 1e-5)
+    with pytest.raises(PoseAnimateError, match=r"^Pose-Aware Inversion: input 'model': a SDXLRefiner model is not an "
+                                               r"SD1.5 or SDXL model.*Fix:"):
+        inv_node.invert(build_tiny_sdxl_refiner(), cnet, latent, positive, poses, 2, 7.5, 1, 1e-5)
     inv, _ = _invert(patcher, cnet, latent, positive, poses, inner=0)
 
     opt = PoseAnimatePoseEmbeddingOptimize()

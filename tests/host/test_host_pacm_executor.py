@@ -10,7 +10,7 @@ import asyncio
 import pytest
 import torch
 
-from tiny_models import build_tiny_sd15, build_tiny_sdxl
+from tiny_models import build_tiny_sd15, build_tiny_sdxl_refiner
 
 from poseanimate.nodes.host import compat
 from poseanimate.nodes.embedding_optimize import PoseAnimatePoseEmbeddingOptimize
@@ -28,11 +28,11 @@ class _TinyLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"kind": (["sd15", "sdxl"],)}}
+        return {"required": {"kind": (["sd15", "sdxl_refiner"],)}}
 
     def load(self, kind):
         if kind not in MODELS:
-            MODELS[kind] = build_tiny_sd15() if kind == "sd15" else (build_tiny_sdxl(), build_tiny_sd15()[1])
+            MODELS[kind] = build_tiny_sd15() if kind == "sd15" else (build_tiny_sdxl_refiner(), build_tiny_sd15()[1])
         patcher, cnet = MODELS[kind]
         ctx = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(1))
         return (patcher, cnet, [[ctx, {"pooled_output": None}]])
@@ -145,9 +145,9 @@ def test_executor_runs_the_pacm_nodes_end_to_end(executor):
     assert all(0 < v <= t for _, v, t in server.bars)
 
 
-def test_executor_reports_the_nodes_own_error_for_a_non_sd15_model(executor):
+def test_executor_reports_the_nodes_own_error_for_an_unsupported_model(executor):
     execution, ex, _ = executor
-    _run(execution, ex, _graph(kind="sdxl"))
+    _run(execution, ex, _graph(kind="sdxl_refiner"))
     errors = [d for e, d in ex.status_messages if e == "execution_error"]
     assert not ex.success and errors
     assert errors[0]["node_id"] == "4"

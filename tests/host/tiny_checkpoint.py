@@ -77,3 +77,47 @@ def write_tiny_controlnet(path, seed: int = 1, unet=None, init=None, dtype=None)
     sd = {f"control_model.{k}": (v.to(dtype) if dtype is not None else v).contiguous()
           for k, v in control.state_dict().items()}
     comfy.utils.save_torch_file(sd, str(path))
+
+
+# SDXL's layout with every level at 320 channels: ComfyUI's model detection reads it as SDXL (model_channels 320,
+# transformer_depth [0, 0, 2, 2, 10, 10], 2048-wide context, 2816-wide ADM), at 283M UNet parameters instead of 2.6B
+CKPT_SDXL_UNET = dict(
+    use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+    num_classes="sequential", adm_in_channels=2816, in_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
+    transformer_depth=[0, 0, 2, 2, 10, 10], channel_mult=[1, 1, 1], transformer_depth_middle=10,
+    use_linear_in_transformer=True, context_dim=2048, num_head_channels=64,
+    transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], use_temporal_attention=False, use_temporal_resblock=False,
+)
+
+
+def write_tiny_sdxl_checkpoint(path, seed: int = 0) -> None:
+    """A checkpoint ``CheckpointLoaderSimple`` loads as SDXL: the small-width SDXL UNet above (float16), the real
+    SDXL CLIP-L + CLIP-G architecture (ComfyUI builds it from its own config; random weights, float16) and a
+    TAESD VAE (random). About 2 GB."""
+    import comfy.sd
+    import comfy.supported_models
+    import comfy.taesd.taesd
+    import comfy.utils
+
+    cfg = comfy.supported_models.SDXL(dict(CKPT_SDXL_UNET))
+    cfg.set_inference_dtype(torch.float32, None)
+    model = cfg.get_model({}, "", device=torch.device("cpu"))
+    init_weights_(model.diffusion_model, seed)
+    clip = comfy.sd.CLIP(cfg.clip_target(), embedding_directory=None)
+    init_weights_(clip.cond_stage_model, seed + 2)
+    with torch.no_grad():
+        for name, p in clip.cond_stage_model.named_parameters():
+            if "embedding" in name:
+                p.mul_(0.4)
+    taesd = comfy.taesd.taesd.TAESD(latent_channels=4)
+    init_weights_(taesd, seed + 3)
+    clip_sd = {k: v.half() if v.is_floating_point() else v for k, v in clip.get_sd().items()}
+    sd = model.state_dict_for_saving(clip_sd, dict(taesd.state_dict()), None)
+    sd = {k: (v.half() if k.startswith("model.diffusion_model.") and v.is_floating_point() else v).contiguous()
+          for k, v in sd.items()}
+    comfy.utils.save_torch_file(sd, str(path))
+
+
+def write_tiny_sdxl_controlnet(path, seed: int = 1) -> None:
+    """A ``control_model.*`` ControlNet file that ``ControlNetLoader`` detects as SDXL (the UNet above's layout)."""
+    write_tiny_controlnet(path, seed, unet=CKPT_SDXL_UNET, dtype=torch.float16)

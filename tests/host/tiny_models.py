@@ -1,4 +1,4 @@
-"""Tiny random-weight SD1.5-architecture models built with ComfyUI's own classes (host tests only)."""
+"""Tiny random-weight SD1.5- and SDXL-architecture models built with ComfyUI's own classes (host tests only)."""
 from __future__ import annotations
 
 import torch
@@ -31,11 +31,8 @@ def build_tiny_sd15(seed: int = 0, dtype: torch.dtype = torch.float32, manual_ca
 
     ``dtype`` is the UNet's weight dtype; ``manual_cast_dtype`` the compute dtype ComfyUI casts weights to
     per layer (as for fp8/bf16 checkpoints on devices that compute in another dtype)."""
-    import comfy.cldm.cldm
-    import comfy.controlnet
     import comfy.model_management as mm
     import comfy.model_patcher
-    import comfy.ops
     import comfy.supported_models
 
     cfg = comfy.supported_models.SD15(dict(TINY_UNET))
@@ -46,32 +43,58 @@ def build_tiny_sd15(seed: int = 0, dtype: torch.dtype = torch.float32, manual_ca
     patcher = comfy.model_patcher.ModelPatcher(
         model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
     )
+    return patcher, _control(cfg, seed + 1)
+
+
+TINY_SDXL = dict(  # SDXL's layout at small widths: 3 levels, attention at the lower two, several layers per block
+    use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+    num_classes="sequential", adm_in_channels=2816, in_channels=4, model_channels=32, num_res_blocks=[2, 2, 2],
+    transformer_depth=[0, 0, 2, 2, 3, 3], channel_mult=[1, 2, 2], transformer_depth_middle=3,
+    use_linear_in_transformer=True, context_dim=2048, num_head_channels=16,
+    transformer_depth_output=[0, 0, 0, 2, 2, 2, 3, 3, 3], use_temporal_attention=False, use_temporal_resblock=False,
+)
+
+
+def _control(cfg, seed: int):
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.model_management as mm
+    import comfy.ops
+
     cn_cfg = dict(cfg.unet_config)
     cn_cfg.pop("out_channels")
     cn_cfg.update(hint_channels=3, operations=comfy.ops.disable_weight_init, dtype=torch.float32,
                   device=torch.device("cpu"))
     control_model = comfy.cldm.cldm.ControlNet(**cn_cfg)
-    init_weights_(control_model, seed + 1)
-    control = comfy.controlnet.ControlNet(control_model, load_device=mm.get_torch_device(), manual_cast_dtype=None)
-    return patcher, control
+    init_weights_(control_model, seed)
+    return comfy.controlnet.ControlNet(control_model, load_device=mm.get_torch_device(), manual_cast_dtype=None)
 
 
-TINY_SDXL = dict(
-    use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
-    num_classes="sequential", adm_in_channels=2816, in_channels=4, model_channels=32, num_res_blocks=[2, 2],
-    transformer_depth=[0, 0, 1, 1], channel_mult=[1, 2], transformer_depth_middle=1,
-    use_linear_in_transformer=True, context_dim=2048, num_head_channels=16, transformer_depth_output=[0, 0, 0, 1, 1, 1],
-    use_temporal_attention=False, use_temporal_resblock=False,
-)
-
-
-def build_tiny_sdxl(seed: int = 0):
-    """A tiny SDXL-shaped ModelPatcher (2048-wide context, ADM conditioning) for refusal tests."""
+def build_tiny_sdxl(seed: int = 0, with_control: bool = False):
+    """A tiny SDXL-architecture ModelPatcher built with ComfyUI's SDXL classes (2048-wide context, 2816-wide ADM
+    conditioning from the pooled output and sizes, attention in output blocks 0-2 at two levels, several layers);
+    with ``with_control`` also a matching SDXL ControlNet: (patcher, control)."""
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
 
     cfg = comfy.supported_models.SDXL(dict(TINY_SDXL))
+    cfg.set_inference_dtype(torch.float32, None)
+    model = cfg.get_model({}, "", device=torch.device("cpu"))
+    init_weights_(model.diffusion_model, seed)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    return (patcher, _control(cfg, seed + 1)) if with_control else patcher
+
+
+def build_tiny_sdxl_refiner(seed: int = 0):
+    """A tiny SDXL-refiner-shaped ModelPatcher (1280-wide context, 2560-wide ADM): not a base model."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    unet = dict(TINY_SDXL, context_dim=1280, adm_in_channels=2560)
+    cfg = comfy.supported_models.SDXLRefiner(unet)
     cfg.set_inference_dtype(torch.float32, None)
     model = cfg.get_model({}, "", device=torch.device("cpu"))
     init_weights_(model.diffusion_model, seed)
