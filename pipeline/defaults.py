@@ -54,6 +54,22 @@ class Recipe:
         """Frames made from a sequence with at least ``pose_frames`` poses: source + transitions + targets."""
         return 1 + self.transition_frames + self.pose_frames
 
+    def summary(self) -> str:
+        """The settings in words, as the README, docs/workflows.md, the workflow notes and bench_scale state them
+        (tests/test_docs_recipes.py checks that the docs carry exactly this text)."""
+        def optimisation(n: int) -> str:
+            return f"{n} inner iterations" if n else "no embedding optimisation"
+
+        text = (f"{self.frames} frames ({self.pose_frames} poses + {self.transition_frames} transition frames + the "
+                f"source), {self.size}x{self.size}, {self.steps} DDIM steps, CFG {self.cfg}, inversion: "
+                f"{optimisation(self.inversion_inner_steps)}, frames: {optimisation(self.inner_steps)}")
+        if self.inner_steps and self.schedule != "inner iterations":
+            text += f" ({self.schedule})"
+        if not self.inversion_inner_steps and not self.inner_steps:
+            text += (" (negative-prompt inversion: the prompt fills the unconditional slot, so without a ControlNet "
+                     "on the prompt CFG has no effect and each frame is evaluated once per step)")
+        return text + f", DCA {self.weights[0]} / {self.weights[1]} / {self.weights[2]}"
+
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)
 

@@ -202,8 +202,7 @@ def full_sdxl(g):
 - The PACM nodes detect SDXL from the model and refuse an SD1.5 ControlNet or prompt on it (and the reverse).
 
 ### Settings
-- As the `full` workflow (the paper's settings: {FULL_SDXL.frames} frames, {FULL_SDXL.steps} DDIM steps, CFG
-  {FULL_SDXL.cfg}, {FULL_SDXL.inner_steps} inner iterations) at SDXL's {FULL_SDXL.size}x{FULL_SDXL.size}.
+- As the `full` workflow, at SDXL's {FULL_SDXL.size}x{FULL_SDXL.size}: {FULL_SDXL.summary()}.
 - DCA on every decoder attention block: on SDXL output blocks 0-5, every layer. Which blocks and layers work
   best on SDXL, and the image quality on real SDXL weights, were not measured (docs/pacm.md).
 {MGDM_NOTE}
@@ -217,14 +216,14 @@ def fast(g):
     p = _pipeline(g, FAST, prefix="PoseAnimate/fast", pose_file="examples/turn.json")
     _save(g, p["decoded"].out(), p["fps"], p["prefix"])
     g.note(HOW_NOTE, title="How to use")
-    g.note("""
+    g.note(f"""
 ### Fast preset: the measured speed/quality point
 Negative-prompt inversion: Pose-Aware Inversion and Pose Embedding Optimize run with 0 inner iterations, so
-the prompt itself fills the unconditional slot and no embedding is optimised; everything else as **full**
-(50 steps, 16 frames). On the StickWorld benchmark (docs/stickworld.md) this point costs 13 % of the paper
-setting's model evaluations (1300 vs 9783 per case) with identity distance 0.187 vs 0.223 and background
-error 0.0138 vs 0.0146 (4 held-out cases); StickWorld measures the method's mechanics, not SD1.5's image
-quality, so check the **Inversion check** preview: if your picture is not reconstructed well, use **full**.
+the prompt itself fills the unconditional slot and no embedding is optimised: {FAST.summary()}.
+On the StickWorld benchmark (docs/stickworld.md) this point costs 13 % of the paper setting's model evaluations (1300 vs 9783 per case) with identity distance 0.187 vs 0.223 and background
+error 0.0138 vs 0.0146 (4 held-out cases of the default case seed; not shown to hold on other seeds);
+StickWorld measures the method's mechanics, not SD1.5's image quality, so check the **Inversion check**
+preview: if your picture is not reconstructed well, use **full**.
 """, title="Fast preset: quality trade-off")
     g.note(MODELS_NOTE, title="Models")
     return g
