@@ -63,8 +63,14 @@ class EvalCount:
 
     @property
     def equivalents(self) -> int:
-        """Forward-equivalents: ``forward + 3 * forward_backward``."""
+        """Forward-equivalents: ``forward + 3 * forward_backward`` (the textbook price; see :meth:`equivalents_at`)."""
         return self.forward + 3 * self.forward_backward
+
+    def equivalents_at(self, cost: float) -> float:
+        """Forward-equivalents with a forward+backward priced at ``cost`` forwards, as measured for a model
+        (benchmarks/bench_backward.py: the weights are frozen, so a backward to the embedding costs less than the
+        textbook two forwards)."""
+        return self.forward + float(cost) * self.forward_backward
 
     def __add__(self, other: "EvalCount") -> "EvalCount":
         if not isinstance(other, EvalCount):

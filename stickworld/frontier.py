@@ -14,6 +14,9 @@ import pipeline
 from .bench import Run, Settings, aligned_poses, score_case, shipped_evals
 
 REFERENCE = "paper"
+# The price of a forward+backward in forwards on StickWorld's model, measured (CPU time, same batch):
+# `python benchmarks/bench_backward.py --repeats 5` gave 1.79-1.82 (docs/stickworld.md); the totals use it.
+FORWARD_BACKWARD_COST = 1.8
 ROWS: dict[str, dict] = {
     "paper": {},                                                      # 50 steps, 5 inner iterations (FULL)
     "alg1": {"schedule": "algorithm 1"},                              # one gradient step per step
@@ -66,16 +69,18 @@ def run_rows(model, case, rows=None, settings: Settings | None = None, reference
     return out
 
 
-def summarise_rows(per_case: dict) -> dict:
-    """Mean scores and mean evaluations per row over cases."""
+def summarise_rows(per_case: dict, cost: float = FORWARD_BACKWARD_COST) -> dict:
+    """Mean scores and mean evaluations per row over cases; ``evals`` in forward-equivalents with a
+    forward+backward at ``cost`` forwards (recorded as ``forward_backward_cost``)."""
     rows = {r for case in per_case.values() for r in case}
     out = {}
     for r in [r for r in ROWS if r in rows]:
         items = [case[r] for case in per_case.values() if r in case]
         entry = {k: float(np.mean([i["scores"][k] for i in items])) for k in items[0]["scores"]}
-        entry["evals"] = float(np.mean([i["evals"]["equivalents"] for i in items]))
         entry["evals_forward"] = float(np.mean([i["evals"]["forward"] for i in items]))
         entry["evals_forward_backward"] = float(np.mean([i["evals"]["forward_backward"] for i in items]))
+        entry["evals"] = entry["evals_forward"] + cost * entry["evals_forward_backward"]
+        entry["forward_backward_cost"] = float(cost)
         entry["settings"] = ROWS[r]
         out[r] = entry
     return out

@@ -394,4 +394,8 @@ def test_the_fast_preset_is_the_measured_frontier_point():
         doc["rows"][doc["fast_default"]]["evals"] <= 0.2 * doc["rows"][doc["reference"]]["evals"]
         and doc["rows"][doc["fast_default"]]["identity"] <= 1.05 * doc["rows"][doc["reference"]]["identity"]
         and doc["rows"][doc["fast_default"]]["background"] <= 1.05 * doc["rows"][doc["reference"]]["background"])
-    assert doc["settings"]["recipe"] == json.loads(json.dumps(bench.pipeline.FULL.as_dict()))
+    full = json.loads(json.dumps(bench.pipeline.FULL.as_dict()))
+    # fields added to the recipe after this run: workflow-only settings StickWorld does not read (its pictures
+    # are 32x32 whatever the workflows' size)
+    assert set(full) - set(doc["settings"]["recipe"]) <= {"size"}
+    assert doc["settings"]["recipe"] == {k: v for k, v in full.items() if k in doc["settings"]["recipe"]}
