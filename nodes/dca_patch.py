@@ -51,7 +51,7 @@ def select_blocks(unet, blocks: str, custom_blocks: str) -> list:
     if blocks == "all output blocks":
         if not available["output"]:
             raise ValueError(f"model: it has no self-attention in its output blocks (attention blocks: {have}); "
-                             "use an SD1.5 checkpoint")
+                             "use an SD1.5 or SDXL checkpoint")
         return [("output", i) for i in available["output"]]
     if blocks == "SD1.5 output 3-11":
         chosen = [("output", i) for i in available["output"] if 3 <= i <= 11]
@@ -88,7 +88,7 @@ class PoseAnimateDCAPatchModel:
         weight = {"min": 0.0, "max": 1.0, "step": 0.01}
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "An SD1.5-family MODEL (LoRAs and other patches are kept)."}),
+                "model": ("MODEL", {"tooltip": "An SD1.5 or SDXL-family MODEL (LoRAs and other patches are kept)."}),
                 "first_frame_weight": ("FLOAT", {"default": FULL.weights[0], **weight, "tooltip":
                                        "λ1, weight of attention to the source frame (identity, background). The "
                                        "three weights are relative: they are divided by their sum."}),

@@ -37,7 +37,7 @@ class PoseAnimatePoseEmbeddingOptimize:
         return {
             "required": {
                 "inversion": ("POSEANIMATE_INVERSION", {"tooltip": "Output of Pose-Aware Inversion."}),
-                "model": ("MODEL", {"tooltip": "The same SD1.5 model as for the inversion (unpatched)."}),
+                "model": ("MODEL", {"tooltip": "The same SD1.5 or SDXL model as for the inversion (unpatched)."}),
                 "control_net": ("CONTROL_NET", {"tooltip": "The same OpenPose ControlNet as for the inversion; "
                                                            "its strength/start/end come from the inversion."}),
                 "positive": ("CONDITIONING", {"tooltip": "The same prompt as for the inversion."}),

@@ -15,7 +15,7 @@ DISPLAY_NAME = "Pose-Aware Inversion"
 
 
 class PoseAnimatePoseAwareInversion:
-    """PACM stages 1 + 2 on the user's SD1.5 MODEL and OpenPose CONTROL_NET."""
+    """PACM stages 1 + 2 on the user's SD1.5 or SDXL-family MODEL and OpenPose CONTROL_NET."""
 
     DESCRIPTION = ("Inverts the source image's latent with DDIM under its own pose (guidance 1), then runs "
                    "pose-aware null-text inversion: per step, a few Adam iterations on the unconditional "
@@ -35,10 +35,12 @@ class PoseAnimatePoseAwareInversion:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "An SD1.5 model (LoRAs welcome). Use the unpatched model here, "
+                "model": ("MODEL", {"tooltip": "An SD1.5 or SDXL-family model (SDXL, Illustrious, Pony, NoobAI; LoRAs "
+                                               "welcome), detected from the model. Use the unpatched model here, "
                                                "not the output of DCA Patch Model."}),
-                "control_net": ("CONTROL_NET", {"tooltip": "An SD1.5 OpenPose ControlNet "
-                                                           "(e.g. control_v11p_sd15_openpose)."}),
+                "control_net": ("CONTROL_NET", {"tooltip": "An OpenPose ControlNet of the model's family "
+                                                           "(SD1.5: control_v11p_sd15_openpose; SDXL: e.g. xinsir "
+                                                           "controlnet-openpose-sdxl-1.0)."}),
                 "latent": ("LATENT", {"tooltip": "The source image encoded with 'VAE Encode' (one image)."}),
                 "positive": ("CONDITIONING", {"tooltip": "The prompt describing the source image "
                                                          "('CLIP Text Encode')."}),

@@ -53,7 +53,7 @@ class PoseAnimateCrossAttentionMaskExtract:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The SD1.5 model (unpatched, or from DCA Patch Model without "
+                "model": ("MODEL", {"tooltip": "The SD1.5 or SDXL model (unpatched, or from DCA Patch Model without "
                                     "masks). It is cloned; the input is not changed."}),
                 "control_net": ("CONTROL_NET", {"tooltip": "The OpenPose ControlNet used for the inversion."}),
                 "clip": ("CLIP", {"tooltip": "The checkpoint's CLIP; only its tokenizer is used, to find the "
@@ -143,8 +143,9 @@ class PoseAnimateCrossAttentionMaskExtract:
             raise input_error(NODE, "source_mask", "expected a MASK", "connect a MASK output or leave it empty")
 
         unet_cfg = getattr(getattr(getattr(model, "model", None), "model_config", None), "unet_config", {}) or {}
-        # SD1.5 (4 levels): the character's layout is clearest at 1/4 and 1/2 of the latent size; a UNet with
-        # fewer levels (tiny test models) is read at every resolution it has.
+        # SD1.5 (4 levels) and SDXL (3 levels, attention at 1/2 and 1/4 only): the character's layout is clearest
+        # at 1/4 and 1/2 of the latent size; a UNet with fewer levels (tiny test models) is read at every
+        # resolution it has.
         factors = (4, 2) if len(unet_cfg.get("channel_mult", (1, 2, 4, 4))) >= 3 else None
         latent_shape = (1,) + tuple(inversion.trajectory.shape[1:])
         extra = None

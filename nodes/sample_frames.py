@@ -27,7 +27,7 @@ class PoseAnimateSampleFrames:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The SD1.5 model patched by DCA Patch Model (the unpatched model "
+                "model": ("MODEL", {"tooltip": "The SD1.5 or SDXL model patched by DCA Patch Model (the unpatched model "
                                                "also works, without cross-frame attention)."}),
                 "control_net": ("CONTROL_NET", {"tooltip": "The same OpenPose ControlNet as for the inversion; "
                                                            "its strength/start/end come from the inversion."}),
