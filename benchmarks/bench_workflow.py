@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import pathlib
 import sys
 import time
@@ -48,6 +49,7 @@ def compare(a: str, b: str) -> int:
 
 
 def run(args) -> int:
+    os.environ["COMFYUI_PATH"] = args.comfyui  # the host tests' executor runner reads it
     scale = _load("bench_scale", ROOT / "benchmarks" / "bench_scale.py")
     scale.bootstrap(argparse.Namespace(comfyui=args.comfyui, device="cpu", threads=args.threads))
     sys.path.insert(1, str(ROOT / "tests" / "host"))  # the executor runner and model writers of the host tests
