@@ -67,6 +67,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=0, help="DDIM steps (0 = the full workflow's)")
     ap.add_argument("--inner", type=int, default=-1, help="Adam iterations per step, inversion and frames "
                                                            "(-1 = the full workflow's)")
+    ap.add_argument("--cfg", type=float, default=0.0, help="guidance scale (0 = the full workflow's); with "
+                                                            "--variants baseline it measures StickWorld's "
+                                                            "sensitivity to guidance")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--rows", default=",".join(frontier.DEFAULT_ROWS), help=f"frontier rows, of {','.join(frontier.ROWS)}")
     ap.add_argument("--no-frontier", action="store_true", help="skip the speed/quality frontier")
@@ -85,6 +88,8 @@ def parse(argv=None) -> argparse.Namespace:
                                ("--sheet-cases", args.sheet_cases, 0)):
         if value < least:
             fail(flag, f"must be at least {least}, got {value}", f"pass {flag} {max(least, 1)} or more")
+    if args.cfg != 0 and args.cfg < 1:
+        fail("--cfg", f"must be 0 (the workflow's) or at least 1, got {args.cfg}", "pass 0, or 1 or more")
     if not pathlib.Path(args.weights).is_file():
         fail("--weights", f"no file {args.weights}", "pass the path of a StickWorld checkpoint (.pt)")
     try:
@@ -127,6 +132,8 @@ def main(argv=None) -> dict:
         recipe = recipe.replace(steps=args.steps)
     if args.inner >= 0:
         recipe = recipe.replace(inversion_inner_steps=args.inner, inner_steps=args.inner)
+    if args.cfg:
+        recipe = recipe.replace(cfg=args.cfg)
     settings = Settings(recipe=recipe)
     cases = make_cases(args.cases, frames=args.frames, seed=args.seed)
     per_case, evals, timings, rows, frontier_cases = {}, {}, {}, [], {}
