@@ -55,8 +55,8 @@ class EvalCount:
     ``forward``: samples evaluated without a backward pass; ``forward_backward``: samples evaluated with a
     backward pass to the embedding (one forward + one backward each). ``equivalents`` prices a backward as two
     forwards: ``forward + 3 * forward_backward`` forward-equivalents. Every stage function takes
-    ``counts=EvalCount()`` and adds its evaluations to it (probe passes and loss-scale back-off redos
-    included: they cost real time)."""
+    ``counts=EvalCount()`` and adds its evaluations to it (loss-scale back-off redos included: they cost real
+    time)."""
 
     forward: int = 0
     forward_backward: int = 0
@@ -154,8 +154,7 @@ class PoseEmbeddings(_Movable):
                      the step taken, with the pre-update embedding); NaN for steps that ran no model pass
                      (``optimize_steps`` < T, or ``inner_steps=0``).
         inner_iters: ``(N, T)`` int64 — gradient steps actually run (per-frame early stopping; 0 where none).
-        evals:       ``{"forward": n, "forward_backward": m}`` — this stage's model evaluations in sample units
-                     (probe passes of the CUDA micro-batch probe included).
+        evals:       ``{"forward": n, "forward_backward": m}`` — this stage's model evaluations in sample units.
     """
 
     uncond: torch.Tensor

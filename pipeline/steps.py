@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Callable
 
 import inspect
+import math
 
 import numpy as np
 import torch
@@ -115,7 +116,8 @@ def check_schedule(inner_steps: int, **settings) -> None:
         return
     for name, value in settings.items():
         default = getattr(FULL, name)
-        if value != default and not (isinstance(default, float) and float(value) == default):
+        if value != default and not (isinstance(default, float) and math.isclose(float(value), default,
+                                                                                 rel_tol=1e-6)):
             raise argument_error(name, f"{value!r} has no effect with inner_steps 0 (no embedding optimisation)",
                                  f"set inner_steps to 1 or more, or {name} back to {default!r}")
 

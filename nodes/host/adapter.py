@@ -209,9 +209,21 @@ class ComfyDenoiser:
 
     @property
     def cond_rows_differ(self) -> bool:
-        """Whether cond rows get more than uncond rows with the same embedding and hint (a ControlNet on the
-        positive conditioning): pacm then never evaluates a CFG pair as one row."""
-        return self.extra_control is not None
+        """Whether cond rows may get something uncond rows with the same embedding and hint do not: a ControlNet
+        on the positive conditioning, or any patch or wrapper on the MODEL that PoseAnimate did not install
+        (an IPAdapter-style attention patch may weigh the chunks differently). pacm then never evaluates a CFG
+        pair as one row."""
+        if self.extra_control is not None:
+            return True
+        from ...attention import CrossAttentionCapture, DCAPatch
+
+        options = self.patcher.model_options
+        if any(k in options for k in ("model_function_wrapper", "sampler_cfg_function")):
+            return True
+        to = options.get("transformer_options", {})
+        patches = [fn for fns in (to.get("patches") or {}).values() for fn in fns]
+        patches += [fn for table in (to.get("patches_replace") or {}).values() for fn in table.values()]
+        return any(not isinstance(fn, (DCAPatch, CrossAttentionCapture)) for fn in patches)
 
     # ---- memory -------------------------------------------------------------------------------------
     def _models(self) -> list:
@@ -238,12 +250,20 @@ class ComfyDenoiser:
         from .gradpath import unsupported_layers
 
         problems = unsupported_layers(self._modules())
+        links = [self.control_net] if self.control_net is not None else []
+        link = self.extra_control
+        while link is not None:
+            links.append(link)
+            link = getattr(link, "previous_controlnet", None)
+        problems += [f"{type(c).__name__} (it builds its network from the UNet's weights on every call)"
+                     for c in links if type(c).__name__ == "ControlLora" or getattr(c, "control_model", 1) is None]
         if problems:
             shown = "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
             raise input_error(self.node, input_name,
                               f"the embedding optimisation cannot differentiate through this model's layers: {shown}",
-                              "load the checkpoint and ControlNet in fp16, bf16 or fp32 (not GGUF / fp8 / other "
-                              "quantised formats), or set inner_steps to 0 (no gradient pass)")
+                              "load the checkpoint and a full ControlNet in fp16, bf16 or fp32 (not GGUF / fp8 / "
+                              "other quantised formats, not a Control-LoRA), or set inner_steps to 0 (no gradient "
+                              "pass)")
 
     def _ensure_loaded(self) -> None:
         import comfy.model_management as mm
@@ -288,7 +308,7 @@ class ComfyDenoiser:
                     if max(ids) >= hint.shape[0]:
                         raise ValueError(
                             f"positive: the ControlNet applied to this conditioning has {hint.shape[0]} images "
-                            f"but frame {max(ids)} is being sampled; give it one image, or one per frame "
+                            f"but frame {max(ids)} is being sampled. Fix: give it one image, or one per frame "
                             "(source first)")
                     hint = hint[list(ids)]
                 elif not self._warned_broadcast:
@@ -305,16 +325,21 @@ class ComfyDenoiser:
         return copies[0]
 
     @staticmethod
-    def _cond_row_frames(transformer_options: dict, cond_chunks: list[int]):
+    def _cond_row_frames(transformer_options: dict, cond_chunks: list[int], rows_per_chunk: int = 1):
         """The global frame id of every cond row, or None where the call does not say."""
         pa = transformer_options.get("poseanimate") or {}
         if pa.get("row_frames") is not None:  # one frame per chunk
-            return [int(pa["row_frames"][k]) for k in cond_chunks]
+            rows = list(pa["row_frames"])
+            if rows_per_chunk != 1 or len(rows) != len(transformer_options.get("cond_or_uncond") or [0]):
+                raise ValueError(f"row_frames: {len(rows)} frame ids for {len(transformer_options.get('cond_or_uncond') or [0])} "
+                                 f"chunks of {rows_per_chunk} rows. Fix: give one frame id per one-frame chunk")
+            return [int(rows[k]) for k in cond_chunks]
         if pa.get("frame_ids") is not None:  # every chunk holds these frames
             return [int(f) for f in pa["frame_ids"]] * len(cond_chunks)
         return None
 
-    def check_context(self, context, input_name: str = "positive") -> None:
+    def check_context(self, context, input_name: str = "positive",
+                      fix: str = "encode the prompt with the CLIP of the same checkpoint as the MODEL") -> None:
         """Refuse a text embedding whose width is not the MODEL's (an SD1.5 prompt on an SDXL model, or back), and
         an SDXL conditioning without its pooled output."""
         from .._common import input_error
@@ -322,8 +347,7 @@ class ComfyDenoiser:
         if context.shape[-1] != self.context_dim:
             other = next((f for f, d in CONTEXT_DIMS.items() if d == context.shape[-1]), "another model")
             raise input_error(self.node, input_name, f"the text embedding is {context.shape[-1]} wide ({other}) but "
-                              f"the MODEL is {self.family} ({self.context_dim})",
-                              "encode the prompt with the CLIP of the same checkpoint as the MODEL")
+                              f"the MODEL is {self.family} ({self.context_dim})", fix)
         if self.family == "SDXL" and not isinstance(self.adm.get("pooled_output"), torch.Tensor):
             raise input_error(self.node, input_name, "the conditioning has no pooled output, which an SDXL model "
                               "needs", "encode the prompt with the CLIP of your SDXL checkpoint ('CLIP Text Encode')")
@@ -382,7 +406,7 @@ class ComfyDenoiser:
         rows = torch.cat([torch.arange(k * size, (k + 1) * size) for k in cond_chunks]).to(x.device)
         to = dict(transformer_options)
         to["cond_or_uncond"] = [0] * len(cond_chunks)
-        head = self._extra_chain(self._cond_row_frames(transformer_options, cond_chunks))
+        head = self._extra_chain(self._cond_row_frames(transformer_options, cond_chunks, size))
         ctx = context[rows] if context.shape[0] == b else context[:1].expand(rows.shape[0], -1, -1)
         extra = self._run_control(head, x[rows], sigma[rows], ctx, len(cond_chunks), to,
                                   None if y is None else y[rows])

@@ -39,7 +39,8 @@ def inversion_denoiser(inversion, model, control_net, node: str, extra_control=N
     ctrl = getattr(inversion, "control", None) or ControlSettings()
     den = ComfyDenoiser(model, control_net, strength=ctrl.strength, start_percent=ctrl.start, end_percent=ctrl.end,
                         extra_control=extra_control, adm=getattr(inversion, "extra_cond", None), node=node)
-    den.check_context(inversion.cond, "model")  # the MODEL of this stage is of the inversion's family
+    den.check_context(inversion.cond, "model", fix="connect a MODEL of the same family (SD1.5 or SDXL) as on "
+                                                 "Pose-Aware Inversion")
     return den
 
 

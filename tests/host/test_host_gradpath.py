@@ -205,3 +205,36 @@ def test_quantised_weights_are_refused_before_work(kind):
     msg = str(err.value)
     assert msg.startswith("Pose-Aware Inversion: input 'model':") and "Fix:" in msg
     assert ("_QuantisedWeight" if kind == "tensor_subclass" else "float8") in msg
+
+
+def test_a_control_lora_is_refused_before_a_gradient_pass():
+    """A Control-LoRA builds its network from the UNet's weights inside every call, out of the gradient path's
+    reach: a gradient stage refuses it up front (a no-gradient stage may use it)."""
+    import comfy.controlnet
+
+    patcher, _ = build_tiny_sd15()
+    lora = comfy.controlnet.ControlLora({})
+    den = ComfyDenoiser(patcher, lora, node="Pose Embedding Optimize")
+    with pytest.raises(PoseAnimateError, match=r"^Pose Embedding Optimize: input 'model': .*ControlLora.*Fix: .*"
+                                               r"Control-LoRA"):
+        den.check_grad_support()
+
+
+def test_cfg_rows_are_merged_only_for_patches_that_treat_chunks_alike():
+    """pacm evaluates identical CFG rows once only when nothing on the MODEL may weigh cond and uncond rows
+    differently: PoseAnimate's own DCA and capture patches do not; any other patch or wrapper might."""
+    from poseanimate.attention import DCAPatch, install_patches
+
+    patcher, cnet = build_tiny_sd15()
+    assert not ComfyDenoiser(patcher, cnet).cond_rows_differ
+    dca = patcher.clone()
+    assert install_patches(dca, dca=DCAPatch())
+    assert not ComfyDenoiser(dca, cnet).cond_rows_differ
+    other = dca.clone()
+    other.set_model_attn2_replace(lambda q, k, v, extra_options: q, "output", 3)  # an IPAdapter-like patch
+    assert ComfyDenoiser(other, cnet).cond_rows_differ
+    wrapped = patcher.clone()
+    wrapped.set_model_unet_function_wrapper(lambda f, a: f(a["input"], a["timestep"], **a["c"]))
+    assert ComfyDenoiser(wrapped, cnet).cond_rows_differ
+    extra = cnet.copy().set_cond_hint(torch.rand(1, 3, 64, 64), 0.5, (0.0, 1.0))
+    assert ComfyDenoiser(patcher, cnet, extra_control=extra).cond_rows_differ
