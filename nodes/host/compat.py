@@ -11,6 +11,8 @@ later ComfyUI with the same features works and one without them fails here, by n
   (``ModelPatcherDynamic``), for logs and memory figures.
 * ``prompt_executor(execution, server, **kw)``: ``execution.PromptExecutor`` with the cache arguments a host
   needs (0.33 reads ``cache_args["ram"]`` on every run); used by the host tests and the headless checks.
+* ``state_dict_for_saving(model, clip_sd, vae_sd)``: a checkpoint's state dict (0.33 takes the UNet's state
+  dict as the first argument); the host tests write their tiny checkpoint files with it.
 * ``mask_attention(attention)``: an attention function that honours ``mask=`` (ComfyUI's PyTorch attention)
   where the host's optimised attention would drop it (sage attention on hosts that do not check for masks).
 """
@@ -74,6 +76,16 @@ def uses_dynamic_vram(patcher) -> bool:
         except TypeError:
             return False
     return type(patcher).__name__ == "ModelPatcherDynamic"
+
+
+def state_dict_for_saving(model, clip_state_dict=None, vae_state_dict=None) -> dict:
+    """A checkpoint's state dict from a ``BaseModel`` (its UNet) plus CLIP and VAE state dicts: 0.33's
+    ``state_dict_for_saving`` takes the UNet's state dict first, 0.3.64's reads it from the model itself. (For
+    writing test checkpoints.)"""
+    if _accepts(model.state_dict_for_saving, "unet_state_dict"):
+        return model.state_dict_for_saving(model.diffusion_model.state_dict(), clip_state_dict=clip_state_dict,
+                                           vae_state_dict=vae_state_dict)
+    return model.state_dict_for_saving(clip_state_dict=clip_state_dict, vae_state_dict=vae_state_dict)
 
 
 def prompt_executor(execution, server, **kwargs):

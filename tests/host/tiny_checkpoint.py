@@ -15,6 +15,8 @@ import torch
 
 from tiny_models import init_weights_
 
+from poseanimate.nodes.host import compat
+
 CKPT_UNET = dict(
     use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
     adm_in_channels=None, in_channels=4, model_channels=320, num_res_blocks=[1], transformer_depth=[1],
@@ -57,7 +59,7 @@ def write_tiny_checkpoint(path, seed: int = 0, in_channels: int = 4, reuse_from=
     init_weights_(taesd, seed + 3)
     vae_sd = dict(taesd.state_dict())
     clip_sd = {k: v.half() if v.is_floating_point() else v for k, v in clip.get_sd().items()}
-    sd = model.state_dict_for_saving(clip_sd, vae_sd, None)
+    sd = compat.state_dict_for_saving(model, clip_sd, vae_sd)
     sd = {k: (v.to(dtype) if dtype is not None and k.startswith("model.diffusion_model.") else v).contiguous()
           for k, v in sd.items()}
     comfy.utils.save_torch_file(sd, str(path))
@@ -112,7 +114,7 @@ def write_tiny_sdxl_checkpoint(path, seed: int = 0) -> None:
     taesd = comfy.taesd.taesd.TAESD(latent_channels=4)
     init_weights_(taesd, seed + 3)
     clip_sd = {k: v.half() if v.is_floating_point() else v for k, v in clip.get_sd().items()}
-    sd = model.state_dict_for_saving(clip_sd, dict(taesd.state_dict()), None)
+    sd = compat.state_dict_for_saving(model, clip_sd, dict(taesd.state_dict()))
     sd = {k: (v.half() if k.startswith("model.diffusion_model.") and v.is_floating_point() else v).contiguous()
           for k, v in sd.items()}
     comfy.utils.save_torch_file(sd, str(path))
