@@ -22,6 +22,19 @@ def _describe(model) -> str:
     return f"a {name} model"
 
 
+def _schedule_problems(model, types: str, schedule: str) -> list:
+    """What the PACM engine needs of any family: EPS or v-prediction on a discrete 1000-step sigma table."""
+    import comfy.model_base
+
+    problems = []
+    if getattr(model, "model_type", None) not in (comfy.model_base.ModelType.EPS, comfy.model_base.ModelType.V_PREDICTION):
+        problems.append(f"its prediction type is {getattr(model, 'model_type', None)} ({types})")
+    sigmas = getattr(getattr(model, "model_sampling", None), "sigmas", None)
+    if sigmas is None or sigmas.ndim != 1 or sigmas.shape[0] != 1000:
+        problems.append(f"its noise schedule is not {schedule}")
+    return problems
+
+
 def check_sd15_model(model_patcher, node: str, input_name: str = "model"):
     """Return the ``comfy.model_base.BaseModel`` inside a MODEL after checking that it is SD1.5-shaped.
 
@@ -53,11 +66,7 @@ def check_sd15_model(model_patcher, node: str, input_name: str = "model"):
             problems.append("it expects extra pooled/size conditioning (SDXL-style ADM)")
     if not isinstance(getattr(model, "latent_format", None), comfy.latent_formats.SD15):
         problems.append(f"its latent format is {type(getattr(model, 'latent_format', None)).__name__} (SD1.5: SD15)")
-    if getattr(model, "model_type", None) not in (comfy.model_base.ModelType.EPS, comfy.model_base.ModelType.V_PREDICTION):
-        problems.append(f"its prediction type is {getattr(model, 'model_type', None)} (SD1.5: EPS or V_PREDICTION)")
-    sigmas = getattr(getattr(model, "model_sampling", None), "sigmas", None)
-    if sigmas is None or sigmas.ndim != 1 or sigmas.shape[0] != 1000:
-        problems.append("its noise schedule is not SD1.5's discrete 1000-step schedule")
+    problems += _schedule_problems(model, "SD1.5: EPS or V_PREDICTION", "SD1.5's discrete 1000-step schedule")
     if problems:
         raise input_error(node, input_name, f"{_describe(model)} is not an SD1.5 or SDXL model (against SD1.5: "
                           + "; ".join(problems) + ")", _MODEL_FIX)
@@ -72,7 +81,7 @@ def model_family(model_patcher, node: str, input_name: str = "model") -> str:
 
     model = getattr(model_patcher, "model", None)
     sdxl = getattr(comfy.model_base, "SDXL", None)
-    if sdxl is None or not isinstance(model, sdxl) or isinstance(model, getattr(comfy.model_base, "SDXLRefiner", ())):
+    if sdxl is None or not isinstance(model, sdxl):  # (an SDXLRefiner is no SDXL subclass: it lands here)
         check_sd15_model(model_patcher, node, input_name)  # SD1.5, or its error (which names SDXL-style models)
         return "SD1.5"
     unet_cfg = dict(getattr(getattr(model, "model_config", None), "unet_config", {}) or {})
@@ -86,11 +95,7 @@ def model_family(model_patcher, node: str, input_name: str = "model") -> str:
         problems.append(f"it takes {unet_cfg.get('in_channels')} input channels (SDXL: 4)")
     if not isinstance(getattr(model, "latent_format", None), comfy.latent_formats.SDXL):
         problems.append(f"its latent format is {type(getattr(model, 'latent_format', None)).__name__} (SDXL: SDXL)")
-    if getattr(model, "model_type", None) not in (comfy.model_base.ModelType.EPS, comfy.model_base.ModelType.V_PREDICTION):
-        problems.append(f"its prediction type is {getattr(model, 'model_type', None)} (EPS or V_PREDICTION)")
-    sigmas = getattr(getattr(model, "model_sampling", None), "sigmas", None)
-    if sigmas is None or sigmas.ndim != 1 or sigmas.shape[0] != 1000:
-        problems.append("its noise schedule is not the discrete 1000-step schedule")
+    problems += _schedule_problems(model, "EPS or V_PREDICTION", "the discrete 1000-step schedule")
     if problems:
         raise input_error(node, input_name, f"{_describe(model)} is an SDXL model the PACM engine cannot drive: "
                           + "; ".join(problems), _MODEL_FIX)
