@@ -8,11 +8,16 @@ cheaper optimisation settings, on held-out StickWorld characters x backgrounds x
     python benchmarks/bench_stickworld.py --only 0-3 --out out/a   # the same run split over two processes,
     python benchmarks/bench_stickworld.py --only 4-7 --out out/b   # then joined:
     python benchmarks/bench_stickworld.py --merge out/a out/b      # (writes --out, default docs/stickworld)
+    python benchmarks/bench_stickworld.py --frontier-only --seed 7 --only 0-1 --out out/s7a   # frontier rows only
+    python benchmarks/bench_stickworld.py --seeds out/s20240 out/s7 out/s11   # one frontier over case seeds
 
 Writes into --out: stickworld_bench.json (settings, per-case and mean metrics, the means over characters whose
 silhouette extends past the skeleton and over the others, model evaluations, timings), stickworld_bench.md (the
 table), stickworld_sheet.png (contact sheet of the first --sheet-cases cases) and, unless --no-frontier,
-speed_frontier.json and speed_frontier.png. Prints the tables.
+speed_frontier.json and speed_frontier.png. Prints the tables. --frontier-only runs the frontier rows alone
+(speed_frontier.json; parts without the reference row are joined with --merge, which unites a case's rows).
+--seeds joins the merged frontiers of several case seeds into one speed_frontier.json: per seed its rows, the mean
+over seeds, and the fast default chosen on every seed (``frontier.choose_fast_seeds``).
 """
 from __future__ import annotations
 
@@ -73,6 +78,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--rows", default=",".join(frontier.DEFAULT_ROWS), help=f"frontier rows, of {','.join(frontier.ROWS)}")
     ap.add_argument("--no-frontier", action="store_true", help="skip the speed/quality frontier")
+    ap.add_argument("--frontier-only", action="store_true", help="run the frontier rows alone (no variants)")
+    ap.add_argument("--seeds", nargs="+", default=[], metavar="DIR",
+                    help="join the speed_frontier.json of one merged folder per case seed into --out; runs nothing")
     ap.add_argument("--seed", type=int, default=BENCH_SEED, help="seed of the held-out case set")
     ap.add_argument("--noise-seed", type=int, default=0, help="seed of the baseline's noise")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
@@ -100,8 +108,14 @@ def parse(argv=None) -> argparse.Namespace:
     if any(i < 0 or i >= args.cases for i in args.only_cases):
         fail("--only", f"case numbers must lie in 0..{args.cases - 1}", "pass numbers below --cases")
     for folder in args.merge:
-        if not (pathlib.Path(folder) / "stickworld_bench.json").is_file():
-            fail("--merge", f"no stickworld_bench.json in {folder}", "pass the --out folders of finished partial runs")
+        if not any((pathlib.Path(folder) / f).is_file() for f in ("stickworld_bench.json", "speed_frontier.json")):
+            fail("--merge", f"no stickworld_bench.json or speed_frontier.json in {folder}",
+                 "pass the --out folders of finished partial runs")
+    for folder in args.seeds:
+        if not (pathlib.Path(folder) / "speed_frontier.json").is_file():
+            fail("--seeds", f"no speed_frontier.json in {folder}", "pass one merged frontier folder per case seed")
+    if args.frontier_only and args.no_frontier:
+        fail("--frontier-only", "contradicts --no-frontier", "pass one of them")
     args.variant_list = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in args.variant_list if v not in VARIANTS]
     if bad or not args.variant_list:
@@ -110,7 +124,8 @@ def parse(argv=None) -> argparse.Namespace:
     bad = [r for r in args.row_list if r not in frontier.ROWS]
     if bad:
         fail("--rows", f"unknown {bad}", f"choose from {','.join(frontier.ROWS)}")
-    if not args.no_frontier and (frontier.REFERENCE not in args.row_list or "full" not in args.variant_list):
+    if not args.no_frontier and not args.frontier_only and (frontier.REFERENCE not in args.row_list
+                                                            or "full" not in args.variant_list):
         fail("--rows", f"the frontier needs the reference row '{frontier.REFERENCE}' and the variant 'full'",
              "keep both, or pass --no-frontier")
     return args
@@ -118,6 +133,8 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse(argv)
+    if args.seeds:
+        return report_seeds(args)
     if args.merge:
         return report(args, *merge(args.merge))
     if args.threads:
@@ -142,6 +159,11 @@ def main(argv=None) -> dict:
         if args.only_cases and i not in args.only_cases:
             continue
         t = time.time()
+        if args.frontier_only:
+            frontier_cases[case.name] = frontier.run_rows(model, case, args.row_list, settings)
+            timings[case.name] = round(time.time() - t, 1)
+            print(f"{case.name}: {timings[case.name]} s  ({case.prompt})", flush=True)
+            continue
         result = run_case(model, case, args.variant_list, settings, seed=args.noise_seed)
         per_case[case.name] = score_case(case, result)
         run = result["_runs"]["pata"]
@@ -166,25 +188,40 @@ def main(argv=None) -> dict:
 
 
 def merge(folders) -> tuple:
-    """The per-case results of partial runs (``--only``), joined."""
+    """The per-case results of partial runs (``--only``, ``--frontier-only``), joined; a case's frontier rows from
+    several parts are united."""
     run_info, per_case, evals, timings, extended, frontier_cases = None, {}, {}, {}, [], {}
     for folder in folders:
-        part = json.loads((pathlib.Path(folder) / "stickworld_bench.json").read_text())
+        bench, fr = pathlib.Path(folder) / "stickworld_bench.json", pathlib.Path(folder) / "speed_frontier.json"
+        part = json.loads((bench if bench.is_file() else fr).read_text())
+        # a recipe field added after a part ran is recorded there as missing: it ran with the field's default
+        part["settings"]["recipe"] = {**pipeline.Recipe().as_dict(), **part["settings"]["recipe"]}
         if run_info is not None and part["settings"] != run_info["settings"]:
             fail("--merge", f"{folder} ran with other settings", "merge only parts of one run")
-        run_info = run_info or {"settings": part["settings"], "model": part["model"]}
-        per_case.update(part["per_case"])
-        evals.update(part["evals"]["per_case"])
-        timings.update(part["seconds"]["per_case"])
-        extended += part["cases_extended_silhouette"]
-        fr = pathlib.Path(folder) / "speed_frontier.json"
+        run_info = run_info or {"settings": part["settings"], "model": part.get("model", {})}
+        if bench.is_file():
+            per_case.update(part["per_case"])
+            evals.update(part["evals"]["per_case"])
+            timings.update(part["seconds"]["per_case"])
+            extended += part["cases_extended_silhouette"]
         if fr.is_file():
-            frontier_cases.update(json.loads(fr.read_text())["per_case"])
+            doc = json.loads(fr.read_text())
+            for case, rows in doc["per_case"].items():
+                frontier_cases.setdefault(case, {}).update(rows)
+            if not bench.is_file():
+                for case, sec in doc.get("seconds", {}).items():
+                    timings[case] = timings.get(case, 0.0) + sec
     return run_info, per_case, evals, timings, extended, frontier_cases
 
 
 def report(args, run_info, per_case, evals, timings, extended, frontier_cases) -> dict:
     """Write the JSON, Markdown and frontier files for the cases in ``per_case`` and print the tables."""
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not per_case:  # frontier rows alone
+        report_frontier(out, run_info["settings"], frontier_cases, timings)
+        print(f"total {round(sum(timings.values()), 1)} s of case time; wrote {out}")
+        return {"settings": run_info["settings"], "frontier": frontier_cases}
     plain = [c for c in per_case if c not in extended]
     summary = summarise(per_case)
     report = {
@@ -197,8 +234,6 @@ def report(args, run_info, per_case, evals, timings, extended, frontier_cases) -
                   "per_case": evals},
         "seconds": {"total": round(sum(timings.values()), 1), "per_case": timings},
     }
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(summary)
     (out / "stickworld_bench.json").write_text(json.dumps(report, indent=1, default=list) + "\n")
     (out / "stickworld_bench.md").write_text(table + "\n")
@@ -207,20 +242,53 @@ def report(args, run_info, per_case, evals, timings, extended, frontier_cases) -
         if names and len(names) < len(per_case):
             print(f"\n{label} ({len(names)} cases):\n" + markdown_table(summarise(per_case, names)))
     if frontier_cases:
-        rows_summary = frontier.summarise_rows(frontier_cases)
-        fast = frontier.choose_fast(rows_summary)
-        doc = {"reference": frontier.REFERENCE, "fast_default": fast["name"], "fast_target": fast,
-               "rows": rows_summary, "settings": report["settings"], "per_case": frontier_cases}
-        (out / "speed_frontier.json").write_text(json.dumps(doc, indent=1, default=list) + "\n")
-        frontier.plot_frontier(rows_summary, out / "speed_frontier.png", fast=fast["name"])
-        ref = rows_summary[frontier.REFERENCE]
-        print("\n| row | evals | share | pose IoU | identity | background | temporal |\n|---|---|---|---|---|---|---|")
-        for n, s in rows_summary.items():
-            print(f"| {n} | {s['evals']:.0f} | {s['evals'] / ref['evals']:.1%} | {s['pose_iou']:.3f} | "
-                  f"{s['identity']:.3f} | {s['background']:.4f} | {s['temporal']:.4f} |")
-        print(f"fast default: {fast}")
+        report_frontier(out, report["settings"], frontier_cases)
     print(f"total {report['seconds']['total']} s of case time; wrote {out}")
     return report
+
+
+def frontier_table(rows: dict, reference: dict | None) -> str:
+    head = "| row | evals | share | pose IoU | identity | background | temporal |\n|---|---|---|---|---|---|---|"
+    lines = [f"| {n} | {s['evals']:.0f} | {s['evals'] / reference['evals']:.1%} | " if reference else
+             f"| {n} | {s['evals']:.0f} | - | " for n, s in rows.items()]
+    return "\n".join([head] + [line + f"{s['pose_iou']:.3f} | {s['identity']:.3f} | {s['background']:.4f} | "
+                                       f"{s['temporal']:.4f} |" for line, s in zip(lines, rows.values())])
+
+
+def report_frontier(out: pathlib.Path, settings: dict, frontier_cases: dict, timings: dict | None = None) -> None:
+    """speed_frontier.json (and, with the reference row, its plot) for one case seed; prints the table."""
+    rows_summary = frontier.summarise_rows(frontier_cases)
+    ref = rows_summary.get(frontier.REFERENCE)
+    fast = frontier.choose_fast(rows_summary) if ref else {"name": None, "meets_target": False,
+                                                           "why": "no reference row in this part"}
+    doc = {"reference": frontier.REFERENCE, "fast_default": fast["name"], "fast_target": fast,
+           "rows": rows_summary, "settings": settings, "per_case": frontier_cases}
+    if timings:
+        doc["seconds"] = timings  # case time of frontier-only runs (with the variants: stickworld_bench.json)
+    (out / "speed_frontier.json").write_text(json.dumps(doc, indent=1, default=list) + "\n")
+    if ref:
+        frontier.plot_frontier(rows_summary, out / "speed_frontier.png", fast=fast["name"])
+    print("\n" + frontier_table(rows_summary, ref))
+    print(f"fast default: {fast}")
+
+
+def report_seeds(args) -> dict:
+    """One speed_frontier.json over the case seeds of ``--seeds`` (one merged frontier folder each)."""
+    docs = [json.loads((pathlib.Path(f) / "speed_frontier.json").read_text()) for f in args.seeds]
+    seeds = [d["settings"]["seed"] for d in docs]
+    if len(set(seeds)) != len(seeds):
+        fail("--seeds", f"case seeds repeat: {seeds}", "pass one merged folder per case seed (join parts with --merge)")
+    doc = frontier.combine_seeds({str(d["settings"]["seed"]): d for d in docs})
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "speed_frontier.json").write_text(json.dumps(doc, indent=1, default=list) + "\n")
+    frontier.plot_frontier(doc["rows"], out / "speed_frontier.png", fast=doc["fast_default"])
+    for seed, part in doc["seeds"].items():
+        print(f"\nseed {seed} ({len(part['cases'])} cases):\n" + frontier_table(part["rows"],
+                                                                              part["rows"][frontier.REFERENCE]))
+    print(f"\nmean over seeds {list(doc['seeds'])}:\n" + frontier_table(doc["rows"], doc["rows"][frontier.REFERENCE]))
+    print(f"fast default: {doc['fast_target']}")
+    return doc
 
 
 if __name__ == "__main__":

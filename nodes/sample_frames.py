@@ -2,6 +2,7 @@
 embeddings, through the (DCA-patched) MODEL, in windows (PACM stage 4)."""
 from __future__ import annotations
 
+from ..pipeline import NODE_DEFAULTS, UNCOND_POSES
 from ._common import CATEGORY, node_errors
 from .host.stages import inversion_denoiser
 from .host.types import check_embeddings, check_same_prompt
@@ -42,10 +43,16 @@ class PoseAnimateSampleFrames:
                 "masks": ("MASK", {"tooltip": "Optional character masks, one per frame (source first), e.g. "
                                               "from Cross-Attention Mask Extract; they override the DCA "
                                               "patch's own masks."}),
+                "uncond_pose": (list(UNCOND_POSES), {
+                    "default": NODE_DEFAULTS.uncond_pose,
+                    "tooltip": "The pose the unconditional (CFG) rows see. 'target': each frame's own pose, as "
+                               "ComfyUI applies a ControlNet. 'source': the source's pose for every frame, so CFG "
+                               "pushes each frame from the source's pose towards its own (keeps guidance with "
+                               "negative-prompt inversion; strong at high CFG). Needs cfg above 1."}),
             },
         }
 
-    def sample(self, model, control_net, positive, embeddings, window_size=0, masks=None):
+    def sample(self, model, control_net, positive, embeddings, window_size=0, masks=None, uncond_pose="target"):
         import comfy.model_management as mm
 
         from .. import pipeline
@@ -58,15 +65,16 @@ class PoseAnimateSampleFrames:
         frames = embeddings.frames
         ctx = conditioning_context(positive, node, "positive")
         check_same_prompt(ctx, inversion.cond, node, "positive")
-        with node_errors(node, {"masks": "masks"}):
+        with node_errors(node, {"masks": "masks", "uncond_pose": "uncond_pose"}):
             mask = None if masks is None else pipeline.check_masks(masks, frames, "masks")
+            pipeline.check_uncond_pose(uncond_pose, poses.cfg, inversion.hint is not None)
         den = inversion_denoiser(inversion, model, control_net, node, conditioning_control(positive))
         stage = Stage("sample", (1,) + tuple(inversion.trajectory.shape[1:]), frames=frames, samples_per_frame=2,
                       frames_per_call=int(window_size))
 
         def body(window):
             out = pipeline.sample(den, plain_fields(inversion.to(den.device)), plain_fields(poses.to(den.device)),
-                                  window=window, masks=plain(mask), callback=ComfyProgress())
+                                  window=window, masks=plain(mask), uncond_pose=uncond_pose, callback=ComfyProgress())
             return den.model.process_latent_out(out)
 
         with node_errors(node):

@@ -594,7 +594,7 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
 # --------------------------------------------------------------------------------------------- stage 4
 def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings | None = None, *,
                   hints: torch.Tensor | None = None, uncond: torch.Tensor | None = None, cfg: float | None = None,
-                  window: int | None = None, masks: torch.Tensor | None = None,
+                  window: int | None = None, masks: torch.Tensor | None = None, uncond_pose: str = "target",
                   callback: Callback | None = None, transformer_options: dict | None = None,
                   counts: EvalCount | None = None) -> torch.Tensor:
     """Final sampling (stage 4): DDIM from Z_T for the source frame 0 and target frames 1..N, with CFG.
@@ -614,6 +614,10 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
             with one fresh ``kv_carry`` dict shared by that step's windows, so windowed sampling equals
             all-at-once sampling while peak memory stays flat in N.
         masks: optional ``(N + 1, H', W')`` character masks in [0, 1] by global frame id, passed to the patches.
+        uncond_pose: which pose the unconditional rows see: ``"target"`` (each frame's own, as ComfyUI applies a
+            ControlNet to both halves) or ``"source"`` (the source's pose for every frame, so that CFG pushes each
+            frame from the source's pose towards its own; frame 0's rows stay equal). Needs pose hints and
+            cfg != 1.
         callback: ``callback("sample", done, total)`` after every model evaluation (total = T * windows).
         transformer_options: passthrough dict (e.g. an attn2 capture patch) merged into every model call.
         counts: an ``EvalCount`` this stage adds its model evaluations to (T * 2 * (N + 1) forwards at cfg != 1,
@@ -621,8 +625,8 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
 
     Every model call gets the batch ``[uncond frames..., cond frames...]`` of one window with
     ``cond_or_uncond = [1, 0]`` (``[0]`` at cfg 1, and at a step where every frame's uncond embedding equals the
-    prompt and the model does not say ``cond_rows_differ``: CFG of identical rows is the cond prediction, so it is
-    evaluated once) and ``poseanimate = {"frame_ids": [...], "kv_carry": {...},
+    prompt, ``uncond_pose`` is ``"target"`` and the model does not say ``cond_rows_differ``: CFG of identical rows
+    is the cond prediction, so it is evaluated once) and ``poseanimate = {"frame_ids": [...], "kv_carry": {...},
     "masks": masks}``. Frame 0 uses the source pose and ``inversion.uncond[i]``; frame f >= 1 uses
     ``hints[f-1]`` and ``embeddings.uncond[f-1, i]``.
 
@@ -662,6 +666,12 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
     if cfg is None:
         cfg = embeddings.cfg if embeddings is not None else inversion.cfg
     cfg = float(cfg)
+    if uncond_pose not in ("target", "source"):
+        raise ValueError(f"uncond_pose: expected 'target' or 'source', got {uncond_pose!r}. Fix: choose one of them")
+    if uncond_pose == "source" and (inversion.hint is None or cfg == 1.0):
+        raise ValueError("uncond_pose: 'source' changes only the unconditional rows' pose, and there are none "
+                         f"({'no pose hint' if inversion.hint is None else 'cfg 1'}). Fix: use 'target', or sample "
+                         "with pose hints and cfg above 1")
     traj = inversion.trajectory.to(model.device)
     wd = _work_dtype(traj)
     cond = inversion.cond.to(model.device, wd)
@@ -699,10 +709,13 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
             parts.append(hints_dev[max(lo, 1) - 1:hi - 1])
         return torch.cat(parts)
 
+    def uncond_hint(hb):
+        return hb if uncond_pose == "target" or hb is None else src_hint[None].expand_as(hb)
+
     def rows_identical(i: int) -> bool:
         """Whether every frame's uncond row equals its cond row at step i: the same embedding and the same hints
         (the host does not treat cond rows apart, e.g. with a ControlNet on the positive conditioning)."""
-        if getattr(model, "cond_rows_differ", False):
+        if getattr(model, "cond_rows_differ", False) or (uncond_pose == "source" and F > 1):
             return False
         for f in range(F):
             if f > 0 and frame_emb is not None:
@@ -737,7 +750,7 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
                     tally.forward(b)
                 else:
                     ctx = torch.cat([window_uncond(lo, hi, i), cond[None].expand(b, -1, -1)])
-                    hh = None if hb is None else torch.cat([hb, hb])
+                    hh = None if hb is None else torch.cat([uncond_hint(hb), hb])
                     out = _call(model, torch.cat([xb, xb]), s, ctx, hh, [1, 0], transformer_options, pa)
                     tally.forward(2 * b)
                     x0_u, x0_c = out[:b], out[b:]

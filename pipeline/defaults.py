@@ -48,6 +48,8 @@ class Recipe:
     use_masks: bool = False            # masks connected to DCA Patch Model (MGDM on); off: docs/stickworld.md
     # Sample Frames / Mask Extract
     window: int = 0                    # 0 = auto (from free memory)
+    # Sample Frames
+    uncond_pose: str = "target"        # the pose of the unconditional rows (pipeline.UNCOND_POSES)
 
     @property
     def frames(self) -> int:
@@ -65,9 +67,14 @@ class Recipe:
                 f"{optimisation(self.inversion_inner_steps)}, frames: {optimisation(self.inner_steps)}")
         if self.inner_steps and self.schedule != "inner iterations":
             text += f" ({self.schedule})"
-        if not self.inversion_inner_steps and not self.inner_steps:
+        if not self.inversion_inner_steps and not self.inner_steps and self.uncond_pose == "target":
             text += (" (negative-prompt inversion: the prompt fills the unconditional slot, so without a ControlNet "
                      "on the prompt CFG has no effect and each frame is evaluated once per step)")
+        elif not self.inversion_inner_steps and not self.inner_steps:
+            text += (" (negative-prompt inversion: the prompt fills the unconditional slot)")
+        if self.uncond_pose == "source":
+            text += (", unconditional rows under the source's pose (CFG pushes each frame from the source's pose "
+                     "towards its own)")
         return text + f", DCA {self.weights[0]} / {self.weights[1]} / {self.weights[2]}"
 
     def replace(self, **changes) -> "Recipe":

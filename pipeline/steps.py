@@ -159,17 +159,37 @@ def optimise(model: Denoiser, inversion: pacm.InversionResult, hints: torch.Tens
         **kwargs)
 
 
+UNCOND_POSES = ("target", "source")
+
+
+def check_uncond_pose(uncond_pose: str, cfg: float, hinted: bool) -> None:
+    """``uncond_pose`` (:data:`UNCOND_POSES`) must be known and, when "source", do something: it changes the
+    unconditional rows' pose, so it needs pose hints and cfg above 1."""
+    if uncond_pose not in UNCOND_POSES:
+        raise argument_error("uncond_pose", f"unknown value {uncond_pose!r}", f"choose one of {', '.join(UNCOND_POSES)}")
+    if uncond_pose == "source" and not hinted:
+        raise argument_error("uncond_pose", "'source' has no effect without a pose ControlNet",
+                             "connect the OpenPose ControlNet, or set uncond_pose to 'target'")
+    if uncond_pose == "source" and float(cfg) == 1.0:
+        raise argument_error("uncond_pose", "'source' has no effect at cfg 1 (no unconditional rows are evaluated)",
+                             "raise cfg in Pose-Aware Inversion above 1, or set uncond_pose to 'target'")
+
+
 def sample(model: Denoiser, inversion: pacm.InversionResult, embeddings: pacm.PoseEmbeddings | None, *,
-           masks: torch.Tensor | None = None, window: int | None = None, callback: Callback | None = None,
-           **engine) -> torch.Tensor:
+           masks: torch.Tensor | None = None, window: int | None = None, uncond_pose: str = "target",
+           callback: Callback | None = None, **engine) -> torch.Tensor:
     """PACM stage 4: frames 0..N from Z_T (``(N + 1, C, h, w)`` latents), ``window`` frames per model call.
-    ``masks`` (``(N + 1, H, W)``, checked by :func:`check_masks`) override the DCA patch's own."""
+    ``masks`` (``(N + 1, H, W)``, checked by :func:`check_masks`) override the DCA patch's own; ``uncond_pose``
+    (:func:`check_uncond_pose`) is the pose of the unconditional rows."""
+    if uncond_pose != "target":
+        cfg = engine.get("cfg") or (embeddings.cfg if embeddings is not None else inversion.cfg)
+        check_uncond_pose(uncond_pose, cfg, inversion.hint is not None)
     if masks is not None:
         hints = engine.get("hints")
         targets = embeddings.frames if embeddings is not None else 0 if hints is None else int(hints.shape[0])
         masks = check_masks(masks, 1 + targets)
-    return pacm.sample_frames(checked(model), inversion, embeddings, window=window, masks=masks, callback=callback,
-                              **engine)
+    return pacm.sample_frames(checked(model), inversion, embeddings, window=window, masks=masks,
+                              uncond_pose=uncond_pose, callback=callback, **engine)
 
 
 class _CaptureDone(Exception):

@@ -153,7 +153,8 @@ def _pipeline(g, recipe, *, window=None, frames_per_batch=0, lora=False, fps=8.0
                  first_frame_weight=recipe.weights[0], previous_frame_weight=recipe.weights[1],
                  own_frame_weight=recipe.weights[2], blocks=recipe.blocks, **dca_inputs)
     frames = g.node("PoseAnimateSampleFrames", title="Sample Frames", model=dca.out(), control_net=cnet,
-                    positive=positive.out(), embeddings=emb.out(), window_size=window)
+                    positive=positive.out(), embeddings=emb.out(), window_size=window,
+                    uncond_pose=recipe.uncond_pose)
     decoded = g.node("VAEDecode", title="Decode frames", samples=frames.out(), vae=vae)
     return dict(model=model, clip=clip, vae=vae, cnet=cnet, positive=positive, prompt=prompt, poses=poses,
                 dca=dca, decoded=decoded, fps=fps, prefix=prefix)

@@ -253,7 +253,8 @@ class Run:
             patch = None if dca is None else dca()
             den = self.base if patch is None else pipeline.patch_model(self.base, dca=patch)[0]
             return self._stage("sample", lambda w: pipeline.sample(
-                den, inv, emb, masks=masks, window=w, hints=self.hints[1:], uncond=uncond, cfg=self.recipe.cfg),
+                den, inv, emb, masks=masks, window=w, hints=self.hints[1:], uncond=uncond, cfg=self.recipe.cfg,
+                uncond_pose=self.recipe.uncond_pose),
                 frames=len(self.poses), per_call=self._window())
 
         return latents_to_images(self._once(("sample", stage), stage, make))

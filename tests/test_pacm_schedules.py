@@ -297,6 +297,43 @@ def test_identical_rows_are_evaluated_once(model, data):
     assert counts.forward == 2 * T * 4
 
 
+def test_uncond_pose_source_guides_from_the_source_pose(model, data):
+    """uncond_pose='source': every unconditional row gets the source's pose image (the cond rows their own), both
+    rows are evaluated, frame 0 (whose rows are identical) is the guidance-1 reconstruction, the target frames
+    differ from the target-pose rows; without pose hints or at cfg 1 it is refused (it would do nothing)."""
+    inv = pacm.ddim_invert(model, data["latent"], data["cond"], data["hint"], steps=6)
+    T = inv.steps
+    npi = pacm.pose_aware_inversion(model, inv, inner_steps=0)
+    targets = data["targets"][:3]
+    emb = pacm.optimize_pose_embeddings(model, npi, targets, inner_steps=0)
+
+    class Hints(Counting):  # records the hint of every uncond row and every cond row
+        def __call__(self, x, sigma, context, hint, transformer_options):
+            self.seen.append((list(transformer_options["cond_or_uncond"]), hint.detach().clone()))
+            return super().__call__(x, sigma, context, hint, transformer_options)
+
+    m = Hints(model)
+    m.seen = []
+    counts = pacm.EvalCount()
+    src = pacm.sample_frames(m, npi, emb, uncond_pose="source", counts=counts)
+    assert counts.forward == 2 * T * 4 and m.samples == counts.forward
+    for kinds, hint in m.seen:
+        assert kinds == [1, 0]
+        u, c = hint[:4], hint[4:]
+        assert all(torch.equal(u[f], inv.hint.to(u.dtype)) for f in range(4))
+        assert torch.equal(c[0], inv.hint.to(c.dtype)) and torch.equal(c[1:], targets.to(c.dtype))
+    same = pacm.sample_frames(model, npi, emb)
+    torch.testing.assert_close(src[0], same[0], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(src[1:], same[1:], atol=1e-3)
+    with pytest.raises(ValueError, match="uncond_pose: 'source'.*cfg 1"):
+        pacm.sample_frames(model, npi, emb, uncond_pose="source", cfg=1.0)
+    with pytest.raises(ValueError, match="uncond_pose: 'source'.*no pose hint"):
+        plain = pacm.ddim_invert(model, data["latent"], data["cond"], None, steps=6)
+        pacm.sample_frames(model, plain, None, uncond=data["negative"], cfg=7.5, uncond_pose="source")
+    with pytest.raises(ValueError, match="uncond_pose: expected"):
+        pacm.sample_frames(model, npi, emb, uncond_pose="none")
+
+
 # ----------------------------------------------------------------------------------------------- lr schedule
 def test_lr_schedule_relative_to_steps():
     at200 = [engine._lr_at(1e-2, i, 200) for i in range(200)]

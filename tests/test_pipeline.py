@@ -198,3 +198,15 @@ def test_a_setting_without_effect_at_inner_steps_0_is_refused(name, value):
         pipeline.check_schedule(0, **{name: value})
     pipeline.check_schedule(1, **{name: value})  # with optimisation it acts
     pipeline.check_schedule(0, **{name: getattr(pipeline.FULL, name)})  # the default says nothing
+
+
+def test_uncond_pose_is_refused_where_it_would_do_nothing():
+    """uncond_pose 'source' changes the unconditional rows: refused without pose hints and at cfg 1."""
+    pipeline.check_uncond_pose("target", 1.0, False)
+    pipeline.check_uncond_pose("source", 7.5, True)
+    with pytest.raises(ValueError, match="^uncond_pose: unknown value 'none'.*Fix: choose one of target, source"):
+        pipeline.check_uncond_pose("none", 7.5, True)
+    with pytest.raises(ValueError, match="^uncond_pose: 'source' has no effect at cfg 1.*Fix: raise cfg"):
+        pipeline.check_uncond_pose("source", 1.0, True)
+    with pytest.raises(ValueError, match="^uncond_pose: 'source' has no effect without a pose ControlNet"):
+        pipeline.check_uncond_pose("source", 7.5, False)

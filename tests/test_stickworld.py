@@ -399,3 +399,74 @@ def test_the_fast_preset_is_the_measured_frontier_point():
     # are 32x32 whatever the workflows' size)
     assert set(full) - set(doc["settings"]["recipe"]) <= {"size"}
     assert doc["settings"]["recipe"] == {k: v for k, v in full.items() if k in doc["settings"]["recipe"]}
+
+
+def _rows(**rows):
+    """A rows summary: name -> (evals, identity, background)."""
+    return {n: {"evals": float(e), "identity": float(i), "background": float(b), "pose_iou": 0.5, "temporal": 0.01}
+            for n, (e, i, b) in rows.items()}
+
+
+def test_the_fast_default_must_meet_the_target_on_every_case_seed():
+    """choose_fast_seeds: the cheapest guided row within 20 % of the reference's evaluations and within 5 % on
+    identity and background on every seed; a row that misses on one seed is out; npi (guidance 1) never wins."""
+    from stickworld import frontier
+
+    ref = (1000, 0.20, 0.010)
+    a = _rows(paper=ref, npi=(100, 0.18, 0.009), alg1_s25=(190, 0.205, 0.0104), alg1_s20_inv2=(150, 0.209, 0.0101))
+    b = _rows(paper=ref, npi=(100, 0.18, 0.009), alg1_s25=(190, 0.205, 0.0104), alg1_s20_inv2=(150, 0.22, 0.0101))
+    got = frontier.choose_fast_seeds({"1": a, "2": a, "3": b})
+    assert got["name"] == "alg1_s25" and got["meets_target"]
+    assert got["misses"] == {"npi": [], "alg1_s25": [], "alg1_s20_inv2": ["3"]}
+    assert frontier.choose_fast_seeds({"1": a, "2": a})["name"] == "alg1_s20_inv2"
+    # nobody meets it everywhere: the guided row within the budget whose worst seed loses least, marked as a miss
+    c = _rows(paper=ref, npi=(100, 0.18, 0.009), alg1_s25=(190, 0.23, 0.0104), alg1_s20_inv2=(150, 0.22, 0.0101))
+    miss = frontier.choose_fast_seeds({"1": a, "3": b, "4": c})
+    assert miss["name"] == "alg1_s20_inv2" and not miss["meets_target"]
+    assert not frontier.keeps_guidance("npi") and frontier.keeps_guidance("npi_src")
+
+
+def test_the_frontier_over_case_seeds_keeps_each_seed_and_their_mean():
+    from stickworld import frontier
+
+    def case(e, i):
+        return {"scores": {"pose_iou": 0.5, "identity": i, "background": 0.01, "temporal": 0.01},
+                "evals": {"forward": e, "forward_backward": 10, "equivalents": e + 30}}
+
+    docs = {"1": {"settings": {"seed": 1, "recipe": {}}, "per_case": {"00-wave": {"paper": case(100, 0.2),
+                                                                                  "npi": case(10, 0.3)}}},
+            "2": {"settings": {"seed": 2, "recipe": {}}, "per_case": {"00-wave": {"paper": case(300, 0.4),
+                                                                                  "npi": case(30, 0.1)}}}}
+    doc = frontier.combine_seeds(docs, cost=2.0)
+    assert set(doc["seeds"]) == {"1", "2"} and doc["seeds"]["1"]["cases"] == ["00-wave"]
+    assert doc["seeds"]["1"]["rows"]["paper"]["evals"] == 120.0 and doc["seeds"]["2"]["rows"]["npi"]["evals"] == 50.0
+    assert doc["rows"]["paper"]["evals"] == 220.0 and abs(doc["rows"]["npi"]["identity"] - 0.2) < 1e-12
+    assert "seed" not in doc["settings"] and doc["fast_default"] is None  # npi never keeps guidance
+
+
+def test_frontier_parts_merge_and_join_over_case_seeds(tiny_model, tmp_path):
+    """bench_stickworld: frontier rows alone (--frontier-only) in parts, a case's rows united by --merge, seeds
+    joined by --seeds into one speed_frontier.json with per-seed rows and their mean."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("bench_sw", ROOT / "benchmarks" / "bench_stickworld.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    tiny_model.save(tmp_path / "tiny.pt")
+    common = ["--weights", str(tmp_path / "tiny.pt"), "--cases", "2", "--frames", "2", "--steps", "2", "--inner", "1",
+              "--frontier-only"]
+    seeds = []
+    for seed in ("3", "4"):
+        a, b, d = (str(tmp_path / f"{seed}{x}") for x in "abd")
+        cli.main(common + ["--seed", seed, "--only", "0-1", "--rows", "paper,npi", "--out", a])
+        cli.main(common + ["--seed", seed, "--only", "0-1", "--rows", "npi_src", "--out", b])
+        merged = cli.main(["--merge", a, b, "--out", d])
+        assert {tuple(sorted(rows)) for rows in merged["frontier"].values()} == {("npi", "npi_src", "paper")}
+        seeds.append(d)
+    doc = cli.main(["--seeds", *seeds, "--out", str(tmp_path / "all")])
+    saved = json.loads((tmp_path / "all" / "speed_frontier.json").read_text())
+    assert set(saved["seeds"]) == {"3", "4"} and set(saved["rows"]) == {"paper", "npi", "npi_src"}
+    assert saved["fast_target"] == doc["fast_target"] and (tmp_path / "all" / "speed_frontier.png").is_file()
+    with pytest.raises(SystemExit, match="--seeds: case seeds repeat"):
+        cli.main(["--seeds", seeds[0], seeds[0], "--out", str(tmp_path / "x")])

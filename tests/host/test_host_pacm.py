@@ -195,6 +195,25 @@ def test_user_mistakes_get_the_nodes_own_message():
     assert ok["samples"].shape[0] == 3
 
 
+def test_uncond_pose_source_keeps_frame0_and_guides_the_targets():
+    """Sample Frames' uncond_pose 'source' with negative-prompt inversion: frame 0 is still the reconstruction,
+    the target frames change (CFG now acts on the pose); at cfg 1 it is refused before sampling."""
+    patcher, cnet = build_tiny_sd15()
+    latent, positive, poses = _scene(n_targets=2)
+    inv, rec = _invert(patcher, cnet, latent, positive, poses, inner=0)
+    (emb,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, positive, poses, 0, 0)
+    node = PoseAnimateSampleFrames()
+    (same,) = node.sample(patcher, cnet, positive, emb, 0)
+    (src,) = node.sample(patcher, cnet, positive, emb, 0, uncond_pose="source")
+    assert _rel(src["samples"][0], rec["samples"][0]) < 1e-4
+    assert _rel(src["samples"][1:], same["samples"][1:]) > 1e-4
+    inv1, _ = PoseAnimatePoseAwareInversion().invert(patcher, cnet, latent, positive, poses[:1], STEPS, 1.0, 0, 1e-5)
+    (emb1,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv1, patcher, cnet, positive, poses, 0, 0)
+    with pytest.raises(PoseAnimateError, match=r"^Sample Frames: input 'uncond_pose': 'source' has no effect at "
+                                               r"cfg 1.*Fix:"):
+        node.sample(patcher, cnet, positive, emb1, 0, uncond_pose="source")
+
+
 def test_second_controlnet_on_the_positive_conditioning_is_used_by_every_stage():
     patcher, cnet = build_tiny_sd15()
     _, cnet2 = build_tiny_sd15(seed=5)
