@@ -389,7 +389,7 @@ def pose_aware_inversion(model, inversion: InversionResult, *, cfg: float = 7.5,
     ``x_next = DDIM(x, x0_u + cfg * (x0_c - x0_u))``; then the step is taken with the optimised embedding and
     the next step continues from that latent. Gradients flow only into the embedding (``model.grad_context()``).
     Evaluations per step: 1 cond forward + one forward-backward per inner iteration + 1 forward for the step
-    (none when ``inner_steps=0`` and the embedding is the prompt's).
+    (none when ``inner_steps=0``, the embedding is the prompt's and the model does not say ``cond_rows_differ``).
 
     A non-finite loss or embedding raises ``ValueError`` (never silently wrong embeddings).
 
@@ -412,7 +412,9 @@ def pose_aware_inversion(model, inversion: InversionResult, *, cfg: float = 7.5,
     traj = traj.to(wd)
     cond = inversion.cond.to(model.device, wd)[None]
     emb = cond.clone() if init is None else _one("init", init, 2).to(model.device, wd)[None].clone()
-    uncond_is_cond = inner_steps == 0 and torch.equal(emb, cond)
+    # CFG of identical rows is the cond branch, unless the host gives cond rows more (an extra ControlNet on the
+    # positive): then the step evaluates both rows, as sample_frames does, so frame 0 stays the reconstruction
+    uncond_is_cond = (inner_steps == 0 and torch.equal(emb, cond) and not getattr(model, "cond_rows_differ", False))
     hb = None if inversion.hint is None else inversion.hint.to(model.device)[None]
     x = traj[T][None].clone()
     embs, losses, iters = [], [], []

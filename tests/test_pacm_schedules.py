@@ -289,6 +289,10 @@ def test_identical_rows_are_evaluated_once(model, data):
         assert counts_once.forward == T * 4 and counts_twice.forward == 2 * T * 4  # 4 frames, 1 row vs 2 rows
         assert once.samples == counts_once.forward and twice.samples == counts_twice.forward
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # the inversion follows the same rule, so its reconstruction stays frame 0 of sampling on such a host
+    npi2 = pacm.pose_aware_inversion(TwoRows(model), inv, inner_steps=0)
+    assert npi2.evals == {"forward": 2 * T, "forward_backward": 0}
+    torch.testing.assert_close(npi2.reconstruction, pacm.sample_frames(TwoRows(model), npi2)[0], rtol=1e-5, atol=1e-5)
     # optimised embeddings (the first 2 steps optimised, the last one reused after) differ from the prompt at
     # every step: both rows everywhere
     opt = pacm.optimize_pose_embeddings(model, npi, data["targets"][:3], inner_steps=1, optimize_steps=2)
