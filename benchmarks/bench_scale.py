@@ -355,7 +355,7 @@ def run(args) -> dict:
         (dca,) = stage("DCA Patch Model", lambda: PoseAnimateDCAPatchModel().patch(
             model, 0.7, 0.15, 0.15, "all output blocks", "", masks))
         (frames,) = stage("Sample Frames", lambda: PoseAnimateSampleFrames().sample(
-            dca, cnet, positive, emb, args.window, None))
+            dca, cnet, positive, emb, args.window, None, uncond_pose=args.recipe.uncond_pose))
         finite = bool(torch.isfinite(frames["samples"]).all())
 
     total = {k: sum(r[k] for r in rows) for k in ("forward_samples", "forward_backward_samples", "calls", "wall_s")}
