@@ -15,7 +15,7 @@ DISPLAY_NAME = "Pose Embedding Optimize"
 SCHEDULE_TOOLTIP = ("How the embeddings are optimised at each step. 'inner iterations': up to inner_steps Adam "
                     "iterations, then the step (the paper's hyper-parameters: 5). 'algorithm 1': the paper's "
                     "Algorithm 1 as written, one gradient step per step, the step taken with the embedding before "
-                    "the update (about 1/4 of the model passes at 5 inner iterations). Needs inner_steps >= 1.")
+                    "the update (about 1/4 of the model passes at 5 inner iterations). Needs inner_steps 1.")
 
 
 class PoseAnimatePoseEmbeddingOptimize:

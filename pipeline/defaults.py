@@ -62,11 +62,13 @@ class Recipe:
         def optimisation(n: int) -> str:
             return f"{n} inner iterations" if n else "no embedding optimisation"
 
+        frames = (optimisation(self.inner_steps) if self.schedule != "algorithm 1" or not self.inner_steps else
+                  "Algorithm 1 (one gradient step per step)")
         text = (f"{self.frames} frames ({self.pose_frames} poses + {self.transition_frames} transition frames + the "
                 f"source), {self.size}x{self.size}, {self.steps} DDIM steps, CFG {self.cfg}, inversion: "
-                f"{optimisation(self.inversion_inner_steps)}, frames: {optimisation(self.inner_steps)}")
-        if self.inner_steps and self.schedule != "inner iterations":
-            text += f" ({self.schedule})"
+                f"{optimisation(self.inversion_inner_steps)}, frames: {frames}")
+        if self.inner_steps and self.warm_start:
+            text += ", each frame starting from the previous frame's embeddings (warm start)"
         if not self.inversion_inner_steps and not self.inner_steps and self.uncond_pose == "target":
             text += (" (negative-prompt inversion: the prompt fills the unconditional slot, so without a ControlNet "
                      "on the prompt CFG has no effect and each frame is evaluated once per step)")

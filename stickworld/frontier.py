@@ -19,20 +19,21 @@ REFERENCE = "paper"
 FORWARD_BACKWARD_COST = 1.8
 ROWS: dict[str, dict] = {
     "paper": {},                                                      # 50 steps, 5 inner iterations (FULL)
-    "alg1": {"schedule": "algorithm 1"},                              # one gradient step per step
+    "alg1": {"schedule": "algorithm 1", "inner_steps": 1},                              # one gradient step per step
     "first10": {"optimize_steps": 10},                                # optimise the 10 noisiest steps only
     "adaptive": {"adaptive": 0.3},                                    # stop when an iteration gains < 30 %
     "npi": {"inversion_inner_steps": 0, "inner_steps": 0},            # negative-prompt inversion, no optimisation
     "fast_old": {"steps": 20, "inversion_inner_steps": 2, "inner_steps": 2, "capture_steps": 8},  # old `fast`
-    "alg1_s25": {"schedule": "algorithm 1", "steps": 25},
-    "alg1_s20_inv2": {"schedule": "algorithm 1", "steps": 20, "inversion_inner_steps": 2},
+    "alg1_s25": {"schedule": "algorithm 1", "inner_steps": 1, "steps": 25},
+    "alg1_s20_inv2": {"schedule": "algorithm 1", "inner_steps": 1, "steps": 20, "inversion_inner_steps": 2},
     "warm": {"warm_start": True},                                     # frames in order, one at a time
     # negative-prompt inversion that keeps guidance: the unconditional rows see the source's pose, so CFG pushes
     # each frame from the source's pose towards its own (npi's rows are identical: guidance 1)
     "npi_src": {"inversion_inner_steps": 0, "inner_steps": 0, "uncond_pose": "source"},
     "npi_src_cfg2": {"inversion_inner_steps": 0, "inner_steps": 0, "uncond_pose": "source", "cfg": 2.0},
     # alg1_s20_inv2 with warm start: each frame starts from the previous frame's embeddings
-    "alg1_s20_warm": {"schedule": "algorithm 1", "steps": 20, "inversion_inner_steps": 2, "warm_start": True},
+    "alg1_s20_warm": {"schedule": "algorithm 1", "inner_steps": 1, "steps": 20, "inversion_inner_steps": 2,
+                      "warm_start": True},
 }
 # The rows the benchmark runs by default: the reference and the rows that can meet the fast target (at most 20 %
 # of the reference's evaluations at FORWARD_BACKWARD_COST); the others run with --rows. Left out for the CPU time

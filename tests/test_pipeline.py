@@ -210,3 +210,12 @@ def test_uncond_pose_is_refused_where_it_would_do_nothing():
         pipeline.check_uncond_pose("source", 1.0, True)
     with pytest.raises(ValueError, match="^uncond_pose: 'source' has no effect without a pose ControlNet"):
         pipeline.check_uncond_pose("source", 7.5, False)
+
+
+def test_algorithm_1_takes_exactly_one_gradient_step():
+    """With schedule 'algorithm 1' (one gradient step per step) an inner_steps above 1 would do nothing: refused."""
+    with pytest.raises(ValueError, match="^inner_steps: 5 has no effect with schedule 'algorithm 1'.*Fix: set "
+                                         "inner_steps to 1"):
+        pipeline.check_schedule(5, schedule="algorithm 1")
+    pipeline.check_schedule(1, schedule="algorithm 1")
+    pipeline.check_schedule(5, schedule="inner iterations")
