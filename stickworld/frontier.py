@@ -11,12 +11,9 @@ import numpy as np
 
 import pipeline
 
-from .bench import Run, Settings, aligned_poses, score_case, shipped_evals
+from .bench import FORWARD_BACKWARD_COST, Run, Settings, aligned_poses, score_case, shipped_evals
 
 REFERENCE = "paper"
-# The price of a forward+backward in forwards on StickWorld's model, measured (CPU time, same batch):
-# `python benchmarks/bench_backward.py --repeats 5` gave 1.79-1.82 (docs/stickworld.md); the totals use it.
-FORWARD_BACKWARD_COST = 1.8
 ROWS: dict[str, dict] = {
     "paper": {},                                                      # 50 steps, 5 inner iterations (FULL)
     "alg1": {"schedule": "algorithm 1", "inner_steps": 1},                              # one gradient step per step
