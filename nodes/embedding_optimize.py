@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..pipeline import FULL, NODE_DEFAULTS, SCHEDULES
+from ..pipeline import NODE_DEFAULTS, SCHEDULES
 from ._common import CATEGORY, input_error, node_errors
 from .host.stages import check_inversion, inversion_denoiser
 from .host.types import PACMEmbeddings, check_same_prompt, image_to_hints
@@ -44,32 +44,33 @@ class PoseAnimatePoseEmbeddingOptimize:
                 "poses": ("IMAGE", {"tooltip": "Pose images from PATA Align: image 0 is the source pose, "
                                                "images 1..N are the target frames."}),
                 "inner_steps": ("INT", {"default": NODE_DEFAULTS.inner_steps, "min": 0, "max": 100,
-                                        "tooltip": "Adam iterations per step and frame. 0 (default) = no "
-                                                   "optimisation: every frame keeps the source's embeddings (with "
-                                                   "0 on Pose-Aware Inversion too: negative-prompt inversion, the "
-                                                   "fastest point measured); 5 = the paper (workflow 'full')."}),
+                                        "tooltip": "Adam iterations per step and frame (1 with schedule 'algorithm "
+                                                   "1': one gradient step per step). 0 = no optimisation: every "
+                                                   "frame keeps the source's embeddings; 5 with 'inner iterations' "
+                                                   "= the paper (workflow 'full'). The defaults of this node are "
+                                                   "the fast preset's (workflow 'fast')."}),
                 "frames_per_batch": ("INT", {"default": 0, "min": 0, "max": 4096,
                                              "tooltip": "Frames optimised together; 0 = choose from free GPU "
                                                         "memory. Lower it if you run out of memory."}),
             },
             "optional": {
-                "schedule": (list(SCHEDULES), {"default": FULL.schedule, "tooltip": SCHEDULE_TOOLTIP}),
-                "optimize_steps": ("INT", {"default": FULL.optimize_steps, "min": 0, "max": 1000, "tooltip":
+                "schedule": (list(SCHEDULES), {"default": NODE_DEFAULTS.schedule, "tooltip": SCHEDULE_TOOLTIP}),
+                "optimize_steps": ("INT", {"default": NODE_DEFAULTS.optimize_steps, "min": 0, "max": 1000, "tooltip":
                                    "Optimise only the first (noisiest) steps, which set pose and layout, and reuse "
                                    "the last embedding for the rest; 0 = every step. Needs inner_steps >= 1."}),
-                "warm_start": ("BOOLEAN", {"default": FULL.warm_start, "tooltip":
+                "warm_start": ("BOOLEAN", {"default": NODE_DEFAULTS.warm_start, "tooltip":
                                "Start each frame from the previous frame's optimised embeddings instead of the "
                                "source's. Frames are then optimised in order: with frames_per_batch 0 it uses "
                                "one frame per batch. Needs inner_steps >= 1."}),
-                "adaptive": ("FLOAT", {"default": FULL.adaptive, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip":
+                "adaptive": ("FLOAT", {"default": NODE_DEFAULTS.adaptive, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip":
                              "Stop a frame's iterations at a step once one lowers its loss by less than this "
                              "fraction (needs inner_steps >= 1); 0 = off (only the early_stop threshold of the inversion applies)."}),
             },
         }
 
     def optimize(self, inversion, model, control_net, positive, poses, inner_steps, frames_per_batch,
-                 schedule=FULL.schedule, optimize_steps=FULL.optimize_steps, warm_start=FULL.warm_start,
-                 adaptive=FULL.adaptive):
+                 schedule=NODE_DEFAULTS.schedule, optimize_steps=NODE_DEFAULTS.optimize_steps,
+                 warm_start=NODE_DEFAULTS.warm_start, adaptive=NODE_DEFAULTS.adaptive):
         import comfy.model_management as mm
 
         from .. import pipeline
@@ -93,7 +94,7 @@ class PoseAnimatePoseEmbeddingOptimize:
                                 or (src.float().cpu() - hints[0]).abs().mean() > 0.05):
             log.warning("%s: poses[0] differs from the inversion's source pose; PATA Align puts the source "
                         "pose first, and frames 1..N are used as targets", node)
-        with node_errors(node, {k: k for k in ("schedule", "optimize_steps", "warm_start", "adaptive")}):
+        with node_errors(node, {k: k for k in ("inner_steps", "schedule", "optimize_steps", "warm_start", "adaptive")}):
             pipeline.check_schedule(inner_steps, schedule=schedule, optimize_steps=int(optimize_steps),
                                     warm_start=bool(warm_start), adaptive=float(adaptive))
         den = inversion_denoiser(inversion, model, control_net, node, conditioning_control(positive))

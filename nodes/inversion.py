@@ -47,7 +47,7 @@ class PoseAnimatePoseAwareInversion:
                 "source_pose": ("IMAGE", {"tooltip": "The source image's pose, rendered as an OpenPose image. "
                                                      "With a batch, image 0 is used (PATA Align puts the "
                                                      "source pose first)."}),
-                "steps": ("INT", {"default": FULL.steps, "min": 1, "max": 1000,
+                "steps": ("INT", {"default": NODE_DEFAULTS.steps, "min": 1, "max": 1000,
                                   "tooltip": "DDIM steps (ComfyUI 'ddim_uniform' schedule); every later PACM "
                                              "stage uses the same timesteps."}),
                 "cfg": ("FLOAT", {"default": FULL.cfg, "min": 1.0, "max": 30.0, "step": 0.1,
@@ -55,9 +55,9 @@ class PoseAnimatePoseAwareInversion:
                                              "and that sampling will use."}),
                 "inner_steps": ("INT", {"default": NODE_DEFAULTS.inversion_inner_steps, "min": 0, "max": 100,
                                         "tooltip": "Adam iterations per step on the unconditional embedding. "
-                                                   "0 (default) = negative-prompt inversion: no optimisation, the "
-                                                   "prompt in the unconditional slot (the fastest point measured, "
-                                                   "docs/stickworld.md); 5 = the paper (workflow 'full')."}),
+                                                   "0 = negative-prompt inversion: no optimisation, the prompt in "
+                                                   "the unconditional slot; 5 = the paper (workflow 'full'). The "
+                                                   "defaults of this node are the fast preset's (workflow 'fast')."}),
                 "early_stop": ("FLOAT", {"default": FULL.early_stop, "min": 0.0, "max": 1.0, "step": 1e-6,
                                          "tooltip": "Stop a step's iterations once the loss is under "
                                                     "early_stop + step * 2e-5 (null-text inversion's rule). "

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ._layers import attention, pacm, pata
 from .contract import MGDM_MODES, Denoiser, PatchableModel, checked
-from .defaults import FULL
+from .defaults import FULL, NODE_DEFAULTS
 from .errors import argument_error
 
 Callback = Callable[[str, int, int], None]
@@ -111,7 +111,7 @@ def align_poses(source, targets, *, transition_frames: int, mode: str = "similar
 def check_schedule(inner_steps: int, **settings) -> None:
     """Refuse a setting that would silently do nothing: with ``inner_steps`` 0 (no embedding optimisation) every
     optimisation setting (``schedule``, ``optimize_steps``, ``warm_start``, ``adaptive``, ``early_stop``) must
-    keep its default (:data:`pipeline.FULL`'s); with ``schedule`` "algorithm 1" (one gradient step per step)
+    keep a default (:data:`pipeline.FULL`'s or the nodes' own, :data:`pipeline.NODE_DEFAULTS`); with ``schedule`` "algorithm 1" (one gradient step per step)
     ``inner_steps`` is 1."""
     if settings.get("schedule") == "algorithm 1" and int(inner_steps) > 1:
         raise argument_error("inner_steps", f"{int(inner_steps)} has no effect with schedule 'algorithm 1' (one gradient "
@@ -119,11 +119,11 @@ def check_schedule(inner_steps: int, **settings) -> None:
     if int(inner_steps) != 0:
         return
     for name, value in settings.items():
-        default = getattr(FULL, name)
-        if value != default and not (isinstance(default, float) and math.isclose(float(value), default,
-                                                                                 rel_tol=1e-6)):
+        defaults = [getattr(FULL, name), getattr(NODE_DEFAULTS, name)]  # the full workflow's, the nodes' own
+        if not any(value == d or (isinstance(d, float) and math.isclose(float(value), d, rel_tol=1e-6))
+                   for d in defaults):
             raise argument_error(name, f"{value!r} has no effect with inner_steps 0 (no embedding optimisation)",
-                                 f"set inner_steps to 1 or more, or {name} back to {default!r}")
+                                 f"set inner_steps to 1 or more, or {name} back to {defaults[-1]!r}")
 
 
 def invert(model: Denoiser, latent: torch.Tensor, cond: torch.Tensor, hint: torch.Tensor | None, *, steps: int,
