@@ -116,6 +116,11 @@ def parse(argv=None) -> argparse.Namespace:
             fail("--seeds", f"no speed_frontier.json in {folder}", "pass one merged frontier folder per case seed")
     if args.frontier_only and args.no_frontier:
         fail("--frontier-only", "contradicts --no-frontier", "pass one of them")
+    if args.seeds and (args.merge or args.only):
+        fail("--seeds", "joins finished folders and runs nothing; --merge and --only do not apply",
+             "join each seed's parts with --merge first, then pass the merged folders to --seeds alone")
+    if args.frontier_only and args.variants != ",".join(VARIANTS):
+        fail("--variants", "--frontier-only runs the frontier rows alone, no variant", "drop --variants")
     args.variant_list = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in args.variant_list if v not in VARIANTS]
     if bad or not args.variant_list:
@@ -198,11 +203,13 @@ def merge(folders) -> tuple:
         part["settings"]["recipe"] = {**pipeline.Recipe().as_dict(), **part["settings"]["recipe"]}
         if run_info is not None and part["settings"] != run_info["settings"]:
             fail("--merge", f"{folder} ran with other settings", "merge only parts of one run")
-        run_info = run_info or {"settings": part["settings"], "model": part.get("model", {})}
+        run_info = run_info or {"settings": part["settings"], "model": {}}
+        run_info["model"] = run_info["model"] or part.get("model", {})
         if bench.is_file():
             per_case.update(part["per_case"])
             evals.update(part["evals"]["per_case"])
-            timings.update(part["seconds"]["per_case"])
+            for case, sec in part["seconds"]["per_case"].items():
+                timings[case] = timings.get(case, 0.0) + sec
             extended += part["cases_extended_silhouette"]
         if fr.is_file():
             doc = json.loads(fr.read_text())
@@ -217,6 +224,9 @@ def merge(folders) -> tuple:
 def shipped_mean(evals: dict) -> dict:
     """Mean evaluations of the shipped path per case, in forward-equivalents at the measured forward+backward
     cost (recomputed from the counts, so parts recorded at another price agree)."""
+    cost = frontier.FORWARD_BACKWARD_COST
+    for e in evals.values():  # parts recorded at another price: the counts decide
+        e["shipped"]["equivalents"] = e["shipped"]["forward"] + cost * e["shipped"]["forward_backward"]
     mean = {k: float(np.mean([e["shipped"][k] for e in evals.values()])) for k in ("forward", "forward_backward")}
     mean["equivalents"] = mean["forward"] + frontier.FORWARD_BACKWARD_COST * mean["forward_backward"]
     mean["forward_backward_cost"] = frontier.FORWARD_BACKWARD_COST
@@ -285,6 +295,16 @@ def report_seeds(args) -> dict:
     seeds = [d["settings"]["seed"] for d in docs]
     if len(set(seeds)) != len(seeds):
         fail("--seeds", f"case seeds repeat: {seeds}", "pass one merged folder per case seed (join parts with --merge)")
+    for folder, d in zip(args.seeds, docs):
+        if any(frontier.REFERENCE not in rows for rows in d["per_case"].values()):
+            fail("--seeds", f"{folder} lacks the reference row '{frontier.REFERENCE}' in some case",
+                 "merge in the part that ran it")
+        others = {k: v for k, v in d["settings"].items() if k != "seed"}
+        first = {k: v for k, v in docs[0]["settings"].items() if k != "seed"}
+        first["recipe"] = {**pipeline.Recipe().as_dict(), **first["recipe"]}
+        others["recipe"] = {**pipeline.Recipe().as_dict(), **others["recipe"]}
+        if others != first:
+            fail("--seeds", f"{folder} ran with other settings than {args.seeds[0]}", "join runs of one setting")
     doc = frontier.combine_seeds({str(d["settings"]["seed"]): d for d in docs})
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..pipeline import FULL, NODE_DEFAULTS
+from ..pipeline import NODE_DEFAULTS
 from ._common import CATEGORY, node_errors
 from .host.stages import control_inputs
 from .host.types import image_to_hints, latent_samples
@@ -50,7 +50,7 @@ class PoseAnimatePoseAwareInversion:
                 "steps": ("INT", {"default": NODE_DEFAULTS.steps, "min": 1, "max": 1000,
                                   "tooltip": "DDIM steps (ComfyUI 'ddim_uniform' schedule); every later PACM "
                                              "stage uses the same timesteps."}),
-                "cfg": ("FLOAT", {"default": FULL.cfg, "min": 1.0, "max": 30.0, "step": 0.1,
+                "cfg": ("FLOAT", {"default": NODE_DEFAULTS.cfg, "min": 1.0, "max": 30.0, "step": 0.1,
                                   "tooltip": "Classifier-free guidance scale the embeddings are optimised for "
                                              "and that sampling will use."}),
                 "inner_steps": ("INT", {"default": NODE_DEFAULTS.inversion_inner_steps, "min": 0, "max": 100,
@@ -58,7 +58,7 @@ class PoseAnimatePoseAwareInversion:
                                                    "0 = negative-prompt inversion: no optimisation, the prompt in "
                                                    "the unconditional slot; 5 = the paper (workflow 'full'). The "
                                                    "defaults of this node are the fast preset's (workflow 'fast')."}),
-                "early_stop": ("FLOAT", {"default": FULL.early_stop, "min": 0.0, "max": 1.0, "step": 1e-6,
+                "early_stop": ("FLOAT", {"default": NODE_DEFAULTS.early_stop, "min": 0.0, "max": 1.0, "step": 1e-6,
                                          "tooltip": "Stop a step's iterations once the loss is under "
                                                     "early_stop + step * 2e-5 (null-text inversion's rule). "
                                                     "Needs inner_steps >= 1."}),

@@ -52,7 +52,8 @@ class PoseAnimateSampleFrames:
             },
         }
 
-    def sample(self, model, control_net, positive, embeddings, window_size=0, masks=None, uncond_pose="target"):
+    def sample(self, model, control_net, positive, embeddings, window_size=0, masks=None,
+               uncond_pose=NODE_DEFAULTS.uncond_pose):
         import comfy.model_management as mm
 
         from .. import pipeline

@@ -674,6 +674,9 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
         raise ValueError("uncond_pose: 'source' changes only the unconditional rows' pose, and there are none "
                          f"({'no pose hint' if inversion.hint is None else 'cfg 1'}). Fix: use 'target', or sample "
                          "with pose hints and cfg above 1")
+    if uncond_pose == "source" and F == 1:
+        raise ValueError("uncond_pose: 'source' changes the target frames' unconditional rows, and there is no target "
+                         "frame. Fix: give target poses, or use 'target'")
     traj = inversion.trajectory.to(model.device)
     wd = _work_dtype(traj)
     cond = inversion.cond.to(model.device, wd)

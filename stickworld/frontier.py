@@ -32,10 +32,11 @@ ROWS: dict[str, dict] = {
     "alg1_s20_warm": {"schedule": "algorithm 1", "inner_steps": 1, "steps": 20, "inversion_inner_steps": 2,
                       "warm_start": True},
 }
-# The rows the benchmark runs by default: the reference and the rows that can meet the fast target (at most 20 %
-# of the reference's evaluations at FORWARD_BACKWARD_COST); the others run with --rows. Left out for the CPU time
-# they take here: warm start on the paper setting (the reference's passes, one frame at a time) and adaptive
-# stopping (about two thirds of the reference); alg1, first10 and fast_old cost 27-44 % of the reference.
+# The rows the benchmark runs by default: the reference, negative-prompt inversion, and the Algorithm 1 rows near
+# the fast target (at most 20 % of the reference's evaluations at FORWARD_BACKWARD_COST: alg1_s20_*; alg1_s25 is
+# just above). The others run with --rows: npi_src / npi_src_cfg2 (measured on the default seed only: docs),
+# alg1, first10, fast_old (27-44 % of the reference), warm start on the paper setting (the reference's passes,
+# one frame at a time) and adaptive stopping (about two thirds of the reference), left out for CPU time.
 DEFAULT_ROWS = ("paper", "npi", "alg1_s25", "alg1_s20_inv2", "alg1_s20_warm")
 
 
@@ -116,10 +117,10 @@ def choose_fast(summary: dict, reference: str = REFERENCE, budget: float = 0.2, 
                    f"{tolerance:.0%}; this one loses least"}
 
 
-def keeps_guidance(name: str) -> bool:
+def keeps_guidance(name: str, base: pipeline.Recipe = pipeline.FULL) -> bool:
     """Whether a row's CFG acts: with no embedding optimisation in either stage and the unconditional rows under
     the frames' own poses, every unconditional row equals its conditional row (guidance 1 whatever the scale)."""
-    r = row_recipe(name)
+    r = row_recipe(name, base)
     return bool(r.inversion_inner_steps or r.inner_steps or r.uncond_pose != "target") and r.cfg != 1.0
 
 

@@ -328,6 +328,16 @@ def test_uncond_pose_source_guides_from_the_source_pose(model, data):
         assert torch.equal(c[0], inv.hint.to(c.dtype)) and torch.equal(c[1:], targets.to(c.dtype))
     same = pacm.sample_frames(model, npi, emb)
     torch.testing.assert_close(src[0], same[0], rtol=1e-5, atol=1e-5)
+    # windows that do not hold frame 0 get the source's pose on their uncond rows too: windowed = all at once,
+    # with DCA carrying frame 0 and the previous frame across windows
+    from attention import DCAPatch, install_patches
+
+    dca = model.clone()
+    assert install_patches(dca, dca=DCAPatch())
+    whole = pacm.sample_frames(dca, npi, emb, uncond_pose="source")
+    for w in (1, 3):
+        torch.testing.assert_close(pacm.sample_frames(dca, npi, emb, uncond_pose="source", window=w), whole,
+                                   rtol=1e-4, atol=1e-4)  # batch composition changes float rounding only
     assert not torch.allclose(src[1:], same[1:], atol=1e-3)
     with pytest.raises(ValueError, match="uncond_pose: 'source'.*cfg 1"):
         pacm.sample_frames(model, npi, emb, uncond_pose="source", cfg=1.0)
@@ -336,6 +346,8 @@ def test_uncond_pose_source_guides_from_the_source_pose(model, data):
         pacm.sample_frames(model, plain, None, uncond=data["negative"], cfg=7.5, uncond_pose="source")
     with pytest.raises(ValueError, match="uncond_pose: expected"):
         pacm.sample_frames(model, npi, emb, uncond_pose="none")
+    with pytest.raises(ValueError, match="uncond_pose: 'source'.*no target frame"):
+        pacm.sample_frames(model, npi, None, uncond_pose="source")
 
 
 # ----------------------------------------------------------------------------------------------- lr schedule
