@@ -190,7 +190,7 @@ def test_the_steps_check_every_engine_call_against_the_contract(monkeypatch):
     assert isinstance(seen[0], CheckedDenoiser)
 
 
-@pytest.mark.parametrize("name, value", [("schedule", "algorithm 1"), ("optimize_steps", 10), ("warm_start", True),
+@pytest.mark.parametrize("name, value", [("optimize_steps", 10), ("warm_start", True),
                                          ("adaptive", 0.3), ("early_stop", 1e-3)])
 def test_a_setting_without_effect_at_inner_steps_0_is_refused(name, value):
     """No silent settings: with no embedding optimisation every optimisation setting keeps its default."""
@@ -219,3 +219,11 @@ def test_algorithm_1_takes_exactly_one_gradient_step():
         pipeline.check_schedule(5, schedule="algorithm 1")
     pipeline.check_schedule(1, schedule="algorithm 1")
     pipeline.check_schedule(5, schedule="inner iterations")
+
+
+def test_at_inner_steps_0_a_setting_left_at_a_presets_value_is_not_refused():
+    """The nodes' defaults are the fast preset's (schedule 'algorithm 1'), the full workflow sets the paper's:
+    a user who only sets inner_steps to 0 is not stopped by a value they never touched."""
+    assert pipeline.NODE_DEFAULTS.schedule != pipeline.FULL.schedule
+    for schedule in (pipeline.NODE_DEFAULTS.schedule, pipeline.FULL.schedule):
+        pipeline.check_schedule(0, schedule=schedule)
