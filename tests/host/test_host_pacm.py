@@ -84,7 +84,8 @@ def test_every_stage_runs_and_shared_model_is_unchanged():
         # trajectory is in the model's latent space (process_latent_in), the outputs in VAE space
         assert torch.allclose(inv.trajectory[0], latent["samples"][0] * 0.18215, atol=1e-6)
 
-        (emb,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, positive, poses, 2, 0)
+        (emb,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, positive, poses, 2, 0,
+                                                             schedule="inner iterations")
         assert isinstance(emb, PACMEmbeddings) and emb.frames == 3
         assert emb.poses.uncond.shape == (2, STEPS, 77, 768)
         assert torch.equal(emb.poses.hints, poses[1:].movedim(-1, 1))
