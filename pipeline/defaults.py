@@ -92,7 +92,8 @@ FULL = Recipe()
 # step per step) at 20 steps with 2 inversion iterations, 17.8 % of the paper setting's model evaluations. It
 # misses the target (identity and background within 5 % of the paper setting on every seed): background +25.7 %
 # on seed 7, identity +5.3 % on seed 11 (README, "Faster at the same quality"). No row met it on every seed;
-# negative-prompt inversion (no optimisation, guidance made a no-op) had background +91 % on seed 11. It is also
+# negative-prompt inversion (no optimisation, guidance made a no-op) had background +91 % on seed 11. On a held-out
+# seed (2026) it missed again: background +34.5 % (docs/stickworld/heldout_seed2026_frontier.json). It is also
 # every default of the PACM nodes (NODE_DEFAULTS); the full workflow sets the paper's values explicitly.
 FAST = FULL.replace(schedule="algorithm 1", inner_steps=1, steps=20, inversion_inner_steps=2)
 # SDXL-family checkpoints (SDXL base, Illustrious, Pony, NoobAI) with an SDXL OpenPose ControlNet: the paper's
