@@ -215,11 +215,12 @@ def test_uncond_pose_source_keeps_frame0_and_guides_the_targets():
         node.sample(patcher, cnet, positive, emb1, 0, uncond_pose="source")
 
 
-@pytest.mark.parametrize("inner", [0, 1], ids=["fast-npi", "full"])
-def test_second_controlnet_on_the_positive_conditioning_is_used_by_every_stage(inner):
+@pytest.mark.parametrize("inner, schedule", [(0, "inner iterations"), (1, "algorithm 1"), (2, "inner iterations")],
+                         ids=["npi", "fast-algorithm-1", "full-inner-iterations"])
+def test_second_controlnet_on_the_positive_conditioning_is_used_by_every_stage(inner, schedule):
     """An extra ControlNet on the positive acts in the inversion and in sampling alike: the inversion's
-    reconstruction is frame 0 of Sample Frames, for the fast preset's negative-prompt inversion (where the extra
-    ControlNet makes the CFG rows differ) and with optimisation."""
+    reconstruction is frame 0 of Sample Frames, for negative-prompt inversion (where the extra ControlNet makes the
+    CFG rows differ), the fast preset's Algorithm 1 and the full workflow's inner iterations."""
     patcher, cnet = build_tiny_sd15()
     _, cnet2 = build_tiny_sd15(seed=5)
     latent, positive, poses = _scene(n_targets=1)
@@ -228,7 +229,8 @@ def test_second_controlnet_on_the_positive_conditioning_is_used_by_every_stage(i
     inv, rec = _invert(patcher, cnet, latent, remix, poses, inner=inner)
     inv0, rec0 = _invert(patcher, cnet, latent, positive, poses, inner=inner)
     assert not torch.allclose(rec["samples"], rec0["samples"])
-    (emb,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, remix, poses, inner, 0)
+    (emb,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, remix, poses, inner, 0,
+                                                         schedule=schedule)
     (frames,) = PoseAnimateSampleFrames().sample(patcher, cnet, remix, emb, 0)
     assert _rel(frames["samples"][0], rec["samples"][0]) < 1e-4
 
