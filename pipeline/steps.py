@@ -111,8 +111,8 @@ def align_poses(source, targets, *, transition_frames: int, mode: str = "similar
 def check_schedule(inner_steps: int, **settings) -> None:
     """Refuse a setting that would silently do nothing: with ``inner_steps`` 0 (no embedding optimisation) every
     optimisation setting (``schedule``, ``optimize_steps``, ``warm_start``, ``adaptive``, ``early_stop``) must
-    keep a default (:data:`pipeline.FULL`'s or the nodes' own, :data:`pipeline.NODE_DEFAULTS`); with ``schedule`` "algorithm 1" (one gradient step per step)
-    ``inner_steps`` is 1."""
+    keep a default (:data:`pipeline.FULL`'s or the nodes' own, :data:`pipeline.NODE_DEFAULTS`); with ``schedule``
+    "algorithm 1" (one gradient step per step) ``inner_steps`` is 1."""
     if settings.get("schedule") == "algorithm 1" and int(inner_steps) > 1:
         raise argument_error("inner_steps", f"{int(inner_steps)} has no effect with schedule 'algorithm 1' (one gradient "
                              "step per step)", "set inner_steps to 1, or schedule to 'inner iterations'")
