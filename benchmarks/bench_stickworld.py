@@ -34,6 +34,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import pacm  # noqa: E402
 import pipeline  # noqa: E402
 from stickworld import frontier  # noqa: E402
 from stickworld.bench import (BENCH_SEED, VARIANTS, Settings, make_cases, markdown_table, run_case,  # noqa: E402
@@ -192,6 +193,14 @@ def main(argv=None) -> dict:
     return report(args, run_info, per_case, evals, timings, extended, frontier_cases)
 
 
+def recorded_settings(settings: dict, *drop: str) -> dict:
+    """A run's recorded settings, comparable across runs: a recipe field added after a run is recorded there as
+    missing (it ran with the field's default); ``drop`` leaves keys out (e.g. "seed" across case seeds)."""
+    out = {k: v for k, v in settings.items() if k not in drop}
+    out["recipe"] = {**pipeline.Recipe().as_dict(), **settings["recipe"]}
+    return out
+
+
 def merge(folders) -> tuple:
     """The per-case results of partial runs (``--only``, ``--frontier-only``), joined; a case's frontier rows from
     several parts are united."""
@@ -199,8 +208,7 @@ def merge(folders) -> tuple:
     for folder in folders:
         bench, fr = pathlib.Path(folder) / "stickworld_bench.json", pathlib.Path(folder) / "speed_frontier.json"
         part = json.loads((bench if bench.is_file() else fr).read_text())
-        # a recipe field added after a part ran is recorded there as missing: it ran with the field's default
-        part["settings"]["recipe"] = {**pipeline.Recipe().as_dict(), **part["settings"]["recipe"]}
+        part["settings"] = recorded_settings(part["settings"])
         if run_info is not None and part["settings"] != run_info["settings"]:
             fail("--merge", f"{folder} ran with other settings", "merge only parts of one run")
         run_info = run_info or {"settings": part["settings"], "model": {}}
@@ -226,10 +234,11 @@ def shipped_mean(evals: dict) -> dict:
     cost (recomputed from the counts, so parts recorded at another price agree)."""
     cost = frontier.FORWARD_BACKWARD_COST
     for e in evals.values():  # parts recorded at another price: the counts decide
-        e["shipped"]["equivalents"] = e["shipped"]["forward"] + cost * e["shipped"]["forward_backward"]
+        counts = pacm.EvalCount(e["shipped"]["forward"], e["shipped"]["forward_backward"])
+        e["shipped"]["equivalents"] = counts.equivalents_at(cost)
     mean = {k: float(np.mean([e["shipped"][k] for e in evals.values()])) for k in ("forward", "forward_backward")}
-    mean["equivalents"] = mean["forward"] + frontier.FORWARD_BACKWARD_COST * mean["forward_backward"]
-    mean["forward_backward_cost"] = frontier.FORWARD_BACKWARD_COST
+    mean["equivalents"] = pacm.EvalCount(**mean).equivalents_at(cost)
+    mean["forward_backward_cost"] = cost
     return mean
 
 
@@ -299,11 +308,7 @@ def report_seeds(args) -> dict:
         if any(frontier.REFERENCE not in rows for rows in d["per_case"].values()):
             fail("--seeds", f"{folder} lacks the reference row '{frontier.REFERENCE}' in some case",
                  "merge in the part that ran it")
-        others = {k: v for k, v in d["settings"].items() if k != "seed"}
-        first = {k: v for k, v in docs[0]["settings"].items() if k != "seed"}
-        first["recipe"] = {**pipeline.Recipe().as_dict(), **first["recipe"]}
-        others["recipe"] = {**pipeline.Recipe().as_dict(), **others["recipe"]}
-        if others != first:
+        if recorded_settings(d["settings"], "seed") != recorded_settings(docs[0]["settings"], "seed"):
             fail("--seeds", f"{folder} ran with other settings than {args.seeds[0]}", "join runs of one setting")
     doc = frontier.combine_seeds({str(d["settings"]["seed"]): d for d in docs})
     out = pathlib.Path(args.out)

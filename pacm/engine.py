@@ -27,6 +27,7 @@ Callback = Callable[[str, int, int], None]
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
+UNCOND_POSES = ("target", "source")  # sample_frames' uncond_pose: the pose of the unconditional rows
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -668,7 +669,7 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
     if cfg is None:
         cfg = embeddings.cfg if embeddings is not None else inversion.cfg
     cfg = float(cfg)
-    if uncond_pose not in ("target", "source"):
+    if uncond_pose not in UNCOND_POSES:
         raise ValueError(f"uncond_pose: expected 'target' or 'source', got {uncond_pose!r}. Fix: choose one of them")
     if uncond_pose == "source" and (inversion.hint is None or cfg == 1.0):
         raise ValueError("uncond_pose: 'source' changes only the unconditional rows' pose, and there are none "

@@ -163,7 +163,7 @@ def optimise(model: Denoiser, inversion: pacm.InversionResult, hints: torch.Tens
         **kwargs)
 
 
-UNCOND_POSES = ("target", "source")
+UNCOND_POSES = pacm.UNCOND_POSES
 
 
 def check_uncond_pose(uncond_pose: str, cfg: float, hinted: bool) -> None:
@@ -184,10 +184,8 @@ def sample(model: Denoiser, inversion: pacm.InversionResult, embeddings: pacm.Po
            callback: Callback | None = None, **engine) -> torch.Tensor:
     """PACM stage 4: frames 0..N from Z_T (``(N + 1, C, h, w)`` latents), ``window`` frames per model call.
     ``masks`` (``(N + 1, H, W)``, checked by :func:`check_masks`) override the DCA patch's own; ``uncond_pose``
-    (:func:`check_uncond_pose`) is the pose of the unconditional rows."""
-    if uncond_pose != "target":
-        cfg = engine.get("cfg") or (embeddings.cfg if embeddings is not None else inversion.cfg)
-        check_uncond_pose(uncond_pose, cfg, inversion.hint is not None)
+    is the pose of the unconditional rows (the engine refuses it where it would do nothing; the nodes check it
+    first with :func:`check_uncond_pose`)."""
     if masks is not None:
         hints = engine.get("hints")
         targets = embeddings.frames if embeddings is not None else 0 if hints is None else int(hints.shape[0])

@@ -351,7 +351,7 @@ def shipped_evals(run: Run) -> dict:
     for stage in stages:
         for k, v in run.evals.get(stage, {}).items():
             total[k] += v
-    total["equivalents"] = total["forward"] + FORWARD_BACKWARD_COST * total["forward_backward"]
+    total["equivalents"] = pacm.EvalCount(**total).equivalents_at(FORWARD_BACKWARD_COST)
     return total
 
 

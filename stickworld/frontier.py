@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+import pacm
 import pipeline
 
 from .bench import FORWARD_BACKWARD_COST, Run, Settings, aligned_poses, score_case, shipped_evals
@@ -85,7 +86,7 @@ def summarise_rows(per_case: dict, cost: float = FORWARD_BACKWARD_COST) -> dict:
         entry = {k: float(np.mean([i["scores"][k] for i in items])) for k in items[0]["scores"]}
         entry["evals_forward"] = float(np.mean([i["evals"]["forward"] for i in items]))
         entry["evals_forward_backward"] = float(np.mean([i["evals"]["forward_backward"] for i in items]))
-        entry["evals"] = entry["evals_forward"] + cost * entry["evals_forward_backward"]
+        entry["evals"] = pacm.EvalCount(entry["evals_forward"], entry["evals_forward_backward"]).equivalents_at(cost)
         entry["forward_backward_cost"] = float(cost)
         entry["settings"] = ROWS[r]
         out[r] = entry
