@@ -56,6 +56,12 @@ def merge_transformer_options(model_options: dict, engine_options: dict | None) 
     return base
 
 
+def _name_of(fn) -> str:
+    """``module.qualname`` of a function or callable object, for messages."""
+    target = fn if hasattr(fn, "__qualname__") else type(fn)
+    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(fn).__name__)}"
+
+
 def _pop_residual(stacks: dict, name: str):
     lst = stacks.get(name)
     if lst:
@@ -206,6 +212,10 @@ class ComfyDenoiser:
         self._grad_depth = 0
         self._loaded = False
         self.calls = 0
+        from .gradpath import GradAttention
+
+        self.grad_attention = GradAttention()  # the attention of gradient passes (gradpath: any user backend)
+        self._warned_override = False
 
     @property
     def cond_rows_differ(self) -> bool:
@@ -444,6 +454,7 @@ class ComfyDenoiser:
             c["y"] = y
         if self._grad_depth:
             install_out_of_place_control(to, control)
+            self._grad_attention_options(to)
         else:
             c["control"] = control
         model_options = self.patcher.model_options
@@ -451,6 +462,18 @@ class ComfyDenoiser:
             return model_options["model_function_wrapper"](
                 self.model.apply_model, {"input": x, "timestep": sigma, "c": c, "cond_or_uncond": cond_or_uncond})
         return self.model.apply_model(x, sigma, **c)
+
+    def _grad_attention_options(self, to: dict) -> None:
+        """A gradient pass attends through ``grad_attention`` whatever the user's backend (``gradpath``), also
+        where another pack set its own ``optimized_attention_override`` (said once in the log)."""
+        from .gradpath import OVERRIDE_KEY
+
+        other = to.get(OVERRIDE_KEY)
+        if other is not None and other is not self.grad_attention and not self._warned_override:
+            self._warned_override = True
+            log.info("%s: the MODEL's attention override %s is used in forward passes; the gradient passes attend "
+                     "with PyTorch attention (they need a backward)", self.node, _name_of(other))
+        to[OVERRIDE_KEY] = self.grad_attention
 
     def _modules(self) -> list:
         """The torch modules of the UNet and every ControlNet this denoiser runs."""
@@ -470,7 +493,7 @@ class ComfyDenoiser:
                 yield self
             return
         self._ensure_loaded()
-        with torch.inference_mode(False), torch.enable_grad(), host_layers(self._modules()):
+        with torch.inference_mode(False), torch.enable_grad(), host_layers(self._modules(), self.grad_attention):
             self._grad_depth += 1
             try:
                 yield self

@@ -15,6 +15,9 @@ later ComfyUI with the same features works and one without them fails here, by n
   dict as the first argument); the host tests write their tiny checkpoint files with it.
 * ``mask_attention(attention)``: an attention function that honours ``mask=`` (ComfyUI's PyTorch attention)
   where the host's optimised attention would drop it (sage attention on hosts that do not check for masks).
+* ``attention_override_supported()``: whether the host's attention functions honour
+  ``transformer_options["optimized_attention_override"]`` (``wrap_attn``: 0.3.64 and 0.33 both do);
+  ``attention_layer_class()``: the host's attention layer class (``CrossAttention``), for the gradient path.
 """
 from __future__ import annotations
 
@@ -107,3 +110,18 @@ def mask_attention(attention):
     if attention is not None and attention is sage and not hasattr(host, "SAGE_ATTENTION_SUPPORTS_MASK"):
         return host.attention_pytorch
     return attention
+
+
+def attention_override_supported() -> bool:
+    """Whether the host's attention functions are wrapped by ``wrap_attn``, which hands every call to
+    ``transformer_options["optimized_attention_override"]`` when it is set (0.3.64 and 0.33 both are)."""
+    from comfy.ldm.modules import attention as host
+
+    return hasattr(host, "wrap_attn")
+
+
+def attention_layer_class():
+    """The host's attention layer (``comfy.ldm.modules.attention.CrossAttention``), or None."""
+    from comfy.ldm.modules import attention as host
+
+    return getattr(host, "CrossAttention", None)

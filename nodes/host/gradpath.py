@@ -15,6 +15,18 @@ the input gradient from them: ``g @ W`` for Linear, the transposed convolution f
 with a copy of the (per-channel, small) affine parameters for the norms. Weights never need gradients here, so
 no weight gradient is computed. Nothing is copied, and ComfyUI's memory manager sees every weight.
 
+Attention is the one other operation a gradient pass must differentiate through, and the user's backend may have no
+backward: sage attention is a forward-only kernel (and falls back to PyTorch attention only above head dim 128, so a
+gradient through SD1.5's 40/80-wide heads would be silently partial), ComfyUI wraps flash attention in a
+``torch.library.custom_op`` without an autograd formula, and xformers, sage3, comfy-kitchen's int8 attention or an
+``optimized_attention_override`` from another pack may be the same. So inside a gradient pass every attention call
+of the UNet and the ControlNets runs :class:`GradAttention` (ComfyUI's PyTorch attention, torch SDPA, which has a
+backward on every device and dtype) through ComfyUI's own switch, ``transformer_options["optimized_attention_override"]``
+(``wrap_attn``): the denoiser puts it in every call's options, and :func:`host_layers` adds it to the options of
+each ``CrossAttention`` layer, because ComfyUI's ControlNets call their attention layers without options. On a host
+without ``wrap_attn`` (``compat.attention_override_supported``) the layer computes its attention with
+:class:`GradAttention` itself. Forward-only passes keep the user's backend.
+
 :func:`check_layers` refuses, before any work, what this cannot handle: parameter-holding layers of other
 kinds, and weights stored in quantised formats (tensor subclasses such as GGUF's, fp8/int storage).
 """
@@ -29,6 +41,55 @@ from . import compat
 
 _SUPPORTED = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.LayerNorm)
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+OVERRIDE_KEY = "optimized_attention_override"  # ComfyUI's attention switch in transformer_options (wrap_attn)
+
+
+class GradAttention:
+    """ComfyUI's ``optimized_attention_override`` for gradient passes: ``override(func, q, k, v, heads, ...)`` runs
+    ComfyUI's PyTorch attention (torch SDPA: a backward on every device and dtype, masks honoured) instead of
+    ``func``, the user's backend. Called past ComfyUI's switch (``wrap_attn`` sees its own marker in ``kwargs`` and
+    does not ask the override again). ``calls`` counts the attention calls it served."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, func, *args, **kwargs):
+        from comfy.ldm.modules import attention as host  # looked up at call time, as ComfyUI's layers do
+
+        self.calls += 1
+        return host.attention_pytorch(*args, **kwargs)
+
+    def direct(self, q, k, v, heads, mask=None, attn_precision=None):
+        """The same attention for a host without ``wrap_attn`` (no marker to pass)."""
+        from comfy.ldm.modules import attention as host
+
+        self.calls += 1
+        return host.attention_pytorch(q, k, v, heads, mask=mask, attn_precision=attn_precision)
+
+
+def _attention_forward(module, forward, attention: GradAttention):
+    """``module.forward`` of a ``CrossAttention`` layer in a gradient pass: the layer's own forward with
+    :class:`GradAttention` as the attention override of its call (ComfyUI's ControlNets pass their layers no
+    transformer_options, the UNet its own); on a host without ``wrap_attn``, ComfyUI's ``CrossAttention.forward``
+    with :class:`GradAttention` in place of ``optimized_attention``."""
+    if not compat.attention_override_supported():
+        def direct(x, context=None, value=None, mask=None, transformer_options=None):
+            q = module.to_q(x)
+            context = x if context is None else context
+            k = module.to_k(context)
+            v = module.to_v(context if value is None else value)
+            return module.to_out(attention.direct(q, k, v, module.heads, mask=mask,
+                                                  attn_precision=getattr(module, "attn_precision", None)))
+
+        return direct
+
+    def run(*args, **kwargs):
+        options = dict(kwargs.get("transformer_options") or {})
+        options[OVERRIDE_KEY] = attention
+        kwargs["transformer_options"] = options
+        return forward(*args, **kwargs)
+
+    return run
 
 
 def _walk(modules):
@@ -115,16 +176,23 @@ def _grad_forward(module, forward):
 
 
 @contextlib.contextmanager
-def host_layers(modules):
+def host_layers(modules, attention: GradAttention | None = None):
     """While active, the weight-bearing layers of ``modules`` differentiate into their inputs through the host's
-    weights (see the module docstring). Each layer's ``forward`` is put back on exit, whatever happens."""
+    weights, and their attention layers attend with ``attention`` (see the module docstring). Each layer's
+    ``forward`` is put back on exit, whatever happens."""
     installed = []
+    attention_class = compat.attention_layer_class()
     try:
         for m in _walk(modules):
             if isinstance(m, _SUPPORTED) and any(p is not None for p in m._parameters.values()):
-                own = m.__dict__.get("forward")
-                installed.append((m, own))
-                m.forward = _grad_forward(m, own if own is not None else type(m).forward.__get__(m))
+                wrap = _grad_forward
+            elif attention is not None and attention_class is not None and isinstance(m, attention_class):
+                wrap = lambda module, forward: _attention_forward(module, forward, attention)  # noqa: E731
+            else:
+                continue
+            own = m.__dict__.get("forward")
+            installed.append((m, own))
+            m.forward = wrap(m, own if own is not None else type(m).forward.__get__(m))
         yield len(installed)
     finally:
         for m, own in reversed(installed):

@@ -46,21 +46,22 @@ def inversion_denoiser(inversion, model, control_net, node: str, extra_control=N
 
 def host_attention():
     """ComfyUI's ``optimized_attention`` (the function its own attention layers call, honouring its attention
-    options), for the DCA and capture patches, with masked calls (MGDM) routed to an attention function that
-    honours masks where the host's would drop them (``compat.mask_attention``); None where ComfyUI is absent
-    (the unit tests), i.e. torch SDPA."""
+    options), for the DCA and capture patches, wrapped so that masked calls (MGDM) reach an attention that honours
+    masks (:class:`MaskSafeAttention`); None where ComfyUI is absent (the unit tests), i.e. torch SDPA."""
     try:
         from comfy.ldm.modules.attention import optimized_attention
     except ImportError:
         return None
     from .compat import mask_attention
 
-    masked = mask_attention(optimized_attention)
-    return optimized_attention if masked is optimized_attention else MaskSafeAttention(optimized_attention, masked)
+    return MaskSafeAttention(optimized_attention, mask_attention(optimized_attention))
 
 
 class MaskSafeAttention:
-    """``fn(q, k, v, heads, mask=None, **kw)``: ``plain`` for unmasked calls, ``masked`` for masked ones."""
+    """``fn(q, k, v, heads, mask=None, **kw)``: unmasked calls go to ``plain`` (the user's backend, with every
+    option, an ``optimized_attention_override`` from another pack included); masked calls go to ``masked``, an
+    attention that honours masks (``compat.mask_attention``), without another pack's override, which may drop
+    them. The gradient passes' own override (``gradpath.GradAttention``: PyTorch attention) honours masks and stays."""
 
     def __init__(self, plain, masked):
         self.plain, self.masked = plain, masked
@@ -68,4 +69,10 @@ class MaskSafeAttention:
     def __call__(self, q, k, v, heads, mask=None, **kwargs):
         if mask is None:
             return self.plain(q, k, v, heads, **kwargs)
+        from .gradpath import OVERRIDE_KEY, GradAttention
+
+        options = kwargs.get("transformer_options") or {}
+        other = options.get(OVERRIDE_KEY)
+        if other is not None and not isinstance(other, GradAttention):
+            kwargs["transformer_options"] = {k: v for k, v in options.items() if k != OVERRIDE_KEY}
         return self.masked(q, k, v, heads, mask=mask, **kwargs)

@@ -56,3 +56,13 @@ def _comfy_inference_mode():
 
     with torch.inference_mode():
         yield
+
+
+@pytest.fixture
+def pytorch_attention(monkeypatch):
+    """ComfyUI's attention backend set to its PyTorch attention (``--use-pytorch-cross-attention``), the attention
+    every gradient pass uses (``gradpath.GradAttention``): tests that compare a gradient pass's forward with a plain
+    forward bit for bit run both on it (the CPU default, sub-quadratic attention, rounds differently)."""
+    from standin_attention import install
+
+    install(monkeypatch, "pytorch")

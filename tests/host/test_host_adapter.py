@@ -117,7 +117,7 @@ def test_control_percent_range_and_strength():
         assert torch.allclose(zero(*args), off(*args), atol=1e-6)
 
 
-def test_out_of_place_control_equals_in_place_and_grads_flow():
+def test_out_of_place_control_equals_in_place_and_grads_flow(pytorch_attention):
     patcher, cnet = build_tiny_sd15()
     x0, eps, ctx, hint = _inputs()
     den = ComfyDenoiser(patcher, cnet, strength=0.7)
@@ -286,7 +286,7 @@ def _second_controlnet(seed=5):
     return cnet2
 
 
-def test_controlnet_on_the_conditioning_is_chained_like_comfyui():
+def test_controlnet_on_the_conditioning_is_chained_like_comfyui(pytorch_attention):
     """A second ControlNet applied to the positive CONDITIONING ('Apply ControlNet') joins the pose one."""
     patcher, cnet = build_tiny_sd15()
     cnet2 = _second_controlnet()
@@ -322,7 +322,7 @@ def test_controlnet_on_the_conditioning_is_chained_like_comfyui():
         den(x, sigma, ctx.expand(2, -1, -1), hint, {"poseanimate": {"frame_ids": [2, 3]}})
 
 
-def test_manual_cast_model_computes_in_its_cast_dtype_with_grads():
+def test_manual_cast_model_computes_in_its_cast_dtype_with_grads(pytorch_attention):
     """bf16 weights computed in float32 per layer (comfy.ops.manual_cast), as ComfyUI runs such checkpoints."""
     patcher, cnet = build_tiny_sd15(dtype=torch.bfloat16, manual_cast_dtype=torch.float32)
     assert patcher.model.manual_cast_dtype == torch.float32

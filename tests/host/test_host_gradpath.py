@@ -116,7 +116,7 @@ def _reference(mode, monkeypatch):
                 p.requires_grad_(False)
     assert not patcher.model.diffusion_model.out[2].weight.is_inference()
     with monkeypatch.context() as mp:
-        mp.setattr(gradpath, "host_layers", lambda modules: contextlib.nullcontext())
+        mp.setattr(gradpath, "host_layers", lambda modules, attention=None: contextlib.nullcontext())
         with _served_by("lowvram_lora" if mode == "lowvram_lora" else "resident",
                         [patcher.model, cnet.control_model], mp):
             return _grad(ComfyDenoiser(patcher, cnet, strength=0.8), *_inputs())
@@ -163,7 +163,7 @@ def test_naive_autograd_under_the_emulation_is_wrong_or_fails(monkeypatch):
     patcher, cnet = build_tiny_sd15()
     with _served_by("dynamic_vram", [patcher.model, cnet.control_model], monkeypatch):
         _ksample(patcher, cnet, *_inputs()[2:0:-1])
-        monkeypatch.setattr(gradpath, "host_layers", lambda modules: contextlib.nullcontext())
+        monkeypatch.setattr(gradpath, "host_layers", lambda modules, attention=None: contextlib.nullcontext())
         den = ComfyDenoiser(patcher, cnet, strength=0.8)
         try:
             _, grad = _grad(den, *_inputs())
