@@ -451,7 +451,8 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
                              lr: float = 1e-2, early_stop: float = 1e-5, batch_size: int | None = None,
                              mode: str = "inner", optimize_steps: int | None = None, warm_start: bool = False,
                              adaptive: float | None = None, loss_scale: float | None = None,
-                             counts: EvalCount | None = None, callback: Callback | None = None,
+                             keyframe_interval: int = 1, counts: EvalCount | None = None,
+                             callback: Callback | None = None,
                              transformer_options: dict | None = None) -> PoseEmbeddings:
     """Pose-aware embedding optimisation (stage 3, the paper's Alg. 1), all frames batched.
 
@@ -483,6 +484,10 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
             parallel, so the chain is carried across micro-batches: every frame of a micro-batch starts from the
             last frame of the previous micro-batch (the first from the source's). ``batch_size=1`` gives the
             exact predecessor chain; results then depend on ``batch_size`` (pass it explicitly on CUDA).
+        keyframe_interval: k >= 1: optimise only every k-th target frame (frames k, 2k, ... and always the last,
+            :func:`keyframe_indices`); every other frame gets, at each step, the embeddings interpolated linearly
+            by frame number between its neighbouring optimised frames, the source (frame 0, with the inversion's
+            per-step embeddings) counting as the first (its losses stay NaN, its inner iterations 0). 1 = every frame.
         counts: an ``EvalCount`` this stage adds its model evaluations to.
         callback: ``callback("optimize", done, total)`` once per step and micro-batch (total = K * batches).
         transformer_options: passthrough dict merged into every model call's transformer_options.
@@ -526,6 +531,7 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
                          f"steps), got {optimize_steps!r}. Fix: pass 1 or more, or None")
     if not isinstance(warm_start, bool):
         raise ValueError(f"warm_start: expected True or False, got {warm_start!r}. Fix: pass a bool")
+    optimised = keyframe_indices(n, keyframe_interval)
     tally = _Tally(counts)
     ls_start = float(_auto_loss_scale(model) if loss_scale is None else loss_scale)
     ls_state = {"scale": ls_start}
@@ -567,7 +573,7 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
 
     if batch_size is None:  # the nodes and StickWorld size it (pipeline.runner); plain callers get up to 8
         batch_size = min(n, 8)
-    batches = [list(range(k, min(n, k + batch_size))) for k in range(0, n, batch_size)]
+    batches = [optimised[k:k + batch_size] for k in range(0, len(optimised), batch_size)]
     total = K * len(batches)
     uncond = torch.empty((n, T) + tuple(cond.shape), dtype=wd, device=model.device)
     losses = torch.full((n, T, 2), math.nan, dtype=torch.float32)
@@ -580,26 +586,63 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
         start = uncond[batches[k - 1][-1]] if warm_start and k > 0 else None
         res = run_batch(fr, start=start, report_base=k * K, report_total=total)
         for i, (emb, lb, la, it) in enumerate(res):
-            uncond[fr[0]:fr[-1] + 1, i] = emb
-            losses[fr[0]:fr[-1] + 1, i, 0] = lb
-            losses[fr[0]:fr[-1] + 1, i, 1] = la
-            iters[fr[0]:fr[-1] + 1, i] = it
+            uncond[fr, i] = emb
+            losses[fr, i, 0] = lb
+            losses[fr, i, 1] = la
+            iters[fr, i] = it
         if K < T:
-            uncond[fr[0]:fr[-1] + 1, K:] = uncond[fr[0]:fr[-1] + 1, K - 1:K]
+            uncond[fr, K:] = uncond[fr, K - 1:K]
+    if K > 0 and len(optimised) < n:
+        _interpolate_frames(uncond, optimised, src, K)
     return PoseEmbeddings(
         uncond=uncond, hints=None if hints is None else hints.detach().clone(), sigmas=sig, cfg=cfg,
         settings={"inner_steps": inner_steps, "lr": lr, "early_stop": early_stop, "batch_size": batch_size,
                   "steps": T, "mode": mode, "optimize_steps": optimize_steps, "warm_start": warm_start,
-                  "adaptive": adaptive, "loss_scale": ls_start, "loss_scale_final": ls_state["scale"]},
+                  "adaptive": adaptive, "loss_scale": ls_start, "loss_scale_final": ls_state["scale"],
+                  "keyframe_interval": keyframe_interval},
         losses=losses, inner_iters=iters, evals=tally.own.as_dict())
+
+
+def keyframe_indices(n: int, interval: int) -> list[int]:
+    """The target frames (0-based, target j is frame j + 1) that ``optimize_pose_embeddings`` optimises with
+    ``keyframe_interval`` = ``interval``: frames interval, 2 * interval, ... and always the last; all for 1."""
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+        raise ValueError(f"keyframe_interval: must be a positive integer (1 = optimise every frame), got "
+                         f"{interval!r}. Fix: pass 1, or k > 1 to optimise every k-th frame")
+    chosen = list(range(interval - 1, n, interval))
+    if not chosen or chosen[-1] != n - 1:
+        chosen.append(n - 1)
+    return chosen
+
+
+def _interpolate_frames(uncond: torch.Tensor, optimised: list[int], src: torch.Tensor, K: int) -> None:
+    """Fill the frames of ``uncond`` ``(N, T, L, D)`` that were not optimised: at each step the embedding linear in
+    the frame number between the neighbouring optimised frames, the source (frame 0, ``src`` ``(T, L, D)``) being
+    the first; steps from ``K`` on repeat step ``K - 1``, as for optimised frames."""
+    anchors = [0] + [j + 1 for j in optimised]  # global frame ids
+    T = uncond.shape[1]
+
+    def at(frame: int) -> torch.Tensor:
+        return src[:K] if frame == 0 else uncond[frame - 1, :K]
+
+    for j in range(uncond.shape[0]):
+        f = j + 1
+        if f in anchors:
+            continue
+        b = next(a for a in anchors if a > f)
+        a = max(x for x in anchors if x < f)
+        w = (f - a) / (b - a)
+        uncond[j, :K] = at(a) * (1 - w) + at(b) * w
+        if K < T:
+            uncond[j, K:] = uncond[j, K - 1:K]
 
 
 # --------------------------------------------------------------------------------------------- stage 4
 def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings | None = None, *,
                   hints: torch.Tensor | None = None, uncond: torch.Tensor | None = None, cfg: float | None = None,
                   window: int | None = None, masks: torch.Tensor | None = None, uncond_pose: str = "target",
-                  callback: Callback | None = None, transformer_options: dict | None = None,
-                  counts: EvalCount | None = None) -> torch.Tensor:
+                  hold_masks: torch.Tensor | None = None, callback: Callback | None = None,
+                  transformer_options: dict | None = None, counts: EvalCount | None = None) -> torch.Tensor:
     """Final sampling (stage 4): DDIM from Z_T for the source frame 0 and target frames 1..N, with CFG.
 
     Args:
@@ -621,6 +664,10 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
             ControlNet to both halves) or ``"source"`` (the source's pose for every frame, so that CFG pushes each
             frame from the source's pose towards its own; frame 0's rows stay equal). Needs pose hints and
             cfg != 1.
+        hold_masks: optional ``(N + 1, h, w)`` weights in [0, 1] at the latent's size, by global frame id: 1 where
+            a target frame is generated, 0 where it holds the source's background, i.e. after every step follows
+            the source's inversion trajectory (``x = m * x + (1 - m) * Z_t``; static camera). Frame 0 (the source)
+            is never held.
         callback: ``callback("sample", done, total)`` after every model evaluation (total = T * windows).
         transformer_options: passthrough dict (e.g. an attn2 capture patch) merged into every model call.
         counts: an ``EvalCount`` this stage adds its model evaluations to (T * 2 * (N + 1) forwards at cfg != 1,
@@ -693,6 +740,14 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
                              f"{tuple(masks.shape) if isinstance(masks, torch.Tensor) else masks!r}. "
                              "Fix: pass one mask per frame, source first, or None")
         masks = masks.to(model.device)
+    if hold_masks is not None:
+        if (not isinstance(hold_masks, torch.Tensor) or hold_masks.ndim != 3 or hold_masks.shape[0] != F
+                or tuple(hold_masks.shape[1:]) != tuple(traj.shape[-2:])):
+            raise ValueError(f"hold_masks: expected ({F}, {traj.shape[-2]}, {traj.shape[-1]}) weights by global frame "
+                             f"id at the latent's size, got {tuple(getattr(hold_masks, 'shape', ()))}. "
+                             "Fix: pass one mask per frame, source first, at the latent's size, or None")
+        hold_masks = hold_masks.to(model.device, wd)[:, None].clone()
+        hold_masks[0] = 1.0  # the source frame is never held
     src_hint = None if inversion.hint is None else inversion.hint.to(model.device)
     hints_dev = None if hints is None else hints.to(model.device)
 
@@ -761,7 +816,11 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
                     tally.forward(2 * b)
                     x0_u, x0_c = out[:b], out[b:]
                     x0 = x0_u + cfg * (x0_c - x0_u)
-                x[lo:hi] = _ddim(xb, x0, s, s_next)
+                x_next = _ddim(xb, x0, s, s_next)
+                if hold_masks is not None:
+                    m = hold_masks[lo:hi]
+                    x_next = m * x_next + (1 - m) * traj[T - i - 1][None]
+                x[lo:hi] = x_next
                 done += 1
                 _report(callback, "sample", done, total)
     return x

@@ -18,12 +18,12 @@ from .errors import argument_error, input_message, node_message, split_argument
 from .runner import MEMORY, ControlSettings, MemoryPolicy, Stage, StagedInversion, StageHost, run_stage
 from .steps import (SCHEDULES, align_poses, body_prior, build_masks, capture_attention, check_masks, check_schedule,
                     check_uncond_pose, UNCOND_POSES,
-                    check_pose_canvas, check_subject, invert, make_dca, optimise, patch_model, sample, sample_poses)
+                    check_pose_canvas, check_subject, hold_masks, invert, make_dca, optimise, patch_model, sample, sample_poses)
 
 __all__ = [
     "FAST", "FULL", "FULL_SDXL", "MASK_SOURCES", "NODE_DEFAULTS", "MGDM_MODES", "SCHEDULES", "Denoiser", "PatchableModel", "PoseAnimateOptions",
     "Recipe", "align_poses", "argument_error", "body_prior", "build_masks", "capture_attention", "check_masks",
-    "check_pose_canvas", "check_schedule", "check_uncond_pose", "UNCOND_POSES", "check_subject", "check_poseanimate_options", "input_message", "invert", "make_dca",
+    "check_pose_canvas", "check_schedule", "hold_masks", "check_uncond_pose", "UNCOND_POSES", "check_subject", "check_poseanimate_options", "input_message", "invert", "make_dca",
     "node_message", "optimise", "patch_model", "sample", "sample_poses", "split_argument",
     "MEMORY", "ControlSettings", "MemoryPolicy", "Stage", "StagedInversion", "StageHost", "run_stage",
 ]

@@ -36,6 +36,7 @@ class Recipe:
     optimize_steps: int = 0            # 0 = every step
     warm_start: bool = False
     adaptive: float = 0.0              # 0 = off
+    keyframe_interval: int = 1         # optimise every k-th frame, interpolate the others (1 = every frame)
     # Cross-Attention Mask Extract
     threshold: float = 0.0             # 0 = Otsu
     capture_steps: int = 0             # 0 = every step
@@ -50,6 +51,8 @@ class Recipe:
     window: int = 0                    # 0 = auto (from free memory)
     # Sample Frames
     uncond_pose: str = "target"        # the pose of the unconditional rows (pipeline.UNCOND_POSES)
+    hold_background: bool = False      # outside the source's and the frame's body, follow the source's trajectory
+    hold_dilate: int = 1               # latent pixels the held region keeps clear of the bodies
 
     @property
     def frames(self) -> int:

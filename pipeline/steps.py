@@ -143,19 +143,20 @@ def invert(model: Denoiser, latent: torch.Tensor, cond: torch.Tensor, hint: torc
 
 def optimise(model: Denoiser, inversion: pacm.InversionResult, hints: torch.Tensor | None, *, inner_steps: int,
              schedule: str = "inner iterations", optimize_steps: int = 0, warm_start: bool = False,
-             adaptive: float = 0.0, batch_size: int | None = None, callback: Callback | None = None,
-             **engine) -> pacm.PoseEmbeddings:
+             adaptive: float = 0.0, keyframe_interval: int = 1, batch_size: int | None = None,
+             callback: Callback | None = None, **engine) -> pacm.PoseEmbeddings:
     """PACM stage 3: per-frame pose-aware embeddings for the target poses ``hints`` (frames 1..N), with the named
     optimisation ``schedule`` (:data:`SCHEDULES`); ``optimize_steps`` > 0 optimises only the first (noisiest)
     steps and reuses the last embedding after; ``warm_start`` starts each frame from the previous frame's
-    embeddings; ``adaptive`` > 0 stops a frame's iterations once one lowers its loss by less than that fraction."""
+    embeddings; ``adaptive`` > 0 stops a frame's iterations once one lowers its loss by less than that fraction;
+    ``keyframe_interval`` k > 1 optimises every k-th frame (and the last) and interpolates the others' embeddings."""
     if schedule not in SCHEDULES:
         raise argument_error("schedule", f"unknown schedule {schedule!r}", f"choose one of {', '.join(SCHEDULES)}")
     check_schedule(inner_steps, schedule=schedule, optimize_steps=optimize_steps, warm_start=warm_start,
-                   adaptive=adaptive)
+                   adaptive=adaptive, keyframe_interval=keyframe_interval)
     kwargs = dict(SCHEDULES[schedule])
     kwargs.update(optimize_steps=int(optimize_steps) or None, warm_start=bool(warm_start),
-                  adaptive=float(adaptive) or None)
+                  adaptive=float(adaptive) or None, keyframe_interval=int(keyframe_interval))
     kwargs.update(engine)
     return pacm.optimize_pose_embeddings(
         checked(model), inversion, hints, inner_steps=int(inner_steps), lr=float(inversion.settings.get("lr", 1e-2)),
@@ -181,17 +182,18 @@ def check_uncond_pose(uncond_pose: str, cfg: float, hinted: bool) -> None:
 
 def sample(model: Denoiser, inversion: pacm.InversionResult, embeddings: pacm.PoseEmbeddings | None, *,
            masks: torch.Tensor | None = None, window: int | None = None, uncond_pose: str = "target",
-           callback: Callback | None = None, **engine) -> torch.Tensor:
+           hold_masks: torch.Tensor | None = None, callback: Callback | None = None, **engine) -> torch.Tensor:
     """PACM stage 4: frames 0..N from Z_T (``(N + 1, C, h, w)`` latents), ``window`` frames per model call.
     ``masks`` (``(N + 1, H, W)``, checked by :func:`check_masks`) override the DCA patch's own; ``uncond_pose``
     is the pose of the unconditional rows (the engine refuses it where it would do nothing; the nodes check it
-    first with :func:`check_uncond_pose`)."""
+    first with :func:`check_uncond_pose`); ``hold_masks`` (:func:`hold_masks`) holds each frame's background to the
+    source's inversion trajectory outside them."""
     if masks is not None:
         hints = engine.get("hints")
         targets = embeddings.frames if embeddings is not None else 0 if hints is None else int(hints.shape[0])
         masks = check_masks(masks, 1 + targets)
     return pacm.sample_frames(checked(model), inversion, embeddings, window=window, masks=masks,
-                              uncond_pose=uncond_pose, callback=callback, **engine)
+                              uncond_pose=uncond_pose, hold_masks=hold_masks, callback=callback, **engine)
 
 
 class _CaptureDone(Exception):
@@ -252,6 +254,23 @@ def body_prior(poses: np.ndarray, size) -> torch.Tensor:
     """:func:`pata.body_prior` of the frames' poses at ``size`` = (H, W), as a tensor ``(F, H, W)``."""
     h, w = (int(v) for v in size)
     return torch.from_numpy(pata.body_prior(poses, w, h))
+
+
+def hold_masks(poses: np.ndarray, image_size, latent_size, *, dilate: int = 1) -> torch.Tensor:
+    """Where each frame is generated when its background is held from the source (:func:`sample`): the union of
+    the source's and the frame's :func:`body_prior` (PATA's skeleton body), reduced to ``latent_size`` = (h, w) by
+    max-pooling (a latent pixel any part of the body touches), grown by ``dilate`` latent pixels. ``(F, h, w)`` in
+    {0, 1}; frame 0 (the source) is all ones."""
+    prior = body_prior(poses, image_size)
+    union = torch.maximum(prior, prior[:1])
+    h, w = (int(v) for v in latent_size)
+    out = F.adaptive_max_pool2d(union[:, None], (h, w))
+    if int(dilate) > 0:
+        d = int(dilate)
+        out = F.max_pool2d(out, 2 * d + 1, stride=1, padding=d)
+    out = out[:, 0]
+    out[0] = 1.0
+    return out
 
 
 def build_masks(maps: torch.Tensor, *, size, threshold: float = 0.0, dilate: int = 1, latent_size=None,

@@ -223,7 +223,8 @@ class Run:
         n = len(self.hints) - 1
         return self._once("optimise", "optimise", lambda: self._stage("optimise", lambda batch: pipeline.optimise(
             self.base, inv, self.hints[1:], inner_steps=r.inner_steps, schedule=r.schedule,
-            optimize_steps=r.optimize_steps, warm_start=r.warm_start, adaptive=r.adaptive, batch_size=batch),
+            optimize_steps=r.optimize_steps, warm_start=r.warm_start, adaptive=r.adaptive,
+            keyframe_interval=r.keyframe_interval, batch_size=batch),
             grad=r.inner_steps > 0, frames=n, per_call=1 if r.warm_start else min(n, 8)))
 
     def maps(self) -> torch.Tensor:
@@ -257,10 +258,19 @@ class Run:
             den = self.base if patch is None else pipeline.patch_model(self.base, dca=patch)[0]
             return self._stage("sample", lambda w: pipeline.sample(
                 den, inv, emb, masks=masks, window=w, hints=self.hints[1:], uncond=uncond, cfg=self.recipe.cfg,
-                uncond_pose=self.recipe.uncond_pose),
+                uncond_pose=self.recipe.uncond_pose, hold_masks=self.hold_masks(inv)),
                 frames=len(self.poses), per_call=self._window())
 
         return latents_to_images(self._once(("sample", stage), stage, make))
+
+    def hold_masks(self, inversion):
+        """Sample Frames' background hold for this recipe (None when off): the bodies of the source and each frame
+        from PATA's skeleton prior, at the latent's size."""
+        r = self.recipe
+        if not r.hold_background:
+            return None
+        return pipeline.hold_masks(self.poses, (self.case.size, self.case.size), inversion.trajectory.shape[-2:],
+                                   dilate=r.hold_dilate)
 
     def full(self) -> np.ndarray:
         """The shipped path's frames: DCAM, with MGDM and the recipe's masks when the recipe connects them."""

@@ -32,6 +32,22 @@ ROWS: dict[str, dict] = {
     # alg1_s20_inv2 with warm start: each frame starts from the previous frame's embeddings
     "alg1_s20_warm": {"schedule": "algorithm 1", "inner_steps": 1, "steps": 20, "inversion_inner_steps": 2,
                       "warm_start": True},
+    # structural rows: spend where it pays. The source's inversion at the paper's 5 iterations (it is one frame)
+    "alg1_s20_inv5": {"schedule": "algorithm 1", "inner_steps": 1, "steps": 20, "inversion_inner_steps": 5},
+    # keyframes: optimise every k-th frame, interpolate the embeddings of the frames between; the saving buys steps
+    "alg1_s20_inv2_kf2": {"schedule": "algorithm 1", "inner_steps": 1, "steps": 20, "inversion_inner_steps": 2,
+                          "keyframe_interval": 2},
+    "alg1_s25_inv2_kf2": {"schedule": "algorithm 1", "inner_steps": 1, "steps": 25, "inversion_inner_steps": 2,
+                          "keyframe_interval": 2},
+    "alg1_s25_inv5_kf2": {"schedule": "algorithm 1", "inner_steps": 1, "steps": 25, "inversion_inner_steps": 5,
+                          "keyframe_interval": 2},
+    "alg1_s30_inv2_kf3": {"schedule": "algorithm 1", "inner_steps": 1, "steps": 30, "inversion_inner_steps": 2,
+                          "keyframe_interval": 3},
+    # background held from the source outside the source's and the frame's skeleton bodies (static camera)
+    "alg1_s20_inv2_hold": {"schedule": "algorithm 1", "inner_steps": 1, "steps": 20, "inversion_inner_steps": 2,
+                           "hold_background": True},
+    "alg1_s20_inv2_hold2": {"schedule": "algorithm 1", "inner_steps": 1, "steps": 20, "inversion_inner_steps": 2,
+                            "hold_background": True, "hold_dilate": 2},
 }
 # The rows the benchmark runs by default: the reference, negative-prompt inversion, and the Algorithm 1 rows near
 # the fast target (at most 20 % of the reference's evaluations at FORWARD_BACKWARD_COST: alg1_s20_*; alg1_s25 is

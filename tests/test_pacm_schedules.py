@@ -222,6 +222,61 @@ def test_warm_start_starts_from_the_neighbour(model, data, inv6):
     assert warm2.settings["warm_start"] is True
 
 
+# ----------------------------------------------------------------------------------------------- keyframes
+def test_keyframe_indices():
+    assert engine.keyframe_indices(11, 2) == [1, 3, 5, 7, 9, 10]
+    assert engine.keyframe_indices(11, 3) == [2, 5, 8, 10]
+    assert engine.keyframe_indices(4, 1) == [0, 1, 2, 3]
+    assert engine.keyframe_indices(2, 5) == [1]
+    with pytest.raises(ValueError, match="^keyframe_interval: "):
+        engine.keyframe_indices(4, 0)
+
+
+@pytest.mark.parametrize("mode, optimize_steps", [("alg1", None), ("inner", 2)])
+def test_keyframes_optimise_every_kth_frame_and_interpolate_the_rest(model, data, inv6, mode, optimize_steps):
+    """Keyframes get exactly the embeddings of a run over every frame (frames are independent); a frame between
+    keyframes a < f < b gets (1 - w) E_a + w E_b at each step, w = (f - a) / (b - a), the source (frame 0, the
+    inversion's embeddings) counting as a keyframe; the evaluations are those of the keyframes alone."""
+    tg = torch.cat([data["targets"], data["targets"][:1]])  # 5 target frames: keyframes 2, 4, 5 (frames)
+    kw = dict(inner_steps=1 if mode == "alg1" else 2, mode=mode, optimize_steps=optimize_steps, batch_size=2)
+    every, key = pacm.EvalCount(), pacm.EvalCount()
+    full = pacm.optimize_pose_embeddings(model, inv6, tg, counts=every, **kw)
+    kf = pacm.optimize_pose_embeddings(model, inv6, tg, keyframe_interval=2, counts=key, **kw)
+    assert kf.uncond.shape == full.uncond.shape and kf.settings["keyframe_interval"] == 2
+    for j in (1, 3, 4):  # frames 2, 4, 5
+        assert torch.equal(kf.uncond[j], full.uncond[j])
+    k = optimize_steps or inv6.steps  # optimised steps; later steps repeat step k - 1
+    src, e = inv6.uncond[:k], kf.uncond[:, :k]
+    torch.testing.assert_close(e[0], 0.5 * src + 0.5 * e[1])             # frame 1 between frames 0 and 2
+    torch.testing.assert_close(e[2], 0.5 * e[1] + 0.5 * e[3])            # frame 3 between frames 2 and 4
+    if optimize_steps:
+        assert torch.equal(kf.uncond[0, optimize_steps:], kf.uncond[0, optimize_steps - 1:optimize_steps].expand_as(
+            kf.uncond[0, optimize_steps:]))
+    assert torch.isnan(kf.losses[[0, 2]]).all() and (kf.inner_iters[[0, 2]] == 0).all()
+    assert key.forward * 5 == every.forward * 3 and key.forward_backward * 5 == every.forward_backward * 3
+
+
+# ----------------------------------------------------------------------------------------------- background hold
+def test_hold_masks_hold_the_background_to_the_source_trajectory(model, data, inv6):
+    """Outside a frame's hold mask the frame follows the source's inversion trajectory at every step, so it ends
+    on the source latent there; all-ones masks change nothing; windows give the same frames; frame 0 is never held."""
+    tg = data["targets"][:3]
+    emb = pacm.optimize_pose_embeddings(model, inv6, tg, inner_steps=1, mode="alg1")
+    plain = pacm.sample_frames(model, inv6, emb)
+    ones = torch.ones(4, H, H)
+    assert torch.equal(pacm.sample_frames(model, inv6, emb, hold_masks=ones), plain)
+    hold = torch.zeros(4, H, H)
+    hold[:, :, : H // 2] = 1.0  # left half generated, right half held
+    held = pacm.sample_frames(model, inv6, emb, hold_masks=hold)
+    assert torch.equal(held[0], plain[0])
+    source = inv6.trajectory[0]
+    assert torch.equal(held[1:, :, :, H // 2:], source[None, :, :, H // 2:].expand_as(held[1:, :, :, H // 2:]))
+    assert not torch.allclose(held[1:, :, :, : H // 2], source[None, :, :, : H // 2].expand_as(held[1:, :, :, :H // 2]))
+    torch.testing.assert_close(pacm.sample_frames(model, inv6, emb, hold_masks=hold, window=2), held)
+    with pytest.raises(ValueError, match="^hold_masks: "):
+        pacm.sample_frames(model, inv6, emb, hold_masks=torch.ones(3, H, H))
+
+
 # ----------------------------------------------------------------------------------------------- adaptive
 def test_adaptive_stops_on_the_loss_curve(model, data, inv6):
     kw = dict(inner_steps=5, early_stop=-1.0)

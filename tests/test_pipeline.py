@@ -75,6 +75,21 @@ def test_body_prior_covers_the_limbs_and_scales_with_the_body():
     assert 3.0 < float(large.sum() / small.sum()) < 5.0  # twice the size: about four times the area
 
 
+def test_hold_masks_are_the_source_and_frame_bodies_at_the_latent_size():
+    src = project(body3d({"lean": 0.0, "crouch": 0.0}, ADULT), 0.0, (200.0, 240.0), 128.0)  # on a 512 canvas
+    moved = src.copy()
+    moved[:, 0] += 96  # the same body, 96 px to the right
+    poses = np.stack([src, moved])
+    prior = pipeline.body_prior(poses, (512, 512))
+    hold = pipeline.hold_masks(poses, (512, 512), (64, 64), dilate=0)
+    assert hold.shape == (2, 64, 64) and bool((hold[0] == 1).all())
+    down = torch.nn.functional.adaptive_max_pool2d(prior[:, None], (64, 64))[:, 0]
+    assert torch.equal(hold[1], torch.maximum(down[0], down[1]))  # the frame's body and the source's
+    grown = pipeline.hold_masks(poses, (512, 512), (64, 64), dilate=1)
+    assert bool((grown >= hold).all()) and grown[1].sum() > hold[1].sum() and grown[1].sum() < 64 * 64
+    assert 0.1 < float(hold[1].mean()) < 0.6  # two bodies, not the whole picture
+
+
 def test_build_masks_unites_attention_and_prior_and_respects_a_real_source_mask():
     maps = torch.zeros(2, 8, 8)
     maps[:, 2:6, 2:6] = 1.0
@@ -191,7 +206,7 @@ def test_the_steps_check_every_engine_call_against_the_contract(monkeypatch):
 
 
 @pytest.mark.parametrize("name, value", [("optimize_steps", 10), ("warm_start", True),
-                                         ("adaptive", 0.3), ("early_stop", 1e-3)])
+                                         ("adaptive", 0.3), ("early_stop", 1e-3), ("keyframe_interval", 2)])
 def test_a_setting_without_effect_at_inner_steps_0_is_refused(name, value):
     """No silent settings: with no embedding optimisation every optimisation setting keeps its default."""
     with pytest.raises(ValueError, match=f"^{name}: .* has no effect with inner_steps 0.*Fix: set inner_steps"):
