@@ -113,7 +113,7 @@ def scaling(model, inv, args):
                                   sigmas=short.sigmas, cfg=short.cfg)
         peaks = []
         for window in (args.window, None):
-            _, _, peak = measure(lambda: pacm.sample_frames(model, short, emb, window=window), args.device, True)
+            _, _, peak = measure(lambda: pacm.sample_frames(model, short, emb, window_size=window), args.device, True)
             peaks.append(peak / 2**20)
         print(f"  N = {n:3d}: windowed {peaks[0]:8.2f} MiB   all at once {peaks[1]:8.2f} MiB")
 
@@ -205,14 +205,14 @@ def main(argv=None):
                       lambda c: pacm.pose_aware_inversion(model, inv, inner_steps=args.iters, adaptive=args.adaptive,
                                                           loss_scale=args.loss_scale, counts=c))
     emb, t_opt = stage(f"optimize_pose_embeddings, batched ({args.frames} frames)",
-                       lambda c: pacm.optimize_pose_embeddings(model, inv, hints, batch_size=args.batch_size,
+                       lambda c: pacm.optimize_pose_embeddings(model, inv, hints, frames_per_batch=args.batch_size,
                                                                counts=c, **opt))
     k = max(1, min(args.single_frames, args.frames))
     single, t_single = stage(f"optimize frame by frame ({k} frames, batch_size=1)",
-                             lambda c: pacm.optimize_pose_embeddings(model, inv, hints[:k], batch_size=1, counts=c,
+                             lambda c: pacm.optimize_pose_embeddings(model, inv, hints[:k], frames_per_batch=1, counts=c,
                                                                      **opt))
     frames, t_sample = stage(f"sample_frames ({args.frames + 1} frames, window {args.window})",
-                             lambda c: pacm.sample_frames(model, inv, emb, window=args.window, counts=c))
+                             lambda c: pacm.sample_frames(model, inv, emb, window_size=args.window, counts=c))
 
     print(f"\nschedule: mode {args.mode}, optimize_steps {args.optimize_steps}, warm_start {args.warm_start}, "
           f"adaptive {args.adaptive}, loss_scale {emb.settings['loss_scale']:g}")
@@ -226,7 +226,7 @@ def main(argv=None):
     per_frame_single = t_single / k
     per_frame_batched = t_opt / args.frames
     total = t_inv + t_pa + t_opt + t_sample
-    print(f"\nmicro-batch used: {emb.settings['batch_size']}")
+    print(f"\nmicro-batch used: {emb.settings['frames_per_batch']}")
     print(f"frame-by-frame optimisation, extrapolated to {args.frames} frames: {per_frame_single * args.frames:.2f} s")
     if rows[3][5].equivalents and rows[2][5].equivalents:
         print(f"batched vs frame-by-frame optimisation speed ratio: {per_frame_single / per_frame_batched:.2f}x")

@@ -37,3 +37,10 @@ def node_errors(node: str, inputs: dict[str, str] | None = None):
         raise
     except ValueError as exc:
         raise PoseAnimateError(node_message(node, str(exc), inputs)) from None
+
+
+def node_inputs(node_class) -> dict[str, str]:
+    """Every input name of a node class mapped to itself, for :func:`node_errors`: an argument of the pipeline or
+    the engine that bears a node input's name (``window_size``, ``inner_steps``, ...) is that input."""
+    spec = node_class.INPUT_TYPES()
+    return {name: name for group in ("required", "optional") for name in spec.get(group, {})}

@@ -5,17 +5,15 @@ from __future__ import annotations
 import logging
 
 from ..pipeline import NODE_DEFAULTS, SCHEDULES
-from ._common import CATEGORY, input_error, node_errors
-from .host.stages import check_inversion, inversion_denoiser
-from .host.types import PACMEmbeddings, check_same_prompt, image_to_hints
+from ._common import CATEGORY, node_errors, node_inputs
+from .host.stages import NEGATIVE_TOOLTIP, check_inversion
+from .host.types import image_to_hints
 
 log = logging.getLogger(__name__)
 
 DISPLAY_NAME = "Pose Embedding Optimize"
-SCHEDULE_TOOLTIP = ("How the embeddings are optimised at each step. 'inner iterations': up to inner_steps Adam "
-                    "iterations, then the step (the paper's hyper-parameters: 5). 'algorithm 1': the paper's "
-                    "Algorithm 1 as written, one gradient step per step, the step taken with the embedding before "
-                    "the update (about 1/4 of the model passes at 5 inner iterations). Needs inner_steps 1.")
+SCHEDULE_TOOLTIP = "How the embeddings are optimised at each step. " + " ".join(
+    f"'{s.name}': {s.tooltip}." for s in SCHEDULES.values())
 
 
 class PoseAnimatePoseEmbeddingOptimize:
@@ -64,51 +62,44 @@ class PoseAnimatePoseEmbeddingOptimize:
                                "one frame per batch. Needs inner_steps >= 1."}),
                 "adaptive": ("FLOAT", {"default": NODE_DEFAULTS.adaptive, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip":
                              "Stop a frame's iterations at a step once one lowers its loss by less than this "
-                             "fraction (needs inner_steps >= 1); 0 = off (only the early_stop threshold of the inversion applies)."}),
+                             "fraction (needs inner_steps >= 1 and schedule 'inner iterations'); 0 = off (only the "
+                             "early_stop threshold of the inversion applies)."}),
+                "keyframe_interval": ("INT", {"default": NODE_DEFAULTS.keyframe_interval, "min": 1, "max": 64, "tooltip":
+                                      "Optimise every k-th frame (and the last) and give each frame between the "
+                                      "embeddings interpolated from its neighbours (the source counts as the first): "
+                                      "about 1/k of the optimisation's model passes. 1 = every frame. Needs "
+                                      "inner_steps >= 1."}),
+                "negative": ("CONDITIONING", {"tooltip": NEGATIVE_TOOLTIP}),
             },
         }
 
     def optimize(self, inversion, model, control_net, positive, poses, inner_steps, frames_per_batch,
                  schedule=NODE_DEFAULTS.schedule, optimize_steps=NODE_DEFAULTS.optimize_steps,
-                 warm_start=NODE_DEFAULTS.warm_start, adaptive=NODE_DEFAULTS.adaptive):
+                 warm_start=NODE_DEFAULTS.warm_start, adaptive=NODE_DEFAULTS.adaptive,
+                 keyframe_interval=NODE_DEFAULTS.keyframe_interval, negative=None):
         import comfy.model_management as mm
 
         from .. import pipeline
-        from ..pipeline.runner import Stage, run_stage
-        from .host import ComfyProgress, conditioning_context, conditioning_control, plain, plain_fields
+        from .host import ComfyProgress, plain, plain_fields, read_conditioning
+        from .host.stages import stage_denoiser
 
         node = DISPLAY_NAME
         inversion = check_inversion(inversion, node)
         hints = image_to_hints(poses, node, "poses", min_count=2)
-        if schedule not in SCHEDULES:
-            raise input_error(node, "schedule", f"unknown schedule {schedule!r}", f"choose one of {list(SCHEDULES)}")
-        ctx = conditioning_context(positive, node, "positive")
-        check_same_prompt(ctx, inversion.cond, node, "positive")
-        if inversion.uncond is None:
-            raise input_error(node, "inversion", "this inversion has no pose-aware embeddings",
-                              "use the output of Pose-Aware Inversion")
-        with node_errors(node, {"poses": "poses"}):
+        cond = read_conditioning(positive, negative, node, pose_controlnet=control_net is not None)
+        inputs = node_inputs(type(self))
+        with node_errors(node, inputs):
             pipeline.check_pose_canvas([8 * v for v in inversion.trajectory.shape[-2:]], hints.shape[-2:], "poses")
         src = inversion.hint
         if src is not None and (src.shape[-2:] != hints.shape[-2:]
                                 or (src.float().cpu() - hints[0]).abs().mean() > 0.05):
             log.warning("%s: poses[0] differs from the inversion's source pose; PATA Align puts the source "
                         "pose first, and frames 1..N are used as targets", node)
-        with node_errors(node, {k: k for k in ("inner_steps", "schedule", "optimize_steps", "warm_start", "adaptive")}):
-            pipeline.check_schedule(inner_steps, schedule=schedule, optimize_steps=int(optimize_steps),
-                                    warm_start=bool(warm_start), adaptive=float(adaptive))
-        den = inversion_denoiser(inversion, model, control_net, node, conditioning_control(positive))
-        frames_per_call = int(frames_per_batch) or (1 if warm_start else 0)
-        grad = int(inner_steps) > 0
-        stage = Stage("optimise", (1,) + tuple(inversion.trajectory.shape[1:]), grad=grad,
-                      frames=int(hints.shape[0]) - 1, frames_per_call=frames_per_call)
-
-        def body(batch):
-            return pipeline.optimise(
+        den = stage_denoiser(model, control_net, cond, node, inversion=inversion)
+        with node_errors(node, inputs):
+            poses_emb = pipeline.optimise(
                 den, plain_fields(inversion.to(den.device)), plain(hints[1:]), inner_steps=int(inner_steps),
                 schedule=schedule, optimize_steps=int(optimize_steps), warm_start=bool(warm_start),
-                adaptive=float(adaptive), batch_size=batch, callback=ComfyProgress())
-
-        with node_errors(node, {"optimize_steps": "optimize_steps", "adaptive": "adaptive"}):
-            poses_emb = run_stage(den, stage, body)
-        return (PACMEmbeddings(inversion=inversion, poses=poses_emb.to(mm.intermediate_device())),)
+                adaptive=float(adaptive), keyframe_interval=int(keyframe_interval),
+                frames_per_batch=int(frames_per_batch), callback=ComfyProgress())
+        return (pipeline.PACMEmbeddings(inversion=inversion, poses=poses_emb.to(mm.intermediate_device())),)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from ..pipeline import NODE_DEFAULTS
-from ._common import CATEGORY, node_errors
-from .host.stages import control_inputs
+from ._common import CATEGORY, node_errors, node_inputs
+from .host.stages import NEGATIVE_TOOLTIP, control_inputs
 from .host.types import image_to_hints, latent_samples
 
 log = logging.getLogger(__name__)
@@ -64,42 +64,34 @@ class PoseAnimatePoseAwareInversion:
                                                     "Needs inner_steps >= 1."}),
                 **control_inputs(),
             },
+            "optional": {
+                "negative": ("CONDITIONING", {"tooltip": NEGATIVE_TOOLTIP}),
+            },
         }
 
     def invert(self, model, control_net, latent, positive, source_pose, steps, cfg, inner_steps, early_stop,
-               control_strength=1.0, control_start=0.0, control_end=1.0):
+               control_strength=1.0, control_start=0.0, control_end=1.0, negative=None):
         import comfy.model_management as mm
 
         from .. import pipeline
-        from ..pipeline.runner import ControlSettings, Stage, StagedInversion, run_stage
-        from .host import (ComfyDenoiser, ComfyProgress, conditioning_adm, conditioning_context,
-                           conditioning_control, plain)
+        from .host import ComfyProgress, plain, read_conditioning
+        from .host.stages import stage_denoiser
 
         node = DISPLAY_NAME
         samples = latent_samples(latent, node, "latent")
         hints = image_to_hints(source_pose, node, "source_pose")
         if hints.shape[0] > 1:
             log.info("%s: source_pose holds %d images; using image 0 as the source pose", node, hints.shape[0])
-        ctx = conditioning_context(positive, node, "positive")
-        with node_errors(node, {"source_pose": "source_pose", "control_start": "control_start",
-                                "control_strength": "control_strength"}):
+        cond = read_conditioning(positive, negative, node, pose_controlnet=control_net is not None)
+        inputs = node_inputs(type(self))
+        with node_errors(node, inputs):
             pipeline.check_pose_canvas([8 * v for v in samples.shape[-2:]], hints.shape[-2:], "source_pose")
-            control = ControlSettings(float(control_strength), float(control_start), float(control_end))
-        with node_errors(node, {"early_stop": "early_stop"}):
-            pipeline.check_schedule(inner_steps, early_stop=float(early_stop))
-        den = ComfyDenoiser(model, control_net, strength=control.strength, start_percent=control.start,
-                            end_percent=control.end, extra_control=conditioning_control(positive),
-                            adm=conditioning_adm(positive), node=node)
-        den.check_context(ctx)
-
-        def body(_frames_per_call):
-            z0 = plain(den.model.process_latent_in(samples.to(den.device, den.dtype)))
-            return pipeline.invert(den, z0, plain(ctx), plain(hints[:1]), steps=int(steps), cfg=float(cfg),
-                                   inner_steps=int(inner_steps), early_stop=float(early_stop),
-                                   callback=ComfyProgress())
-
-        with node_errors(node):
-            inv = run_stage(den, Stage("invert", tuple(samples.shape), grad=int(inner_steps) > 0), body)
+            control = pipeline.ControlSettings(float(control_strength), float(control_start), float(control_end))
+        den = stage_denoiser(model, control_net, cond, node, control=control)
+        z0 = plain(den.model.process_latent_in(samples.to(den.device, den.dtype)))
+        with node_errors(node, inputs):
+            inv = pipeline.invert(den, z0, plain(cond.context), plain(hints[:1]), control=control, steps=int(steps),
+                                  cfg=float(cfg), inner_steps=int(inner_steps), early_stop=float(early_stop),
+                                  extra_cond=den.adm, uncond_extra_cond=den.uncond_adm, callback=ComfyProgress())
         out = den.model.process_latent_out(inv.reconstruction[None]).to(mm.intermediate_device())
-        staged = StagedInversion.of(inv, control, extra_cond=den.adm)
-        return (staged.to(mm.intermediate_device()), {"samples": out})
+        return (inv.to(mm.intermediate_device()), {"samples": out})

@@ -9,10 +9,11 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from ..pipeline import FULL
-from ._common import CATEGORY, input_error, node_errors
+from ._common import CATEGORY, input_error, node_errors, node_inputs
+from .host.stages import NEGATIVE_TOOLTIP
 
 NODE = "Cross-Attention Mask Extract"
-LAZY = ("embeddings", "source_mask", "pose_keypoint", "positive")  # not needed for the subject check
+LAZY = ("embeddings", "source_mask", "pose_keypoint", "positive", "negative")  # not needed for the subject check
 
 
 def _overlay(frames_hw, masks):
@@ -91,6 +92,7 @@ class PoseAnimateCrossAttentionMaskExtract:
                                               "PACM nodes. Only the ControlNets applied to it ('Apply "
                                               "ControlNet') are used, on the cond half of each call, so the "
                                               "capture samples exactly what Sample Frames samples."}),
+                "negative": ("CONDITIONING", {"lazy": True, "tooltip": NEGATIVE_TOOLTIP + " Needs positive."}),
             },
         }
 
@@ -117,12 +119,11 @@ class PoseAnimateCrossAttentionMaskExtract:
                 raise
 
     def extract(self, model, control_net, clip, embeddings, prompt, subject, threshold, capture_steps,
-                window_size, dilate, source_mask=None, pose_keypoint=None, positive=None):
+                window_size, dilate, source_mask=None, pose_keypoint=None, positive=None, negative=None):
         from .. import pata, pipeline
-        from ..pipeline.runner import MEMORY, Stage, run_stage
-        from .host import ComfyProgress, conditioning_context, conditioning_control, plain, plain_fields
-        from .host.stages import host_attention, inversion_denoiser
-        from .host.types import check_embeddings, check_same_prompt
+        from ..pipeline.families import FAMILIES
+        from .host import ComfyProgress, Conditioning, model_family, plain, plain_fields, read_conditioning
+        from .host.stages import check_embeddings, host_attention, stage_denoiser
 
         check_embeddings(embeddings, NODE)
         positions = self._positions(clip, prompt, subject)  # also refuses an empty prompt or subject
@@ -141,35 +142,25 @@ class PoseAnimateCrossAttentionMaskExtract:
                 prior = pipeline.body_prior(seq, (round(height), round(width)))
         if source_mask is not None and (not hasattr(source_mask, "ndim") or source_mask.ndim not in (2, 3)):
             raise input_error(NODE, "source_mask", "expected a MASK", "connect a MASK output or leave it empty")
-
+        if negative is not None and positive is None:
+            raise input_error(NODE, "negative", "is read together with positive (the ControlNets of each CFG side)",
+                              "connect the positive CONDITIONING too, or disconnect negative")
+        cond = (read_conditioning(positive, negative, NODE, control_net is not None) if positive is not None else
+                Conditioning(context=inversion.cond.detach().cpu().float()[None]))
+        family = FAMILIES[model_family(model, NODE, "model")]
         unet_cfg = getattr(getattr(getattr(model, "model", None), "model_config", None), "unet_config", {}) or {}
-        # SD1.5 (4 levels) and SDXL (3 levels, attention at 1/2 and 1/4 only): the character's layout is clearest
-        # at 1/4 and 1/2 of the latent size; a UNet with fewer levels (tiny test models) is read at every
-        # resolution it has.
-        factors = (4, 2) if len(unet_cfg.get("channel_mult", (1, 2, 4, 4))) >= 3 else None
-        latent_shape = (1,) + tuple(inversion.trajectory.shape[1:])
-        extra = None
-        if positive is not None:
-            check_same_prompt(conditioning_context(positive, NODE, "positive"), inversion.cond, NODE, "positive")
-            extra = conditioning_control(positive)
-        base = inversion_denoiser(inversion, model, control_net, NODE, extra)  # sized on the unpatched model
+        # the family's mask layers (SD1.5, SDXL: 1/4 and 1/2 of the latent size); a UNet with fewer levels (tiny
+        # test models) is read at every resolution it has
+        factors = family.mask_factors if len(unet_cfg.get("channel_mult", (1, 2, 4, 4))) >= 3 else None
 
-        def body(window):
-            need = MEMORY.need(base.estimate(latent_shape), 2 * window, grad=False)
+        def host(patched):  # the capture's patched clone, with the inversion's settings and the same conditioning
+            return stage_denoiser(patched, control_net, cond, NODE, inversion=inversion)
 
-            def denoiser(patched):  # the capture's patched clone, loaded for the same window
-                den = inversion_denoiser(inversion, patched, control_net, NODE, extra)
-                den.load(need)
-                return den
-
-            return pipeline.capture_attention(
-                model, denoiser, plain_fields(inversion), plain_fields(poses), positions, factors=factors,
-                window=window, capture_steps=int(capture_steps), callback=ComfyProgress(),
+        with node_errors(NODE, node_inputs(type(self))):
+            maps = pipeline.capture_attention(
+                model, host, plain_fields(inversion), plain_fields(poses), positions, factors=factors,
+                window_size=int(window_size), capture_steps=int(capture_steps), callback=ComfyProgress(),
                 attention_fn=host_attention())
-
-        stage = Stage("capture", latent_shape, frames=frames, samples_per_frame=2, frames_per_call=int(window_size))
-        with node_errors(NODE):
-            maps = run_stage(base, stage, body)
         with node_errors(NODE, {"source_mask": "source_mask", "threshold": "threshold", "dilate": "dilate"}):
             masks = pipeline.build_masks(maps, size=image_hw, latent_size=latent_hw, threshold=float(threshold),
                                          dilate=int(dilate), prior=prior,

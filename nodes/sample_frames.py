@@ -3,9 +3,8 @@ embeddings, through the (DCA-patched) MODEL, in windows (PACM stage 4)."""
 from __future__ import annotations
 
 from ..pipeline import NODE_DEFAULTS, UNCOND_POSES
-from ._common import CATEGORY, node_errors
-from .host.stages import inversion_denoiser
-from .host.types import check_embeddings, check_same_prompt
+from ._common import CATEGORY, input_error, node_errors, node_inputs
+from .host.stages import NEGATIVE_TOOLTIP, check_embeddings
 
 DISPLAY_NAME = "Sample Frames"
 
@@ -48,36 +47,70 @@ class PoseAnimateSampleFrames:
                     "tooltip": "The pose the unconditional (CFG) rows see. 'target': each frame's own pose, as "
                                "ComfyUI applies a ControlNet. 'source': the source's pose for every frame, so CFG "
                                "pushes each frame from the source's pose towards its own (keeps guidance with "
-                               "negative-prompt inversion; strong at high CFG). Needs cfg above 1."}),
+                               "negative-prompt inversion; strong at high CFG). Needs cfg above 1 and embeddings "
+                               "made with inner_steps 0."}),
+                "hold_background": ("BOOLEAN", {
+                    "default": NODE_DEFAULTS.hold_background,
+                    "tooltip": "Hold the background from the source (a static camera): outside the source's and "
+                               "each frame's body, drawn from the skeleton in pose_keypoint, every frame follows the "
+                               "source's inversion at every step, so the background stays the source's. Needs "
+                               "pose_keypoint."}),
+                "pose_keypoint": ("POSE_KEYPOINT", {
+                    "tooltip": "The frames' poses (PATA Align's 'aligned_pose', source first), for hold_background."}),
+                "hold_dilate": ("INT", {
+                    "default": NODE_DEFAULTS.hold_dilate, "min": 0, "max": 64,
+                    "tooltip": "Latent pixels (8 image pixels each) the held background keeps clear of the bodies, "
+                               "for hair and clothes beyond the skeleton's body. Needs hold_background."}),
+                "negative": ("CONDITIONING", {"tooltip": NEGATIVE_TOOLTIP}),
             },
         }
 
     def sample(self, model, control_net, positive, embeddings, window_size=0, masks=None,
-               uncond_pose=NODE_DEFAULTS.uncond_pose):
+               uncond_pose=NODE_DEFAULTS.uncond_pose, hold_background=NODE_DEFAULTS.hold_background,
+               pose_keypoint=None, hold_dilate=NODE_DEFAULTS.hold_dilate, negative=None):
         import comfy.model_management as mm
 
-        from .. import pipeline
-        from ..pipeline.runner import Stage, run_stage
-        from .host import ComfyProgress, conditioning_context, conditioning_control, plain, plain_fields
+        from .. import pata, pipeline
+        from ..attention import DCAPatch
+        from .host import ComfyProgress, plain, plain_fields, read_conditioning
+        from .host.stages import stage_denoiser
 
         node = DISPLAY_NAME
         check_embeddings(embeddings, node)
         inversion, poses = embeddings.inversion, embeddings.poses
-        frames = embeddings.frames
-        ctx = conditioning_context(positive, node, "positive")
-        check_same_prompt(ctx, inversion.cond, node, "positive")
-        with node_errors(node, {"masks": "masks", "uncond_pose": "uncond_pose"}):
-            mask = None if masks is None else pipeline.check_masks(masks, frames, "masks")
-            pipeline.check_uncond_pose(uncond_pose, poses.cfg, inversion.hint is not None)
-        den = inversion_denoiser(inversion, model, control_net, node, conditioning_control(positive))
-        stage = Stage("sample", (1,) + tuple(inversion.trajectory.shape[1:]), frames=frames, samples_per_frame=2,
-                      frames_per_call=int(window_size))
-
-        def body(window):
+        latent_hw = tuple(inversion.trajectory.shape[-2:])
+        cond = read_conditioning(positive, negative, node, pose_controlnet=control_net is not None)
+        inputs = node_inputs(type(self))
+        if masks is not None and not any(isinstance(fn, DCAPatch) for fn in _attn1_patches(model)):
+            raise input_error(node, "masks", "this MODEL has no DCA patch, so the masks would do nothing (they steer "
+                              "the DCA patch's MGDM)", "connect the MODEL from DCA Patch Model, or disconnect masks")
+        hold = None
+        with node_errors(node, inputs):
+            if not hold_background and (pose_keypoint is not None or int(hold_dilate) != NODE_DEFAULTS.hold_dilate):
+                raise ValueError(f"{'pose_keypoint' if pose_keypoint is not None else 'hold_dilate'}: is used only "
+                                 "with hold_background. Fix: turn hold_background on, or disconnect it / set it back "
+                                 f"to {NODE_DEFAULTS.hold_dilate}")
+            if hold_background:
+                if pose_keypoint is None:
+                    raise ValueError("pose_keypoint: hold_background needs the frames' poses to draw their bodies. "
+                                     "Fix: connect PATA Align's 'aligned_pose' here")
+                seq, width, height = pata.from_pose_keypoint(pose_keypoint, "pose_keypoint")
+                if len(seq) != embeddings.frames:
+                    raise ValueError(f"pose_keypoint: {len(seq)} poses for {embeddings.frames} frames. Fix: connect the "
+                                     "'aligned_pose' output of the PATA Align that made these frames' poses")
+                canvas = (round(height), round(width))
+                pipeline.check_pose_canvas((latent_hw[0] * 8, latent_hw[1] * 8), canvas, "pose_keypoint")
+                hold = pipeline.hold_masks(seq, canvas, latent_hw, dilate=int(hold_dilate))
+        den = stage_denoiser(model, control_net, cond, node, inversion=inversion)
+        with node_errors(node, inputs):
             out = pipeline.sample(den, plain_fields(inversion.to(den.device)), plain_fields(poses.to(den.device)),
-                                  window=window, masks=plain(mask), uncond_pose=uncond_pose, callback=ComfyProgress())
-            return den.model.process_latent_out(out)
-
-        with node_errors(node):
-            out = run_stage(den, stage, body)
+                                  window_size=int(window_size), masks=plain(masks), uncond_pose=uncond_pose,
+                                  hold_masks=hold, callback=ComfyProgress())
+        out = den.model.process_latent_out(out)
         return ({"samples": out.to(mm.intermediate_device())},)
+
+
+def _attn1_patches(model) -> list:
+    """The self-attention replace patches of a MODEL (where DCA Patch Model puts its patch)."""
+    to = (getattr(model, "model_options", None) or {}).get("transformer_options", {})
+    return list(((to.get("patches_replace") or {}).get("attn1") or {}).values())

@@ -448,7 +448,7 @@ MODES = ("inner", "alg1")
 
 def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Tensor | None, *,
                              frames: int | None = None, cfg: float | None = None, inner_steps: int = 5,
-                             lr: float = 1e-2, early_stop: float = 1e-5, batch_size: int | None = None,
+                             lr: float = 1e-2, early_stop: float = 1e-5, frames_per_batch: int | None = None,
                              mode: str = "inner", optimize_steps: int | None = None, warm_start: bool = False,
                              adaptive: float | None = None, loss_scale: float | None = None,
                              keyframe_interval: int = 1, counts: EvalCount | None = None,
@@ -468,7 +468,7 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
             lr schedule ``lr * (1 - i / (2 * T))``, per-frame early stop under ``early_stop + i * 2e-5``,
             per-frame adaptive stop, loss scaling). ``inner_steps=0``: no optimisation and no model pass at all
             (every frame keeps the source's per-step embeddings; losses NaN).
-        batch_size: frames per micro-batch; default: all frames up to 8 (the nodes size it from free memory with
+        frames_per_batch: frames per micro-batch; default: all frames up to 8 (the nodes size it from free memory with
             ``pipeline.runner``'s memory policy and pass the integer).
         mode: ``"inner"`` (default): up to ``inner_steps`` Adam iterations per step, then the frame takes the
             step with the optimised embedding (1 cond forward + ``inner_steps`` forward-backward + 1 forward per
@@ -482,8 +482,8 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
         warm_start: start each frame's embedding at step i from its predecessor's optimised embedding for step
             i (frame order) instead of the source's ``inversion.uncond[i]``. Within a micro-batch frames run in
             parallel, so the chain is carried across micro-batches: every frame of a micro-batch starts from the
-            last frame of the previous micro-batch (the first from the source's). ``batch_size=1`` gives the
-            exact predecessor chain; results then depend on ``batch_size`` (pass it explicitly on CUDA).
+            last frame of the previous micro-batch (the first from the source's). ``frames_per_batch=1`` gives the
+            exact predecessor chain; results then depend on ``frames_per_batch`` (pass it explicitly on CUDA).
         keyframe_interval: k >= 1: optimise only every k-th target frame (frames k, 2k, ... and always the last,
             :func:`keyframe_indices`); every other frame gets, at each step, the embeddings interpolated linearly
             by frame number between its neighbouring optimised frames, the source (frame 0, with the inversion's
@@ -498,8 +498,8 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
     between the CFG DDIM step's result and the source trajectory's Z_{t-1}; the frame then takes the step
     with its optimised embedding. Frames are independent: each is its own CFG chunk (cond_or_uncond
     ``[1] * B`` / ``[0] * B``, so cross-frame attention patches see single-frame chunks), the loss is summed
-    over frames, Adam is element-wise and early stopping is per frame — so any ``batch_size`` gives the same
-    embeddings as optimising each frame alone (``batch_size=1``; not with ``warm_start``, and in float16 the
+    over frames, Adam is element-wise and early stopping is per frame — so any ``frames_per_batch`` gives the same
+    embeddings as optimising each frame alone (``frames_per_batch=1``; not with ``warm_start``, and in float16 the
     loss-scale back-off is per micro-batch).
 
     A non-finite loss or embedding raises ``ValueError`` (never silently wrong frames).
@@ -514,8 +514,8 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
     if n is None or n < 1:
         raise ValueError("hints: no target frame to optimise. Fix: give at least one target pose "
                          "(or frames >= 1 without pose control)")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size: must be a positive integer or None (auto), got {batch_size!r}. "
+    if frames_per_batch is not None and (isinstance(frames_per_batch, bool) or not isinstance(frames_per_batch, int) or frames_per_batch < 1):
+        raise ValueError(f"frames_per_batch: must be a positive integer or None (auto), got {frames_per_batch!r}. "
                          "Fix: pass 1 or more, or None")
     _check_common(inner_steps, lr, adaptive)
     _check_loss_scale(loss_scale)
@@ -571,9 +571,9 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
             _report(callback, "optimize", report_base + i + 1, report_total)
         return out
 
-    if batch_size is None:  # the nodes and StickWorld size it (pipeline.runner); plain callers get up to 8
-        batch_size = min(n, 8)
-    batches = [optimised[k:k + batch_size] for k in range(0, len(optimised), batch_size)]
+    if frames_per_batch is None:  # the nodes and StickWorld size it (pipeline.runner); plain callers get up to 8
+        frames_per_batch = min(n, 8)
+    batches = [optimised[k:k + frames_per_batch] for k in range(0, len(optimised), frames_per_batch)]
     total = K * len(batches)
     uncond = torch.empty((n, T) + tuple(cond.shape), dtype=wd, device=model.device)
     losses = torch.full((n, T, 2), math.nan, dtype=torch.float32)
@@ -596,7 +596,7 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
         _interpolate_frames(uncond, optimised, src, K)
     return PoseEmbeddings(
         uncond=uncond, hints=None if hints is None else hints.detach().clone(), sigmas=sig, cfg=cfg,
-        settings={"inner_steps": inner_steps, "lr": lr, "early_stop": early_stop, "batch_size": batch_size,
+        settings={"inner_steps": inner_steps, "lr": lr, "early_stop": early_stop, "frames_per_batch": frames_per_batch,
                   "steps": T, "mode": mode, "optimize_steps": optimize_steps, "warm_start": warm_start,
                   "adaptive": adaptive, "loss_scale": ls_start, "loss_scale_final": ls_state["scale"],
                   "keyframe_interval": keyframe_interval},
@@ -640,7 +640,7 @@ def _interpolate_frames(uncond: torch.Tensor, optimised: list[int], src: torch.T
 # --------------------------------------------------------------------------------------------- stage 4
 def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings | None = None, *,
                   hints: torch.Tensor | None = None, uncond: torch.Tensor | None = None, cfg: float | None = None,
-                  window: int | None = None, masks: torch.Tensor | None = None, uncond_pose: str = "target",
+                  window_size: int | None = None, masks: torch.Tensor | None = None, uncond_pose: str = "target",
                   hold_masks: torch.Tensor | None = None, callback: Callback | None = None,
                   transformer_options: dict | None = None, counts: EvalCount | None = None) -> torch.Tensor:
     """Final sampling (stage 4): DDIM from Z_T for the source frame 0 and target frames 1..N, with CFG.
@@ -656,7 +656,7 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
         uncond: ``(L, D)`` fallback unconditional embedding (e.g. the negative prompt) for every frame and step
             without a per-step embedding (plain ``ddim_invert`` results).
         cfg: guidance scale; default ``embeddings.cfg``, else ``inversion.cfg``. At 1 only the cond branch runs.
-        window: W, frames per model evaluation (default all N + 1). Each step loops the windows in frame order
+        window_size: W, frames per model evaluation (default all N + 1). Each step loops the windows in frame order
             with one fresh ``kv_carry`` dict shared by that step's windows, so windowed sampling equals
             all-at-once sampling while peak memory stays flat in N.
         masks: optional ``(N + 1, H', W')`` character masks in [0, 1] by global frame id, passed to the patches.
@@ -708,10 +708,10 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
         raise ValueError("hints: target poses and the source's pose hint must come together. "
                          "Fix: give target poses exactly when the source has a pose hint")
     F = n + 1
-    if window is None:
-        window = F
-    if not isinstance(window, int) or window < 1:
-        raise ValueError(f"window: must be a positive integer or None (all frames), got {window!r}. Fix: pass the "
+    if window_size is None:
+        window_size = F
+    if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 1:
+        raise ValueError(f"window_size: must be a positive integer or None (all frames), got {window_size!r}. Fix: pass the "
                          "number of frames per model call")
     if cfg is None:
         cfg = embeddings.cfg if embeddings is not None else inversion.cfg
@@ -788,7 +788,7 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
         return True
 
     x = traj[T][None].expand(F, -1, -1, -1).clone()
-    starts = list(range(0, F, window))
+    starts = list(range(0, F, window_size))
     total = T * len(starts)
     done = 0
     with torch.no_grad():
@@ -799,7 +799,7 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
             once = cfg == 1.0 or rows_identical(i)
             kv_carry: dict = {}
             for lo in starts:
-                hi = min(F, lo + window)
+                hi = min(F, lo + window_size)
                 xb = x[lo:hi]
                 b = hi - lo
                 hb = window_hint(lo, hi)

@@ -14,6 +14,34 @@ MASK_SOURCES = ("attention", "user", "truth")  # where frame 0's mask comes from
 
 
 @dataclasses.dataclass(frozen=True)
+class Schedule:
+    """One optimisation schedule of Pose Embedding Optimize, named once: the node's combo, the checks
+    (``pipeline.check_schedule``), the recipe summary and the engine call all read this table.
+
+    mode: ``pacm.optimize_pose_embeddings``' mode; one_step: one gradient step per step (``inner_steps`` must be 1);
+    adaptive: whether the ``adaptive`` stop applies; summary: the frames' optimisation in the recipe's words
+    (``{n}``: inner_steps); tooltip: the combo entry's meaning."""
+
+    name: str
+    mode: str
+    one_step: bool
+    adaptive: bool
+    summary: str
+    tooltip: str
+
+
+SCHEDULES = {s.name: s for s in (
+    Schedule("inner iterations", "inner", one_step=False, adaptive=True, summary="{n} inner iterations",
+             tooltip="up to inner_steps Adam iterations, then the step (the paper's hyper-parameters: 5)"),
+    Schedule("algorithm 1", "alg1", one_step=True, adaptive=False,
+             summary="Algorithm 1 (one gradient step per step)",
+             tooltip="the paper's Algorithm 1 as written, one gradient step per step, the step taken with the "
+                     "embedding before the update (about 1/4 of the model passes at 5 inner iterations); needs "
+                     "inner_steps 1"),
+)}
+
+
+@dataclasses.dataclass(frozen=True)
 class Recipe:
     """One complete set of node settings, grouped by node."""
 
@@ -32,7 +60,7 @@ class Recipe:
     early_stop: float = 1e-5
     # Pose Embedding Optimize
     inner_steps: int = 5
-    schedule: str = "inner iterations"  # see pipeline.SCHEDULES
+    schedule: str = "inner iterations"  # see SCHEDULES
     optimize_steps: int = 0            # 0 = every step
     warm_start: bool = False
     adaptive: float = 0.0              # 0 = off
@@ -65,8 +93,8 @@ class Recipe:
         def optimisation(n: int) -> str:
             return f"{n} inner iterations" if n else "no embedding optimisation"
 
-        frames = (optimisation(self.inner_steps) if self.schedule != "algorithm 1" or not self.inner_steps else
-                  "Algorithm 1 (one gradient step per step)")
+        frames = (SCHEDULES[self.schedule].summary.format(n=self.inner_steps) if self.inner_steps else
+                  optimisation(0))
         text = (f"{self.frames} frames ({self.pose_frames} poses + {self.transition_frames} transition frames + the "
                 f"source), {self.size}x{self.size}, {self.steps} DDIM steps, CFG {self.cfg}, inversion: "
                 f"{optimisation(self.inversion_inner_steps)}, frames: {frames}")

@@ -1,23 +1,21 @@
-"""The PoseAnimate recipe as small named steps, shared by the ComfyUI nodes and the StickWorld benchmark.
+"""The PoseAnimate recipe's small named steps around the PACM stages (``pipeline.stages``), shared by the
+ComfyUI nodes and the StickWorld benchmark.
 
     check_subject / check_pose_canvas   input checks that must pass before any model work
+    check_schedule, check_uncond_pose   the rules of the optimisation and sampling settings (checked once, by the
+                                        stage functions; the nodes call them early for their own inputs)
     sample_poses, align_poses           PATA: the target poses fitted to the source, transitions inserted
-    invert                              PACM stages 1 + 2: DDIM inversion, pose-aware inversion
-    optimise                            PACM stage 3: per-frame pose-aware embeddings
-    capture_attention                   a sampling pass that records the subject's cross-attention
+    body_prior, hold_masks              bodies drawn from the skeleton; the region a frame generates when its
+                                        background is held from the source
     build_masks, check_masks            MGDM's character masks: attention map + body prior, one validation rule
     make_dca, patch_model               DCAM / MGDM attention patches on a clone of the model
-    sample                              PACM stage 4: every frame, in windows
 
-Each step takes the host's objects through the contracts of :mod:`pipeline.contract` (a ``Denoiser`` for
-model evaluations, a ``PatchableModel`` to install patches on), so the same code runs on ComfyUI's MODEL and on
-the test / StickWorld UNet. Errors follow :mod:`pipeline.errors`.
+Each step takes the host's objects through the contracts of :mod:`pipeline.contract` (a ``PatchableModel`` to
+install patches on), so the same code runs on ComfyUI's MODEL and on the test / StickWorld UNet. Errors follow
+:mod:`pipeline.errors`.
 """
 from __future__ import annotations
 
-from typing import Callable
-
-import inspect
 import math
 
 import numpy as np
@@ -25,21 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from ._layers import attention, pacm, pata
-from .contract import MGDM_MODES, Denoiser, PatchableModel, checked
-from .defaults import FULL, NODE_DEFAULTS
+from .contract import MGDM_MODES, PatchableModel
+from .defaults import FULL, NODE_DEFAULTS, SCHEDULES
 from .errors import argument_error
-
-Callback = Callable[[str, int, int], None]
-
-# Optimisation schedules of Pose Embedding Optimize: name -> pacm.optimize_pose_embeddings keyword arguments.
-# "inner iterations": up to inner_steps Adam iterations per step (the paper's hyper-parameter text, 5);
-# "algorithm 1": the paper's Algorithm 1 as written, one gradient step per step, sampling with the pre-update
-# embedding.
-SCHEDULES: dict[str, dict] = {
-    "inner iterations": {"mode": "inner"},
-    "algorithm 1": {"mode": "alg1"},
-}
-
 
 # ------------------------------------------------------------------------------------------------ input checks
 def check_subject(tokenizer, prompt: str, subject) -> list[int]:
@@ -110,12 +96,20 @@ def align_poses(source, targets, *, transition_frames: int, mode: str = "similar
 # ------------------------------------------------------------------------------------------------ PACM
 def check_schedule(inner_steps: int, **settings) -> None:
     """Refuse a setting that would silently do nothing: with ``inner_steps`` 0 (no embedding optimisation) every
-    optimisation setting (``schedule``, ``optimize_steps``, ``warm_start``, ``adaptive``, ``early_stop``) must
-    keep a default (:data:`pipeline.FULL`'s or the nodes' own, :data:`pipeline.NODE_DEFAULTS`); with ``schedule``
-    "algorithm 1" (one gradient step per step) ``inner_steps`` is 1."""
-    if settings.get("schedule") == "algorithm 1" and int(inner_steps) > 1:
-        raise argument_error("inner_steps", f"{int(inner_steps)} has no effect with schedule 'algorithm 1' (one gradient "
-                             "step per step)", "set inner_steps to 1, or schedule to 'inner iterations'")
+    optimisation setting (``schedule``, ``optimize_steps``, ``warm_start``, ``adaptive``, ``early_stop``,
+    ``keyframe_interval``) must keep a default (:data:`pipeline.FULL`'s or the nodes' own,
+    :data:`pipeline.NODE_DEFAULTS`); a one-step schedule (:data:`pipeline.SCHEDULES`: "algorithm 1") takes
+    ``inner_steps`` 1 and no ``adaptive`` stop."""
+    schedule = SCHEDULES.get(settings.get("schedule"))
+    if "schedule" in settings and schedule is None:
+        raise argument_error("schedule", f"unknown schedule {settings['schedule']!r}",
+                             f"choose one of {', '.join(SCHEDULES)}")
+    if schedule is not None and schedule.one_step and int(inner_steps) > 1:
+        raise argument_error("inner_steps", f"{int(inner_steps)} has no effect with schedule '{schedule.name}' (one "
+                             "gradient step per step)", "set inner_steps to 1, or schedule to 'inner iterations'")
+    if schedule is not None and not schedule.adaptive and float(settings.get("adaptive") or 0) > 0:
+        raise argument_error("adaptive", f"has no effect with schedule '{schedule.name}' (one gradient step per step: "
+                             "nothing to stop early)", "set adaptive to 0, or schedule to 'inner iterations'")
     if int(inner_steps) != 0:
         return
     for name, value in settings.items():
@@ -126,50 +120,14 @@ def check_schedule(inner_steps: int, **settings) -> None:
                                  f"set inner_steps to 1 or more, or {name} back to {defaults[-1]!r}")
 
 
-def invert(model: Denoiser, latent: torch.Tensor, cond: torch.Tensor, hint: torch.Tensor | None, *, steps: int,
-           cfg: float, inner_steps: int, early_stop: float = 1e-5, callback: Callback | None = None,
-           **engine) -> pacm.InversionResult:
-    """PACM stages 1 + 2: DDIM inversion of the source under its pose, then pose-aware inversion. ``engine``
-    passes further keyword arguments to both engine calls (e.g. ``counts``)."""
-    _check_engine(engine, pacm.ddim_invert, pacm.pose_aware_inversion)
-    check_schedule(inner_steps, early_stop=early_stop)
-    model = checked(model)
-    inv = pacm.ddim_invert(model, latent, cond, hint, steps=int(steps), callback=callback,
-                           **_only(engine, pacm.ddim_invert))
-    return pacm.pose_aware_inversion(model, inv, cfg=float(cfg), inner_steps=int(inner_steps),
-                                     early_stop=float(early_stop), callback=callback,
-                                     **_only(engine, pacm.pose_aware_inversion))
-
-
-def optimise(model: Denoiser, inversion: pacm.InversionResult, hints: torch.Tensor | None, *, inner_steps: int,
-             schedule: str = "inner iterations", optimize_steps: int = 0, warm_start: bool = False,
-             adaptive: float = 0.0, keyframe_interval: int = 1, batch_size: int | None = None,
-             callback: Callback | None = None, **engine) -> pacm.PoseEmbeddings:
-    """PACM stage 3: per-frame pose-aware embeddings for the target poses ``hints`` (frames 1..N), with the named
-    optimisation ``schedule`` (:data:`SCHEDULES`); ``optimize_steps`` > 0 optimises only the first (noisiest)
-    steps and reuses the last embedding after; ``warm_start`` starts each frame from the previous frame's
-    embeddings; ``adaptive`` > 0 stops a frame's iterations once one lowers its loss by less than that fraction;
-    ``keyframe_interval`` k > 1 optimises every k-th frame (and the last) and interpolates the others' embeddings."""
-    if schedule not in SCHEDULES:
-        raise argument_error("schedule", f"unknown schedule {schedule!r}", f"choose one of {', '.join(SCHEDULES)}")
-    check_schedule(inner_steps, schedule=schedule, optimize_steps=optimize_steps, warm_start=warm_start,
-                   adaptive=adaptive, keyframe_interval=keyframe_interval)
-    kwargs = dict(SCHEDULES[schedule])
-    kwargs.update(optimize_steps=int(optimize_steps) or None, warm_start=bool(warm_start),
-                  adaptive=float(adaptive) or None, keyframe_interval=int(keyframe_interval))
-    kwargs.update(engine)
-    return pacm.optimize_pose_embeddings(
-        checked(model), inversion, hints, inner_steps=int(inner_steps), lr=float(inversion.settings.get("lr", 1e-2)),
-        early_stop=float(inversion.settings.get("early_stop", 1e-5)), batch_size=batch_size, callback=callback,
-        **kwargs)
-
-
 UNCOND_POSES = pacm.UNCOND_POSES
 
 
-def check_uncond_pose(uncond_pose: str, cfg: float, hinted: bool) -> None:
+def check_uncond_pose(uncond_pose: str, cfg: float, hinted: bool, optimised: bool = False) -> None:
     """``uncond_pose`` (:data:`UNCOND_POSES`) must be known and, when "source", do something: it changes the
-    unconditional rows' pose, so it needs pose hints and cfg above 1."""
+    unconditional rows' pose, so it needs pose hints and cfg above 1; and it must fit the embeddings: frame
+    embeddings that were ``optimised`` saw each frame's own pose in the unconditional rows, which "source" would
+    take away from them."""
     if uncond_pose not in UNCOND_POSES:
         raise argument_error("uncond_pose", f"unknown value {uncond_pose!r}", f"choose one of {', '.join(UNCOND_POSES)}")
     if uncond_pose == "source" and not hinted:
@@ -178,64 +136,11 @@ def check_uncond_pose(uncond_pose: str, cfg: float, hinted: bool) -> None:
     if uncond_pose == "source" and float(cfg) == 1.0:
         raise argument_error("uncond_pose", "'source' has no effect at cfg 1 (no unconditional rows are evaluated)",
                              "raise cfg in Pose-Aware Inversion above 1, or set uncond_pose to 'target'")
-
-
-def sample(model: Denoiser, inversion: pacm.InversionResult, embeddings: pacm.PoseEmbeddings | None, *,
-           masks: torch.Tensor | None = None, window: int | None = None, uncond_pose: str = "target",
-           hold_masks: torch.Tensor | None = None, callback: Callback | None = None, **engine) -> torch.Tensor:
-    """PACM stage 4: frames 0..N from Z_T (``(N + 1, C, h, w)`` latents), ``window`` frames per model call.
-    ``masks`` (``(N + 1, H, W)``, checked by :func:`check_masks`) override the DCA patch's own; ``uncond_pose``
-    is the pose of the unconditional rows (the engine refuses it where it would do nothing; the nodes check it
-    first with :func:`check_uncond_pose`); ``hold_masks`` (:func:`hold_masks`) holds each frame's background to the
-    source's inversion trajectory outside them."""
-    if masks is not None:
-        hints = engine.get("hints")
-        targets = embeddings.frames if embeddings is not None else 0 if hints is None else int(hints.shape[0])
-        masks = check_masks(masks, 1 + targets)
-    return pacm.sample_frames(checked(model), inversion, embeddings, window=window, masks=masks,
-                              uncond_pose=uncond_pose, hold_masks=hold_masks, callback=callback, **engine)
-
-
-class _CaptureDone(Exception):
-    """Raised from the sampling callback once the requested steps are captured."""
-
-
-def capture_attention(model: PatchableModel, make_denoiser: Callable[[PatchableModel], Denoiser],
-                      inversion: pacm.InversionResult, embeddings: pacm.PoseEmbeddings, positions: list[int], *,
-                      factors=None, window: int | None = None, capture_steps: int = 0,
-                      callback: Callback | None = None, attention_fn=None, **engine) -> torch.Tensor:
-    """Sample the frames once with a cross-attention capture patch on a clone of ``model`` (its self-attention
-    as it is: plain on an unpatched model) and return the subject tokens' mean maps ``(N + 1, h, w)``.
-
-    ``make_denoiser(patched)`` gives the Denoiser over the patched clone; ``capture_steps`` > 0 stops after that
-    many of the inversion's steps (the character's layout is set early); ``factors``: the layer grids to read
-    (e.g. (4, 2) for SD1.5, None = every resolution); ``attention_fn``: the host's attention function."""
-    frames = embeddings.frames + 1
-    store = attention.AttentionMapStore()
-    patch = attention.CrossAttentionCapture(positions, store=store, factors=factors, attention=attention_fn)
-    patched, _ = patch_model(model, capture=patch)
-    den = checked(make_denoiser(patched))
-    steps = inversion.steps
-    captured = min(int(capture_steps), steps) if int(capture_steps) > 0 else steps
-    w = frames if window is None else int(window)
-    windows = -(-frames // w)
-
-    def stop_early(stage, done, total):
-        if callback is not None:
-            callback(stage, min(done, captured * windows), captured * windows)
-        if done >= captured * windows and captured < steps:
-            raise _CaptureDone
-
-    try:
-        pacm.sample_frames(den, inversion, embeddings, window=w, callback=stop_early, **engine)
-    except _CaptureDone:
-        pass
-    recorded = store.frames()
-    if recorded[:frames] != list(range(frames)):
-        raise argument_error("model", f"the subject's attention was captured for frames {recorded} of 0..{frames - 1}"
-                             "; the model's cross-attention layers were not reached",
-                             "connect an SD1.5 MODEL whose cross-attention is not replaced by another patch")
-    return store.maps(range(frames)).float().cpu()
+    if uncond_pose == "source" and optimised:
+        raise argument_error("uncond_pose", "'source' does not fit these embeddings: Pose Embedding Optimize made them "
+                             "with each frame's own pose in the unconditional rows",
+                             "set uncond_pose to 'target', or inner_steps 0 on Pose Embedding Optimize (the "
+                             "negative-prompt setting 'source' is meant for)")
 
 
 # ------------------------------------------------------------------------------------------------ masks
@@ -322,19 +227,5 @@ def patch_model(model: PatchableModel, *, dca: attention.DCAPatch | None = None,
     patched = model.clone()
     installed = attention.install_patches(patched, dca=dca, capture=capture)
     if not installed:
-        raise argument_error("model", "has no attention blocks the patches select", "connect an SD1.5 MODEL")
+        raise argument_error("model", "has no attention blocks the patches select", "connect an SD1.5 or SDXL MODEL")
     return patched, installed
-
-
-def _only(kwargs: dict, fn) -> dict:
-    """The keyword arguments ``fn`` accepts (engine extras such as ``counts`` go to every stage that takes them)."""
-    names = inspect.signature(fn).parameters
-    return {k: v for k, v in kwargs.items() if k in names}
-
-
-def _check_engine(kwargs: dict, *fns) -> None:
-    """Refuse keyword arguments that none of the engine calls takes (a misspelt one would vanish)."""
-    known = set().union(*(inspect.signature(fn).parameters for fn in fns))
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise TypeError(f"unknown engine arguments {unknown}; {', '.join(f.__name__ for f in fns)} take {sorted(known)}")

@@ -114,6 +114,9 @@ def _pipeline(g, recipe, *, window=None, frames_per_batch=0, lora=False, fps=8.0
                      width=recipe.size, height=recipe.size, crop="center")
     prompt = g.node("PrimitiveStringMultiline", title="Prompt", value=PROMPT)
     positive = g.node("CLIPTextEncode", title="Positive prompt", text=prompt.out(), clip=clip)
+    # as a KSampler takes it: its ControlNets (SDXL: its pooled output) act on the unconditional rows; its text is
+    # replaced by the optimised embeddings
+    negative = g.node("CLIPTextEncode", title="Negative prompt", text=NEGATIVE, clip=clip)
 
     if find_poses is None:
         source_pose, target_pose = _pose_files(g, recipe, resized, pose_file)
@@ -127,12 +130,14 @@ def _pipeline(g, recipe, *, window=None, frames_per_batch=0, lora=False, fps=8.0
     latent = g.node("VAEEncode", title="Encode source", pixels=resized.out(), vae=vae)
     inversion = g.node("PoseAnimatePoseAwareInversion", title="Pose-Aware Inversion", model=model,
                        control_net=cnet, latent=latent.out(), positive=positive.out(), source_pose=poses,
-                       steps=recipe.steps, cfg=recipe.cfg, inner_steps=recipe.inversion_inner_steps)
+                       steps=recipe.steps, cfg=recipe.cfg, inner_steps=recipe.inversion_inner_steps,
+                       negative=negative.out())
     recon = g.node("VAEDecode", title="Decode reconstruction", samples=inversion.out("reconstruction"), vae=vae)
     g.node("PreviewImage", title="Inversion check (should look like the source)", images=recon.out())
     emb = g.node("PoseAnimatePoseEmbeddingOptimize", title="Pose Embedding Optimize", inversion=inversion.out(),
                  model=model, control_net=cnet, positive=positive.out(), poses=poses, inner_steps=recipe.inner_steps,
-                 frames_per_batch=frames_per_batch, schedule=recipe.schedule)
+                 frames_per_batch=frames_per_batch, schedule=recipe.schedule,
+                 keyframe_interval=recipe.keyframe_interval, negative=negative.out())
     dca_inputs = {}
     if recipe.use_masks:
         # the source image's own mask (a cut-out's alpha; LoadImage's MASK is 1 where transparent), resized as
@@ -146,18 +151,20 @@ def _pipeline(g, recipe, *, window=None, frames_per_batch=0, lora=False, fps=8.0
                     control_net=cnet, clip=clip, embeddings=emb.out(), prompt=prompt.out(), subject=SUBJECT,
                     threshold=recipe.threshold, capture_steps=recipe.capture_steps, window_size=window,
                     dilate=recipe.dilate, source_mask=src_mask.out(), pose_keypoint=align.out("aligned_pose"),
-                    positive=positive.out())
+                    positive=positive.out(), negative=negative.out())
         g.node("PreviewImage", title="Mask check", images=mx.out("preview"))
         dca_inputs = {"masks": mx.out("masks"), "mgdm": recipe.mgdm}
     dca = g.node("PoseAnimateDCAPatchModel", title="DCA Patch Model", model=model,
                  first_frame_weight=recipe.weights[0], previous_frame_weight=recipe.weights[1],
                  own_frame_weight=recipe.weights[2], blocks=recipe.blocks, **dca_inputs)
+    hold = ({"hold_background": True, "pose_keypoint": align.out("aligned_pose"), "hold_dilate": recipe.hold_dilate}
+            if recipe.hold_background else {})
     frames = g.node("PoseAnimateSampleFrames", title="Sample Frames", model=dca.out(), control_net=cnet,
                     positive=positive.out(), embeddings=emb.out(), window_size=window,
-                    uncond_pose=recipe.uncond_pose)
+                    uncond_pose=recipe.uncond_pose, negative=negative.out(), **hold)
     decoded = g.node("VAEDecode", title="Decode frames", samples=frames.out(), vae=vae)
-    return dict(model=model, clip=clip, vae=vae, cnet=cnet, positive=positive, prompt=prompt, poses=poses,
-                dca=dca, decoded=decoded, fps=fps, prefix=prefix)
+    return dict(model=model, clip=clip, vae=vae, cnet=cnet, positive=positive, negative=negative, prompt=prompt,
+                poses=poses, dca=dca, decoded=decoded, fps=fps, prefix=prefix)
 
 
 def _save(g, images, fps, prefix):
@@ -255,7 +262,7 @@ def remix(g):
     edges = g.node("Canny", title="Canny of the frames", image=decoded.out(), low_threshold=0.3,
                    high_threshold=0.7)
     canny = g.node("ControlNetLoader", title="Load Canny ControlNet", control_net_name=CANNY)
-    negative = g.node("CLIPTextEncode", title="Negative prompt", text=NEGATIVE, clip=p["clip"])
+    negative = p["negative"]
     pose_cn = g.node("ControlNetApplyAdvanced", title="Apply OpenPose ControlNet", positive=p["positive"].out(),
                      negative=negative.out(), control_net=p["cnet"], image=p["poses"], strength=0.8)
     both = g.node("ControlNetApplyAdvanced", title="Apply Canny ControlNet", positive=pose_cn.out("positive"),

@@ -202,36 +202,29 @@ class Run:
             self.base, images_to_latents(self.source_image[None])[0], self.cond, self.hints[0],
             steps=self.recipe.steps))
 
-    def _stage(self, name: str, body, *, grad: bool = False, frames: int = 1, per_call: int = 1):
-        """``body(frames_per_call)`` through the nodes' stage runner (every size given: no memory manager)."""
-        shape = (1, 4, self.case.size // 8, self.case.size // 8)
-        return pipeline.run_stage(self.base, pipeline.Stage(name, shape, grad=grad, frames=frames,
-                                                            frames_per_call=per_call), body)
-
     def _window(self) -> int:
         return self.settings.window or len(self.poses)
 
     def pose_aware(self):
         r = self.recipe
-        return self._once("invert", "invert", lambda: self._stage("invert", lambda _n: pipeline.invert(
-            self.base, images_to_latents(self.source_image[None])[0], self.cond, self.hints[0], steps=r.steps,
-            cfg=r.cfg, inner_steps=r.inversion_inner_steps, early_stop=r.early_stop),
-            grad=r.inversion_inner_steps > 0))
+        return self._once("invert", "invert", lambda: pipeline.invert(
+            self.base, images_to_latents(self.source_image[None])[0], self.cond, self.hints[0],
+            control=pipeline.ControlSettings(), steps=r.steps, cfg=r.cfg, inner_steps=r.inversion_inner_steps,
+            early_stop=r.early_stop))
 
     def embeddings(self):
         r, inv = self.recipe, self.pose_aware()
         n = len(self.hints) - 1
-        return self._once("optimise", "optimise", lambda: self._stage("optimise", lambda batch: pipeline.optimise(
+        return self._once("optimise", "optimise", lambda: pipeline.optimise(
             self.base, inv, self.hints[1:], inner_steps=r.inner_steps, schedule=r.schedule,
             optimize_steps=r.optimize_steps, warm_start=r.warm_start, adaptive=r.adaptive,
-            keyframe_interval=r.keyframe_interval, batch_size=batch),
-            grad=r.inner_steps > 0, frames=n, per_call=1 if r.warm_start else min(n, 8)))
+            keyframe_interval=r.keyframe_interval, frames_per_batch=0 if r.warm_start else min(n, 8)))
 
     def maps(self) -> torch.Tensor:
         r, inv, emb, positions = self.recipe, self.pose_aware(), self.embeddings(), self.positions()
-        return self._once("capture", "capture", lambda: self._stage("capture", lambda w: pipeline.capture_attention(
-            self.base, lambda patched: patched, inv, emb, positions, factors=None, window=w,
-            capture_steps=r.capture_steps), frames=len(self.poses), per_call=self._window()))
+        return self._once("capture", "capture", lambda: pipeline.capture_attention(
+            self.base, lambda patched: patched, inv, emb, positions, factors=None, window_size=self._window(),
+            capture_steps=r.capture_steps))
 
     def masks(self, prior: bool | None = None, source: str | None = None) -> torch.Tensor:
         """MGDM's masks as Cross-Attention Mask Extract makes them (``prior``/``source`` override the settings)."""
@@ -256,10 +249,9 @@ class Run:
         def make():
             patch = None if dca is None else dca()
             den = self.base if patch is None else pipeline.patch_model(self.base, dca=patch)[0]
-            return self._stage("sample", lambda w: pipeline.sample(
-                den, inv, emb, masks=masks, window=w, hints=self.hints[1:], uncond=uncond, cfg=self.recipe.cfg,
-                uncond_pose=self.recipe.uncond_pose, hold_masks=self.hold_masks(inv)),
-                frames=len(self.poses), per_call=self._window())
+            return pipeline.sample(den, inv, emb, masks=masks, window_size=self._window(), hints=self.hints[1:],
+                                   uncond=uncond, cfg=self.recipe.cfg, uncond_pose=self.recipe.uncond_pose,
+                                   hold_masks=self.hold_masks(inv))
 
         return latents_to_images(self._once(("sample", stage), stage, make))
 

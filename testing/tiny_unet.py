@@ -519,6 +519,9 @@ class TinyDenoiser:
     def estimate(self, latent_shape) -> int:
         return 0
 
+    def working_memory(self, latent_shape, grad: bool) -> int:
+        return 0
+
     def free_memory(self) -> int:
         return 0
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from poseanimate.nodes._common import PoseAnimateError
-from poseanimate.nodes.host.types import PACMEmbeddings
+from poseanimate.pipeline.types import PACMEmbeddings
 from poseanimate.nodes.mask_extract import PoseAnimateCrossAttentionMaskExtract, _overlay
 
 

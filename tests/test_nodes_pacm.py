@@ -85,7 +85,9 @@ def test_embeddings_frames():
     class _Poses:
         uncond = torch.zeros(4, 2, 77, 768)
 
-    assert T.PACMEmbeddings(inversion=None, poses=_Poses()).frames == 5
+    from poseanimate.pipeline.types import PACMEmbeddings
+
+    assert PACMEmbeddings(inversion=None, poses=_Poses()).frames == 5
 
 
 def test_extra_control_residuals_land_on_the_cond_rows_only():
@@ -104,11 +106,15 @@ def test_extra_control_residuals_land_on_the_cond_rows_only():
     assert _merge_rows(None, extra, rows, 4)["input"][0][:2].eq(0).all()
 
 
-def test_mask_extract_takes_an_optional_positive_for_its_controlnets():
+def test_cfg_nodes_take_an_optional_negative_and_mask_extract_an_optional_positive():
     from poseanimate.nodes.mask_extract import PoseAnimateCrossAttentionMaskExtract as X
 
     spec = X.INPUT_TYPES()
     assert spec["optional"]["positive"][0] == "CONDITIONING"
     assert inspect.signature(X.extract).parameters["positive"].default is None
+    for cls in NODES + [X]:
+        negative = cls.INPUT_TYPES()["optional"]["negative"]
+        assert negative[0] == "CONDITIONING" and "replaces the unconditional text embedding" in negative[1]["tooltip"]
+        assert inspect.signature(getattr(cls, cls.FUNCTION)).parameters["negative"].default is None
     for cls in (X, PoseAnimateSampleFrames):
         assert "0 = auto" in cls.INPUT_TYPES()["required"]["window_size"][1]["tooltip"], cls

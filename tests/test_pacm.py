@@ -160,8 +160,8 @@ def _batched_vs_single(model, data, steps, frames, batch_size):
     inv = pacm.pose_aware_inversion(model, inv)
     targets = torch.cat([data["hint"][None], data["targets"]])[:frames]   # frame 1 = source pose: stops early
     kw = dict(inner_steps=5, early_stop=3e-6)
-    single = pacm.optimize_pose_embeddings(model, inv, targets, batch_size=1, **kw)
-    batched = pacm.optimize_pose_embeddings(model, inv, targets, batch_size=batch_size, **kw)
+    single = pacm.optimize_pose_embeddings(model, inv, targets, frames_per_batch=1, **kw)
+    batched = pacm.optimize_pose_embeddings(model, inv, targets, frames_per_batch=batch_size, **kw)
     return inv, single, batched
 
 
@@ -220,7 +220,7 @@ def test_callback_reports_and_interrupts(model, data, short_inversion, stage):
         elif stage == "optimize":
             pacm.optimize_pose_embeddings(model, short_inversion, data["targets"][:2], callback=cb)
         else:
-            pacm.sample_frames(model, short_inversion, hints=data["targets"], window=2, callback=cb)
+            pacm.sample_frames(model, short_inversion, hints=data["targets"], window_size=2, callback=cb)
     assert [s[0] for s in seen] == [stage] * 3
     assert [s[1] for s in seen] == [1, 2, 3]
     assert len({s[2] for s in seen}) == 1 and seen[0][2] >= 8
@@ -234,7 +234,7 @@ def test_deterministic(model, data):
         inv = pacm.ddim_invert(model, data["latent"], data["cond"], data["hint"], steps=5)
         inv = pacm.pose_aware_inversion(model, inv, inner_steps=2)
         emb = pacm.optimize_pose_embeddings(model, inv, data["targets"][:2], inner_steps=2)
-        return inv, emb, pacm.sample_frames(model, inv, emb, window=2)
+        return inv, emb, pacm.sample_frames(model, inv, emb, window_size=2)
 
     a, b = run(), run()
     assert torch.equal(a[0].trajectory, b[0].trajectory) and torch.equal(a[0].uncond, b[0].uncond)
@@ -262,10 +262,10 @@ def test_user_errors_name_the_argument(model, data, short_inversion):
         pacm.ddim_invert(model, data["latent"], data["cond"], steps=0)
     with pytest.raises(ValueError, match="^hints"):
         pacm.optimize_pose_embeddings(model, short_inversion, data["targets"][0])
-    with pytest.raises(ValueError, match="^batch_size"):
-        pacm.optimize_pose_embeddings(model, short_inversion, data["targets"], batch_size=0)
-    with pytest.raises(ValueError, match="^window"):
-        pacm.sample_frames(model, short_inversion, hints=data["targets"], window=0)
+    with pytest.raises(ValueError, match="^frames_per_batch: "):
+        pacm.optimize_pose_embeddings(model, short_inversion, data["targets"], frames_per_batch=0)
+    with pytest.raises(ValueError, match="^window_size: "):
+        pacm.sample_frames(model, short_inversion, hints=data["targets"], window_size=0)
     plain = pacm.ddim_invert(model, data["latent"], data["cond"], steps=3)
     with pytest.raises(ValueError, match="^uncond"):
         pacm.sample_frames(model, plain, cfg=7.5)
@@ -345,7 +345,7 @@ def test_stages_run_under_inference_mode(model, data):
         inv = pacm.ddim_invert(m, data["latent"], data["cond"], data["hint"], steps=4)
         inv = pacm.pose_aware_inversion(m, inv, inner_steps=2)
         emb = pacm.optimize_pose_embeddings(m, inv, data["targets"][:2], inner_steps=2)
-        return inv, emb, pacm.sample_frames(m, inv, emb, window=2)
+        return inv, emb, pacm.sample_frames(m, inv, emb, window_size=2)
 
     host = InferenceHost(model)
     with torch.inference_mode():

@@ -111,12 +111,12 @@ def test_counts_closed_form_inner_mode(model, data):
     assert inv.evals == {"forward": T, "forward_backward": 0}
     pa = pacm.pose_aware_inversion(m, inv, inner_steps=I, early_stop=-1.0, init=data["negative"], counts=total)
     assert pa.evals == {"forward": 2 * T, "forward_backward": T * I}
-    emb = pacm.optimize_pose_embeddings(m, pa, data["targets"][:N], inner_steps=I, early_stop=-1.0, batch_size=2,
+    emb = pacm.optimize_pose_embeddings(m, pa, data["targets"][:N], inner_steps=I, early_stop=-1.0, frames_per_batch=2,
                                         counts=total)
     assert emb.evals == {"forward": 2 * N * T, "forward_backward": N * T * I}
     assert int(emb.inner_iters.sum()) == N * T * I
     c = pacm.EvalCount()
-    pacm.sample_frames(m, pa, emb, window=2, counts=c)
+    pacm.sample_frames(m, pa, emb, window_size=2, counts=c)
     assert c == pacm.EvalCount(2 * T * (N + 1), 0)
     assert total == pacm.EvalCount(T + 2 * T + 2 * N * T, T * I + N * T * I)
     # the counters agree with the samples the model really evaluated
@@ -127,7 +127,7 @@ def test_counts_with_early_stopping_follow_inner_iters(model, data):
     inv6 = _inv(model, data, 6, init=None)
     m = Counting(model)
     targets = torch.cat([data["hint"][None], data["targets"][:2]])    # the source pose stops early
-    emb = pacm.optimize_pose_embeddings(m, inv6, targets, batch_size=3)
+    emb = pacm.optimize_pose_embeddings(m, inv6, targets, frames_per_batch=3)
     n, T = 3, inv6.steps
     it = emb.inner_iters
     assert bool((it < 5).any()) and bool((it == 5).any())
@@ -166,7 +166,7 @@ def _alg1_reference(model, inv, hint, cfg, lr):
 def test_alg1_is_one_step_with_pre_update_latent(model64, data):
     inv = _inv(model64, data, 5)
     T, N = inv.steps, 2
-    emb = pacm.optimize_pose_embeddings(model64, inv, data["targets"][:N], mode="alg1", batch_size=2)
+    emb = pacm.optimize_pose_embeddings(model64, inv, data["targets"][:N], mode="alg1", frames_per_batch=2)
     assert emb.evals == {"forward": N * T, "forward_backward": N * T}
     assert bool((emb.inner_iters == 1).all())
     for j in range(N):
@@ -177,7 +177,7 @@ def test_alg1_is_one_step_with_pre_update_latent(model64, data):
     assert torch.equal(emb.losses[..., 0], emb.losses[..., 1])
     # the same step with the post-update latent (inner mode, 1 iteration) walks elsewhere after step 0
     inner1 = pacm.optimize_pose_embeddings(model64, inv, data["targets"][:N], inner_steps=1, early_stop=-1.0,
-                                           batch_size=2)
+                                           frames_per_batch=2)
     assert torch.equal(inner1.uncond[:, 0], emb.uncond[:, 0])
     assert float((inner1.uncond[:, 1:] - emb.uncond[:, 1:]).abs().max()) > 1e-6
 
@@ -207,17 +207,17 @@ def test_warm_start_starts_from_the_neighbour(model, data, inv6):
 
     def alone(start_emb, targets, bs):
         start = InversionResult(**{**inv6.__dict__, "uncond": start_emb})
-        return pacm.optimize_pose_embeddings(model, start, targets, batch_size=bs, **kw).uncond
+        return pacm.optimize_pose_embeddings(model, start, targets, frames_per_batch=bs, **kw).uncond
 
-    cold = pacm.optimize_pose_embeddings(model, inv6, tg[:2], batch_size=1, **kw)
-    warm = pacm.optimize_pose_embeddings(model, inv6, tg[:3], batch_size=1, warm_start=True, **kw)
+    cold = pacm.optimize_pose_embeddings(model, inv6, tg[:2], frames_per_batch=1, **kw)
+    warm = pacm.optimize_pose_embeddings(model, inv6, tg[:3], frames_per_batch=1, warm_start=True, **kw)
     assert torch.equal(warm.uncond[0], cold.uncond[0])          # the first frame starts from the source
     assert not torch.equal(warm.uncond[1], cold.uncond[1])
     for j in (1, 2):
         # frame j == frame j alone, started from frame j - 1's optimised embeddings
         assert torch.equal(warm.uncond[j], alone(warm.uncond[j - 1], tg[j:j + 1], 1)[0])
     # micro-batches [0, 1], [2]: frame 2 starts from frame 1, the previous micro-batch's last frame
-    warm2 = pacm.optimize_pose_embeddings(model, inv6, tg[:3], batch_size=2, warm_start=True, **kw)
+    warm2 = pacm.optimize_pose_embeddings(model, inv6, tg[:3], frames_per_batch=2, warm_start=True, **kw)
     assert torch.equal(warm2.uncond[2], alone(warm2.uncond[1], tg[2:3], 1)[0])
     assert warm2.settings["warm_start"] is True
 
@@ -238,7 +238,7 @@ def test_keyframes_optimise_every_kth_frame_and_interpolate_the_rest(model, data
     keyframes a < f < b gets (1 - w) E_a + w E_b at each step, w = (f - a) / (b - a), the source (frame 0, the
     inversion's embeddings) counting as a keyframe; the evaluations are those of the keyframes alone."""
     tg = torch.cat([data["targets"], data["targets"][:1]])  # 5 target frames: keyframes 2, 4, 5 (frames)
-    kw = dict(inner_steps=1 if mode == "alg1" else 2, mode=mode, optimize_steps=optimize_steps, batch_size=2)
+    kw = dict(inner_steps=1 if mode == "alg1" else 2, mode=mode, optimize_steps=optimize_steps, frames_per_batch=2)
     every, key = pacm.EvalCount(), pacm.EvalCount()
     full = pacm.optimize_pose_embeddings(model, inv6, tg, counts=every, **kw)
     kf = pacm.optimize_pose_embeddings(model, inv6, tg, keyframe_interval=2, counts=key, **kw)
@@ -272,7 +272,7 @@ def test_hold_masks_hold_the_background_to_the_source_trajectory(model, data, in
     source = inv6.trajectory[0]
     assert torch.equal(held[1:, :, :, H // 2:], source[None, :, :, H // 2:].expand_as(held[1:, :, :, H // 2:]))
     assert not torch.allclose(held[1:, :, :, : H // 2], source[None, :, :, : H // 2].expand_as(held[1:, :, :, :H // 2]))
-    torch.testing.assert_close(pacm.sample_frames(model, inv6, emb, hold_masks=hold, window=2), held)
+    torch.testing.assert_close(pacm.sample_frames(model, inv6, emb, hold_masks=hold, window_size=2), held)
     with pytest.raises(ValueError, match="^hold_masks: "):
         pacm.sample_frames(model, inv6, emb, hold_masks=torch.ones(3, H, H))
 
@@ -339,8 +339,8 @@ def test_identical_rows_are_evaluated_once(model, data):
     for m, window in ((model, None), (dca, 2)):
         once, twice = Counting(m), Counting(TwoRows(m))
         counts_once, counts_twice = pacm.EvalCount(), pacm.EvalCount()
-        a = pacm.sample_frames(once, npi, emb, window=window, counts=counts_once)
-        b = pacm.sample_frames(twice, npi, emb, window=window, counts=counts_twice)
+        a = pacm.sample_frames(once, npi, emb, window_size=window, counts=counts_once)
+        b = pacm.sample_frames(twice, npi, emb, window_size=window, counts=counts_twice)
         assert counts_once.forward == T * 4 and counts_twice.forward == 2 * T * 4  # 4 frames, 1 row vs 2 rows
         assert once.samples == counts_once.forward and twice.samples == counts_twice.forward
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -391,7 +391,7 @@ def test_uncond_pose_source_guides_from_the_source_pose(model, data):
     assert install_patches(dca, dca=DCAPatch())
     whole = pacm.sample_frames(dca, npi, emb, uncond_pose="source")
     for w in (1, 3):
-        torch.testing.assert_close(pacm.sample_frames(dca, npi, emb, uncond_pose="source", window=w), whole,
+        torch.testing.assert_close(pacm.sample_frames(dca, npi, emb, uncond_pose="source", window_size=w), whole,
                                    rtol=1e-4, atol=1e-4)  # batch composition changes float rounding only
     assert not torch.allclose(src[1:], same[1:], atol=1e-3)
     with pytest.raises(ValueError, match="uncond_pose: 'source'.*cfg 1"):
@@ -490,7 +490,7 @@ def test_schedules_run_under_inference_mode(model, data, inv6):
         def grad_context(self):
             return torch.inference_mode(False)
 
-    kws = [dict(mode="alg1"), dict(optimize_steps=2, warm_start=True, batch_size=1, adaptive=0.5, inner_steps=2)]
+    kws = [dict(mode="alg1"), dict(optimize_steps=2, warm_start=True, frames_per_batch=1, adaptive=0.5, inner_steps=2)]
     host = InferenceHost(model)
     with torch.inference_mode():
         got = [pacm.optimize_pose_embeddings(host, inv6, data["targets"][:2], **kw).uncond for kw in kws]
@@ -506,7 +506,7 @@ def test_schedules_run_under_inference_mode(model, data, inv6):
     ({"warm_start": 1}, "warm_start"), ({"adaptive": 0.0}, "adaptive"), ({"adaptive": 1.0}, "adaptive"),
     ({"adaptive": 0.1, "mode": "alg1"}, "adaptive"), ({"loss_scale": 0.5}, "loss_scale"),
     ({"loss_scale": math.nan}, "loss_scale"), ({"inner_steps": -1}, "inner_steps"), ({"lr": -1.0}, "lr"),
-    ({"counts": {}}, "counts"), ({"batch_size": 0}, "batch_size")])
+    ({"counts": {}}, "counts"), ({"frames_per_batch": 0}, "frames_per_batch")])
 def test_bad_arguments_name_themselves(model, data, inv6, kw, name):
     with pytest.raises(ValueError, match=f"^{name}: "):
         pacm.optimize_pose_embeddings(model, inv6, data["targets"][:1], **kw)
@@ -546,7 +546,7 @@ def test_defaults_reproduce_the_recorded_engine_outputs(model64, data, monkeypat
     assert int(new_pa.inner_iters.sum()) > 7          # from the negative prompt the inner loop runs
     targets = torch.cat([data["hint"][None], data["targets"][:2]])      # frame 1 = source pose: stops early
     pa = pacm.pose_aware_inversion(model, inv)
-    new = pacm.optimize_pose_embeddings(model, pa, targets, batch_size=2)
+    new = pacm.optimize_pose_embeddings(model, pa, targets, frames_per_batch=2)
     same(new, "optimise")
     it = new.inner_iters
     assert bool((it < 5).any()) and bool((it == 5).any())   # early stopping and full inner loops both ran

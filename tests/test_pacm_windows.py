@@ -159,7 +159,7 @@ def test_windowed_equals_all_at_once(model, setup, kind, window):
     emb = fake_embeddings(inv, 7)
     ref_patch, win_patch = make_patch(kind), make_patch(kind)
     full = pacm.sample_frames(with_dca(model, ref_patch), inv, emb)
-    win = pacm.sample_frames(with_dca(model, win_patch), inv, emb, window=window)
+    win = pacm.sample_frames(with_dca(model, win_patch), inv, emb, window_size=window)
     assert win.shape == (8, 4, H, H)
     err = rel(win, full)
     assert err < 1e-4, err
@@ -167,7 +167,7 @@ def test_windowed_equals_all_at_once(model, setup, kind, window):
         assert win_patch.carry_first > 0 and win_patch.carry_prev > 0
     # and the frames really interact: without the carry (independent windows) the result differs
     if window < 8:
-        assert rel(full[window:], pacm.sample_frames(model, inv, emb, window=window)[window:]) > 1e-3
+        assert rel(full[window:], pacm.sample_frames(model, inv, emb, window_size=window)[window:]) > 1e-3
 
 
 def test_windows_without_a_shared_carry_differ(model, setup):
@@ -185,13 +185,13 @@ def test_windows_without_a_shared_carry_differ(model, setup):
             return super().__call__(q, k, v, dict(extra, poseanimate=pa))
 
     full = pacm.sample_frames(with_dca(model, RefDCA()), inv, emb)
-    bad = pacm.sample_frames(with_dca(model, Forgetful()), inv, emb, window=3)
+    bad = pacm.sample_frames(with_dca(model, Forgetful()), inv, emb, window_size=3)
     assert rel(bad, full) > 1e-3
 
 
 def _peak(model, inv, emb, window):
     with PeakMemory() as pm:
-        out = pacm.sample_frames(model, inv, emb, window=window)
+        out = pacm.sample_frames(model, inv, emb, window_size=window)
     del out
     return pm.peak
 
@@ -232,7 +232,7 @@ def test_contract_keys_and_batch_layout(model, setup):
         return attention(q, k, v, extra["n_heads"])
 
     m = model.with_patch("attn1", ("output", 3), spy)
-    pacm.sample_frames(m, inv, emb, window=2, masks=masks)
+    pacm.sample_frames(m, inv, emb, window_size=2, masks=masks)
     T = inv.steps
     assert len(seen) == T * 3
     assert [s[3] for s in seen[:3]] == [(0, 1), (2, 3), (4,)]
@@ -242,7 +242,7 @@ def test_contract_keys_and_batch_layout(model, setup):
     assert len(set(carries[:3])) == 1 and carries[0] != carries[3]   # one carry per step, fresh each step
     # guidance 1 runs the cond chunk only
     seen.clear()
-    pacm.sample_frames(m, inv, emb, cfg=1.0, window=5, masks=masks)
+    pacm.sample_frames(m, inv, emb, cfg=1.0, window_size=5, masks=masks)
     assert all(s[2] == (0,) and s[1] == 5 for s in seen)
     # optimisation: every frame its own chunk, no frame ids
     seen_opt = []
@@ -270,8 +270,8 @@ def test_transformer_options_passthrough(model, setup):
     opts = {"patches_replace": {"attn2": {("output", 1): capture}}, "user_key": 42,
             "poseanimate": {"masks": None}}
     snapshot = {k: v for k, v in opts.items()}
-    out = pacm.sample_frames(model, inv, emb, window=2, transformer_options=opts)
-    ref = pacm.sample_frames(model, inv, emb, window=2)
+    out = pacm.sample_frames(model, inv, emb, window_size=2, transformer_options=opts)
+    ref = pacm.sample_frames(model, inv, emb, window_size=2)
     assert torch.allclose(out, ref, atol=1e-6)
     assert len(captured) == inv.steps * 2 and captured[0] == (("output", 1), (0, 1), 42)
     assert captured[1][1] == (2, 3)

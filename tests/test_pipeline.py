@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import pacm
 import pipeline
 from pata.figure import ADULT, body3d, project
 from testing.tiny_unet import make_tiny_denoiser
@@ -149,10 +150,11 @@ def test_engine_calls_follow_the_poseanimate_contract():
     g = torch.Generator().manual_seed(0)
     latent, cond = torch.randn(4, 8, 8, generator=g), torch.randn(77, 32, generator=g)
     hints = torch.rand(4, 3, 64, 64, generator=g)
-    inv = pipeline.invert(model, latent, cond, hints[0], steps=3, cfg=3.0, inner_steps=1)
+    inv = pipeline.invert(model, latent, cond, hints[0], control=pipeline.ControlSettings(), steps=3, cfg=3.0,
+                          inner_steps=1)
     emb = pipeline.optimise(model, inv, hints[1:], inner_steps=1)
     masks = torch.ones(4, 64, 64)
-    out = pipeline.sample(patched, inv, emb, masks=masks, window=2)
+    out = pipeline.sample(patched, inv, emb, masks=masks, window_size=2)
     assert out.shape == (4, 4, 8, 8) and seen
     assert {tuple(o["frame_ids"]) for o in seen} == {(0, 1), (2, 3)}
     with pytest.raises(ValueError, match="^mgdm: "):
@@ -188,10 +190,29 @@ def test_the_steps_check_every_engine_call_against_the_contract(monkeypatch):
 
     class Host:
         device = "cpu"
+        node = "Test"
 
         def __call__(self, x, sigma, context, hint, transformer_options):
             calls.append(transformer_options)
             return x
+
+        def estimate(self, latent_shape):
+            return 0
+
+        def working_memory(self, latent_shape, grad):
+            return 0
+
+        def free_memory(self):
+            return 0
+
+        def load(self, memory_required=0):
+            pass
+
+        def check_grad_support(self):
+            pass
+
+        def engine(self):
+            return torch.no_grad()
 
     den = checked(Host())
     assert checked(den) is den and den.device == "cpu"
@@ -200,8 +221,10 @@ def test_the_steps_check_every_engine_call_against_the_contract(monkeypatch):
         den(torch.zeros(1), torch.ones(1), None, None, {"poseanimate": {"frames": [0]}})
     assert len(calls) == 1  # the bad call never reached the host
     seen = []
-    monkeypatch.setattr(pipeline.steps.pacm, "sample_frames", lambda model, *a, **k: seen.append(model))
-    pipeline.sample(Host(), None, None)
+    monkeypatch.setattr(pipeline.stages.pacm, "sample_frames", lambda model, *a, **k: seen.append(model))
+    inversion = pacm.InversionResult(sigmas=torch.ones(2), trajectory=torch.zeros(2, 4, 2, 2), cond=torch.zeros(2, 4),
+                                     uncond=None, hint=None, cfg=1.0)
+    pipeline.sample(Host(), inversion, None)
     assert isinstance(seen[0], CheckedDenoiser)
 
 

@@ -3,10 +3,15 @@
 ``ComfyDenoiser(model, control_net, ...)`` is what the PoseAnimate PACM nodes hand to ``pacm``:
 
 * ``__call__(x, sigma, context, hint, transformer_options)`` returns the x0 prediction of the user's MODEL
-  (with its LoRAs and model patches, e.g. the DCA patch) through ``BaseModel.apply_model``, with the
-  ControlNet's residuals computed from ``hint`` exactly as ComfyUI's samplers do (hint resized by the
-  ControlNet itself, strength, start/end percent via sigma). ControlNets applied to the positive
-  CONDITIONING (``extra_control``) act on the cond rows (``cond_or_uncond`` 0) only, as in ComfyUI.
+  (with its LoRAs, model patches, e.g. the DCA patch, ``model_function_wrapper`` and its APPLY_MODEL /
+  DIFFUSION_MODEL wrappers, merged as ComfyUI merges them at sampling time) through ``BaseModel.apply_model``,
+  with the ControlNet's residuals computed from ``hint`` exactly as ComfyUI's samplers do (hint resized by the
+  ControlNet itself, strength, start/end percent via sigma). The ControlNets of the positive CONDITIONING
+  (``cond_control``) act on the cond rows (``cond_or_uncond`` 0), those of the negative (``uncond_control``) on
+  the uncond rows, as a KSampler runs each side with its own conditioning; SDXL's pooled output and sizes
+  likewise per side.
+* ``combine_cfg(x0_cond, x0_uncond, cfg, x, sigma)`` combines the two CFG sides as ComfyUI's ``cfg_function``
+  does, through the MODEL's ``sampler_cfg_function`` (RescaleCFG, ...) where it has one.
 * ``grad_context()`` makes backward into ``context`` work inside ComfyUI's ``torch.inference_mode()`` and
   whatever way the host stores weights (inference tensors, per-call casts, lowvram, dynamic VRAM): it leaves
   inference mode, routes the weight-bearing layers through ``gradpath.host_layers`` (no weight is copied;
@@ -34,13 +39,17 @@ _CONTROL_KEY = "poseanimate_control"   # transformer_options key of the out-of-p
 _MERGED_KEYS = ("patches", "patches_replace")
 
 
-def merge_transformer_options(model_options: dict, engine_options: dict | None) -> dict:
-    """The transformer_options one model call sees: the MODEL's own (patches, patches_replace, wrappers...)
-    copied, then the engine's keys on top. Engine values go in by reference (``poseanimate.kv_carry`` is
-    written by the DCA patch and read back by the engine); engine patches are appended after the model's."""
+def merge_transformer_options(patcher, engine_options: dict | None) -> dict:
+    """The transformer_options one model call sees: the MODEL's own (patches, patches_replace, ...) copied, its
+    wrappers and callbacks as ComfyUI puts them there at sampling time (``sampler_helpers.prepare_model_patcher``:
+    ``apply_model`` and the UNet read APPLY_MODEL and DIFFUSION_MODEL wrappers from here), then the engine's keys
+    on top. Engine values go in by reference (``poseanimate.kv_carry`` is written by the DCA patch and read back
+    by the engine); engine patches are appended after the model's."""
     import comfy.patcher_extension
 
-    base = comfy.patcher_extension.copy_nested_dicts(model_options.get("transformer_options", {}))
+    base = comfy.patcher_extension.copy_nested_dicts(patcher.model_options.get("transformer_options", {}))
+    base["wrappers"] = comfy.patcher_extension.copy_nested_dicts(getattr(patcher, "wrappers", None) or {})
+    base["callbacks"] = comfy.patcher_extension.copy_nested_dicts(getattr(patcher, "callbacks", None) or {})
     for key, value in (engine_options or {}).items():
         if key in _MERGED_KEYS and isinstance(value, dict):
             merged = base.setdefault(key, {})
@@ -54,6 +63,33 @@ def merge_transformer_options(model_options: dict, engine_options: dict | None) 
         else:
             base[key] = value
     return base
+
+
+_APPLIED_WRAPPERS = ("apply_model", "diffusion_model")  # WrappersMP kinds a model call applies; the rest: samplers
+
+
+def _links(head) -> list:
+    """The ControlNets of a chain (``previous_controlnet`` links), head first; [] for None."""
+    out = []
+    while head is not None:
+        out.append(head)
+        head = getattr(head, "previous_controlnet", None)
+    return out
+
+
+def _unique(items) -> list:
+    """The non-None items, each object once, in order."""
+    out = []
+    for item in items:
+        if item is not None and all(item is not o for o in out):
+            out.append(item)
+    return out
+
+
+def _same_adm(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    return all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
 
 
 def _name_of(fn) -> str:
@@ -171,20 +207,25 @@ class ComfyDenoiser:
 
     Args:
         model: the MODEL (``comfy.model_patcher.ModelPatcher``), SD1.5 or SDXL family (detected, ``family``); its
-            ``model_options`` (transformer patches, wrappers, ``model_function_wrapper``) apply to every call.
+            ``model_options`` (transformer patches, ``model_function_wrapper``, ``sampler_cfg_function``) and its
+            APPLY_MODEL / DIFFUSION_MODEL wrappers apply to every call; what acts only inside ComfyUI's samplers
+            (sampler-level wrappers, pre/post-CFG functions) is refused here, before any work
+            (:meth:`check_sampling_options`).
         control_net: a CONTROL_NET (``comfy.controlnet.ControlBase``) or None; it is copied per call and
-            never modified.
+            never modified. It acts on every row, as 'Apply ControlNet' on both prompts.
         strength, start_percent, end_percent: as in ComfyUI's "Apply ControlNet" node.
-        extra_control: the ControlNet chain of the positive CONDITIONING ('Apply ControlNet'), cond rows only.
-        adm: SDXL's pooled/size conditioning (``checks.conditioning_adm`` of the positive CONDITIONING): every call
-            gets ``y = encode_adm(pooled_output, width, height, ...)`` for its latent size, on every row (the
-            unconditional rows hold the prompt's pooled output: PACM optimises the token embeddings only), as a
-            KSampler makes it (width/height default to the latent's pixel size). Ignored for SD1.5.
+        cond_control / uncond_control: the ControlNet chains of the positive / negative CONDITIONING ('Apply
+            ControlNet'), on the cond / uncond rows (``conditioning.read_conditioning``).
+        adm / uncond_adm: SDXL's pooled output and sizes of each side: every call gets
+            ``y = encode_adm(pooled_output, width, height, ...)`` per row kind for its latent size, as a KSampler
+            makes it (width/height default to the latent's pixel size; ``uncond_adm`` defaults to ``adm``).
+            Ignored for SD1.5.
         node: display name of the calling node, for error messages.
     """
 
     def __init__(self, model, control_net=None, *, strength: float = 1.0, start_percent: float = 0.0,
-                 end_percent: float = 1.0, extra_control=None, adm: dict | None = None, node: str = "PoseAnimate"):
+                 end_percent: float = 1.0, cond_control=None, uncond_control=None, adm: dict | None = None,
+                 uncond_adm: dict | None = None, node: str = "PoseAnimate"):
 
         self.node = node
         self.patcher = model
@@ -192,12 +233,13 @@ class ComfyDenoiser:
         self.model = model.model
         self.context_dim = CONTEXT_DIMS[self.family]
         self.control_net = check_control_net(control_net, node, "control_net", self.family)
-        self.extra_control = extra_control
-        link = extra_control
-        while link is not None:
-            check_control_net(link, node, "positive", self.family)
-            link = getattr(link, "previous_controlnet", None)
-        self.adm = dict(adm or {}) if self.family == "SDXL" else {}
+        self.cond_control, self.uncond_control = cond_control, uncond_control
+        for chain, name in ((cond_control, "positive"), (uncond_control, "negative")):
+            for link in _links(chain):
+                check_control_net(link, node, name, self.family)
+        sdxl = self.family == "SDXL"
+        self.adm = dict(adm or {}) if sdxl else {}
+        self.uncond_adm = (dict(uncond_adm) if uncond_adm is not None else dict(self.adm)) if sdxl else {}
         self._y: dict = {}
         self._warned_broadcast = False
         self.strength = float(strength)
@@ -216,32 +258,75 @@ class ComfyDenoiser:
 
         self.grad_attention = GradAttention()  # the attention of gradient passes (gradpath: any user backend)
         self._warned_override = False
+        self.check_sampling_options()
 
     @property
     def cond_rows_differ(self) -> bool:
-        """Whether cond rows may get something uncond rows with the same embedding and hint do not: a ControlNet
-        on the positive conditioning, or any patch or wrapper on the MODEL that PoseAnimate did not install
-        (an IPAdapter-style attention patch may weigh the chunks differently). pacm then never evaluates a CFG
-        pair as one row."""
-        if self.extra_control is not None:
+        """Whether cond rows may get something uncond rows with the same embedding and hint do not: different
+        ControlNets or SDXL conditioning on the two sides, or any patch, wrapper or CFG function on the MODEL that
+        PoseAnimate did not install (an IPAdapter-style attention patch may weigh the chunks differently). pacm then
+        never evaluates a CFG pair as one row."""
+        if self.cond_control is not self.uncond_control or not _same_adm(self.adm, self.uncond_adm):
             return True
         from ...attention import CrossAttentionCapture, DCAPatch
 
         options = self.patcher.model_options
         if any(k in options for k in ("model_function_wrapper", "sampler_cfg_function")):
             return True
+        if any(table for table in (getattr(self.patcher, "wrappers", None) or {}).values()):
+            return True
         to = options.get("transformer_options", {})
         patches = [fn for fns in (to.get("patches") or {}).values() for fn in fns]
         patches += [fn for table in (to.get("patches_replace") or {}).values() for fn in table.values()]
         return any(not isinstance(fn, (DCAPatch, CrossAttentionCapture)) for fn in patches)
 
+    def check_sampling_options(self) -> None:
+        """Refuse what a KSampler applies to this MODEL and these stages cannot: sampler-level wrappers (EasyCache,
+        LazyCache, ...: they wrap ComfyUI's sampling loop, which the stages do not run), pre-CFG and post-CFG
+        functions (PAG, SAG: they re-evaluate the model through ComfyUI's conditioning batches), a replaced
+        ``calc_cond_batch``. The message names the function and the module that added it."""
+        from .._common import input_error
+
+        found = []
+        wrappers = dict(getattr(self.patcher, "wrappers", None) or {})
+        for kind, table in (self.patcher.model_options.get("transformer_options", {}).get("wrappers") or {}).items():
+            wrappers.setdefault(kind, {}).update(table)
+        for kind, table in wrappers.items():
+            if kind in _APPLIED_WRAPPERS:
+                continue
+            for key, fns in (table or {}).items():
+                found += [f"a {kind} wrapper '{key}' ({_name_of(fn)})" for fn in fns]
+        options = self.patcher.model_options
+        for key in ("sampler_pre_cfg_function", "sampler_post_cfg_function"):
+            found += [f"a {key.split('_', 1)[1].replace('_function', '').replace('_', '-')} function "
+                      f"({_name_of(fn)})" for fn in options.get(key, [])]
+        if "sampler_calc_cond_batch_function" in options:
+            found.append(f"a calc_cond_batch function ({_name_of(options['sampler_calc_cond_batch_function'])})")
+        if found:
+            raise input_error(self.node, "model", "the MODEL carries " + "; ".join(found) + ", which act only inside "
+                              "ComfyUI's samplers (a step cache, guidance that re-runs the model through its "
+                              "conditioning batches); the PACM stages call the model themselves and would drop them",
+                              "connect the MODEL from before the node that added them (e.g. EasyCache, "
+                              "LazyCache, Perturbed-Attention Guidance, Self-Attention Guidance)")
+
+    def combine_cfg(self, x0_cond, x0_uncond, cfg: float, x, sigma):
+        """Classifier-free guidance of two x0 predictions, as ComfyUI's ``cfg_function``: the MODEL's
+        ``sampler_cfg_function`` (RescaleCFG, ...) where it has one, else ``uncond + cfg * (cond - uncond)``."""
+        fn = self.patcher.model_options.get("sampler_cfg_function")
+        if fn is None:
+            return x0_uncond + cfg * (x0_cond - x0_uncond)
+        if not isinstance(sigma, torch.Tensor):
+            sigma = torch.full((x.shape[0],), float(sigma), device=x.device, dtype=x.dtype)
+        args = {"cond": x - x0_cond, "uncond": x - x0_uncond, "cond_scale": cfg, "timestep": sigma, "input": x,
+                "sigma": sigma, "cond_denoised": x0_cond, "uncond_denoised": x0_uncond, "model": self.model,
+                "model_options": self.patcher.model_options}
+        return x - fn(args)
+
     # ---- memory -------------------------------------------------------------------------------------
     def _models(self) -> list:
         out = [self.patcher]
-        if self.control_net is not None:
-            out += self.control_net.get_models()
-        if self.extra_control is not None:
-            out += self.extra_control.get_models()
+        for head in _unique([self.control_net, self.cond_control, self.uncond_control]):
+            out += [m for m in head.get_models() if all(m is not o for o in out)]
         return out
 
     def load(self, memory_required: int = 0) -> None:
@@ -257,23 +342,24 @@ class ComfyDenoiser:
         """Refuse, before any work, a model whose layers the gradient path cannot differentiate through
         (quantised weight formats, unknown layer classes): see nodes/host/gradpath.py."""
         from .._common import input_error
-        from .gradpath import unsupported_layers
+        from .gradpath import FIXES, unsupported_layers
 
-        problems = unsupported_layers(self._modules())
-        links = [self.control_net] if self.control_net is not None else []
-        link = self.extra_control
-        while link is not None:
-            links.append(link)
-            link = getattr(link, "previous_controlnet", None)
-        problems += [f"{type(c).__name__} (it builds its network from the UNet's weights on every call)"
+        from .compat import uses_dynamic_vram
+
+        links = _unique([self.control_net] + _links(self.cond_control) + _links(self.uncond_control))
+        casts = any(getattr(m, "manual_cast_dtype", None) is not None for m in [self.model] + links)
+        problems = unsupported_layers(self._modules(), casts or uses_dynamic_vram(self.patcher))
+        problems += [("control_lora", f"a {type(c).__name__} (it builds its network from the UNet's weights on every "
+                                      "call, out of the gradient path's reach)")
                      for c in links if type(c).__name__ == "ControlLora" or getattr(c, "control_model", 1) is None]
         if problems:
-            shown = "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+            shown = "; ".join(what for _, what in problems[:3])
+            shown += f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            fixes = {**FIXES, "control_lora": "use a full ControlNet instead of a Control-LoRA"}
+            fix = "; ".join(dict.fromkeys(fixes[cause] for cause, _ in problems))
             raise input_error(self.node, input_name,
-                              f"the embedding optimisation cannot differentiate through this model's layers: {shown}",
-                              "load the checkpoint and a full ControlNet in fp16, bf16 or fp32 (not GGUF / fp8 / "
-                              "other quantised formats, not a Control-LoRA), or set inner_steps to 0 (no gradient "
-                              "pass)")
+                              f"the embedding optimisation cannot differentiate through this model: {shown}",
+                              f"{fix}; or set inner_steps to 0 (no gradient pass)")
 
     def _ensure_loaded(self) -> None:
         import comfy.model_management as mm
@@ -291,61 +377,68 @@ class ComfyDenoiser:
         return int(mm.get_free_memory(self.device))
 
     def estimate(self, latent_shape) -> int:
-        """ComfyUI's estimate of one sample's working memory in a forward (``BaseModel.memory_required``);
-        ``pipeline.runner.MemoryPolicy`` scales it by measured factors (the StageHost protocol)."""
+        """ComfyUI's estimate of one sample's working memory in a forward (``BaseModel.memory_required``, on the
+        branch ComfyUI takes on this device); the runner's floor for forward passes (the StageHost protocol)."""
         return int(self.model.memory_required([1] + list(latent_shape[1:])))
+
+    def working_memory(self, latent_shape, grad: bool) -> int:
+        """Bytes one sample of a call holds at its peak, forward or forward+backward, from the family's measured
+        profile (``pipeline.families``) at this latent size and compute dtype, with every ControlNet this denoiser
+        may run on the sample (the StageHost protocol)."""
+        from ...pipeline.families import FAMILIES
+
+        pixels = int(latent_shape[-2]) * int(latent_shape[-1])
+        size = torch.tensor([], dtype=self.compute_dtype).element_size()
+        controlnets = max(len(_links(self.control_net)) + max(len(_links(self.cond_control)),
+                                                               len(_links(self.uncond_control))), 1)
+        return FAMILIES[self.family].working_memory(pixels, size, grad, controlnets)
 
     def engine(self):
         """Where pacm runs (the StageHost protocol): :func:`engine_mode`."""
         return engine_mode()
 
     # ---- the protocol -------------------------------------------------------------------------------
-    def _extra_chain(self, ids):
-        """Per-call copies of the ControlNets applied to the positive CONDITIONING ('Apply ControlNet'), for the
-        cond rows of this call (see :meth:`_control_for`).
+    def _chain_for(self, head, ids, input_name: str = "positive"):
+        """A per-call copy of a ControlNet chain of the CONDITIONING ('Apply ControlNet') for some rows.
 
         A one-image hint applies to every row. A hint batch is one image per frame (source first): ``ids`` is
-        the global frame id of each cond row (from ``poseanimate.row_frames`` or ``frame_ids``); without ids,
+        the global frame id of each of those rows (from ``poseanimate.row_frames`` or ``frame_ids``); without ids,
         ComfyUI's own batch broadcasting applies (with a warning)."""
-        if self.extra_control is None:
-            return None
         copies = []
-        link = self.extra_control
-        while link is not None:
+        for link in _links(head):
             hint = link.cond_hint_original
             if isinstance(hint, torch.Tensor) and hint.shape[0] > 1:
                 if ids is not None:
                     if max(ids) >= hint.shape[0]:
                         raise ValueError(
-                            f"positive: the ControlNet applied to this conditioning has {hint.shape[0]} images "
+                            f"{input_name}: the ControlNet applied to this conditioning has {hint.shape[0]} images "
                             f"but frame {max(ids)} is being sampled. Fix: give it one image, or one per frame "
                             "(source first)")
                     hint = hint[list(ids)]
                 elif not self._warned_broadcast:
                     self._warned_broadcast = True
-                    log.warning("%s: the ControlNet on the conditioning has %d images; without frame ids they "
+                    log.warning("%s: a ControlNet on the conditioning has %d images; without frame ids they "
                                 "are broadcast over the batch as ComfyUI does", self.node, hint.shape[0])
             c = link.copy()
             c.set_cond_hint(hint, link.strength, link.timestep_percent_range, vae=link.vae,
                             extra_concat=list(link.extra_concat_orig))
             copies.append(c)
-            link = link.previous_controlnet
         for c, prev in zip(copies, copies[1:]):
             c.set_previous_controlnet(prev)
-        return copies[0]
+        return copies[0] if copies else None
 
     @staticmethod
-    def _cond_row_frames(transformer_options: dict, cond_chunks: list[int], rows_per_chunk: int = 1):
-        """The global frame id of every cond row, or None where the call does not say."""
+    def _row_frames(transformer_options: dict, chunks: list[int], rows_per_chunk: int = 1):
+        """The global frame id of every row of the chunks ``chunks``, or None where the call does not say."""
         pa = transformer_options.get("poseanimate") or {}
         if pa.get("row_frames") is not None:  # one frame per chunk
             rows = list(pa["row_frames"])
             if rows_per_chunk != 1 or len(rows) != len(transformer_options.get("cond_or_uncond") or [0]):
                 raise ValueError(f"row_frames: {len(rows)} frame ids for {len(transformer_options.get('cond_or_uncond') or [0])} "
                                  f"chunks of {rows_per_chunk} rows. Fix: give one frame id per one-frame chunk")
-            return [int(rows[k]) for k in cond_chunks]
+            return [int(rows[k]) for k in chunks]
         if pa.get("frame_ids") is not None:  # every chunk holds these frames
-            return [int(f) for f in pa["frame_ids"]] * len(cond_chunks)
+            return [int(f) for f in pa["frame_ids"]] * len(chunks)
         return None
 
     def check_context(self, context, input_name: str = "positive",
@@ -358,27 +451,39 @@ class ComfyDenoiser:
             other = next((f for f, d in CONTEXT_DIMS.items() if d == context.shape[-1]), "another model")
             raise input_error(self.node, input_name, f"the text embedding is {context.shape[-1]} wide ({other}) but "
                               f"the MODEL is {self.family} ({self.context_dim})", fix)
-        if self.family == "SDXL" and not isinstance(self.adm.get("pooled_output"), torch.Tensor):
-            raise input_error(self.node, input_name, "the conditioning has no pooled output, which an SDXL model "
-                              "needs", "encode the prompt with the CLIP of your SDXL checkpoint ('CLIP Text Encode')")
+        for adm, name in ((self.adm, input_name), (self.uncond_adm, "negative")):
+            if self.family == "SDXL" and not isinstance(adm.get("pooled_output"), torch.Tensor):
+                raise input_error(self.node, name, "the conditioning has no pooled output, which an SDXL model "
+                                  "needs", "encode the prompt with the CLIP of your SDXL checkpoint ('CLIP Text "
+                                  "Encode')")
 
-    def adm_for(self, x):
-        """SDXL's ``y`` (B, 2816) for a batch of latents ``x`` (see ``adm`` in the class docstring); None for SD1.5."""
-        if self.family != "SDXL":
-            return None
-        if not isinstance(self.adm.get("pooled_output"), torch.Tensor):
-            raise ValueError("positive: an SDXL model needs the conditioning's pooled output. Fix: encode the prompt "
-                             "with the CLIP of your SDXL checkpoint")
-        key = (int(x.shape[-2]), int(x.shape[-1]))
+    def _y_of(self, adm: dict, hw):
+        """SDXL's ``y`` (1, 2816) of one side's pooled output and sizes for a latent of size ``hw``."""
+        key = (id(adm), hw)
         if key not in self._y:
-            kw = dict(self.adm)
-            kw.setdefault("width", key[1] * 8)
-            kw.setdefault("height", key[0] * 8)
+            if not isinstance(adm.get("pooled_output"), torch.Tensor):
+                raise ValueError("positive: an SDXL model needs the conditioning's pooled output. Fix: encode the "
+                                 "prompt with the CLIP of your SDXL checkpoint")
+            kw = dict(adm)
+            kw.setdefault("width", hw[1] * 8)
+            kw.setdefault("height", hw[0] * 8)
             with torch.inference_mode(False), torch.no_grad():
                 y = self.model.encode_adm(device=torch.device("cpu"), **{k: _plain(v) if isinstance(v, torch.Tensor)
                                                                           else v for k, v in kw.items()})
                 self._y[key] = y[:1].detach().float().cpu().clone()
-        return self._y[key].to(x.device).expand(x.shape[0], -1)
+        return self._y[key]
+
+    def adm_for(self, x, cond_or_uncond=(0,)):
+        """SDXL's ``y`` (B, 2816) for a batch of latents ``x`` whose chunks are ``cond_or_uncond`` (each side's
+        pooled output and sizes, see the class docstring); None for SD1.5."""
+        if self.family != "SDXL":
+            return None
+        hw = (int(x.shape[-2]), int(x.shape[-1]))
+        n = len(cond_or_uncond)
+        if x.shape[0] % n:
+            n, cond_or_uncond = 1, [cond_or_uncond[0]]
+        ys = [self._y_of(self.uncond_adm if kind == 1 else self.adm, hw) for kind in cond_or_uncond]
+        return torch.cat([y.expand(x.shape[0] // n, -1) for y in ys]).to(x.device)
 
     def _run_control(self, head, x, sigma, context, n_chunks, transformer_options, y=None):
         ms = self.model_sampling
@@ -392,9 +497,9 @@ class ComfyDenoiser:
             head.cleanup()
 
     def _control_for(self, x, sigma, context, hint, cond_or_uncond, transformer_options, y=None):
-        """ControlNet residuals for one call: the pose ControlNet on every chunk; the ControlNets of the
-        positive CONDITIONING on the cond chunks (``cond_or_uncond`` 0) only, zero on the uncond rows, as in
-        ComfyUI where a ControlNet applied to the positive conditioning runs with the cond batch only."""
+        """ControlNet residuals for one call: the pose ControlNet on every chunk; the ControlNets of the positive
+        CONDITIONING on the cond chunks (``cond_or_uncond`` 0), those of the negative on the uncond chunks (1), zero
+        elsewhere, as a KSampler runs each CFG side with its own conditioning."""
         b = x.shape[0]
         n_chunks = len(cond_or_uncond)
         control = None
@@ -409,20 +514,23 @@ class ComfyDenoiser:
             c = self.control_net.copy()
             c.set_cond_hint(hint, self.strength, self.percent_range)
             control = self._run_control(c, x, sigma, context, n_chunks, transformer_options, y)
-        cond_chunks = [k for k, cu in enumerate(cond_or_uncond) if cu == 0]
-        if self.extra_control is None or not cond_chunks or b % n_chunks:
+        if b % n_chunks:
             return control
         size = b // n_chunks
-        rows = torch.cat([torch.arange(k * size, (k + 1) * size) for k in cond_chunks]).to(x.device)
-        to = dict(transformer_options)
-        to["cond_or_uncond"] = [0] * len(cond_chunks)
-        head = self._extra_chain(self._cond_row_frames(transformer_options, cond_chunks, size))
-        ctx = context[rows] if context.shape[0] == b else context[:1].expand(rows.shape[0], -1, -1)
-        extra = self._run_control(head, x[rows], sigma[rows], ctx, len(cond_chunks), to,
-                                  None if y is None else y[rows])
-        if extra is None:
-            return control
-        return _merge_rows(control, extra, rows, b)
+        for kind, head, name in ((0, self.cond_control, "positive"), (1, self.uncond_control, "negative")):
+            chunks = [k for k, cu in enumerate(cond_or_uncond) if cu == kind]
+            if head is None or not chunks:
+                continue
+            rows = torch.cat([torch.arange(k * size, (k + 1) * size) for k in chunks]).to(x.device)
+            to = dict(transformer_options)
+            to["cond_or_uncond"] = [kind] * len(chunks)
+            copy = self._chain_for(head, self._row_frames(transformer_options, chunks, size), name)
+            ctx = context[rows] if context.shape[0] == b else context[:1].expand(rows.shape[0], -1, -1)
+            part = self._run_control(copy, x[rows], sigma[rows], ctx, len(chunks), to,
+                                     None if y is None else y[rows])
+            if part is not None:
+                control = _merge_rows(control, part, rows, b)
+        return control
 
     def __call__(self, x, sigma, context, hint=None, transformer_options=None):
         """x0 prediction (float32, shape of x); see the module docstring and DEVELOPERS.md."""
@@ -440,14 +548,14 @@ class ComfyDenoiser:
             x, sigma = _plain(x), _plain(sigma)
             context = _plain(context)
             hint = _plain(hint)
-        to = merge_transformer_options(self.patcher.model_options, transformer_options)
+        to = merge_transformer_options(self.patcher, transformer_options)
         cond_or_uncond = list(to.get("cond_or_uncond") or [0])
         to["cond_or_uncond"] = cond_or_uncond
         n = len(cond_or_uncond)
         if "sigmas" not in to:
             to["sigmas"] = sigma[: x.shape[0] // n] if x.shape[0] % n == 0 else sigma
         to.setdefault("uuids", [None] * n)
-        y = self.adm_for(x)
+        y = self.adm_for(x, cond_or_uncond)
         control = self._control_for(x, sigma, context, hint, cond_or_uncond, to, y)
         c = {"c_crossattn": context, "transformer_options": to}
         if y is not None:

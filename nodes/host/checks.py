@@ -4,13 +4,15 @@ Everything here imports ComfyUI lazily, so the pack (and CI) imports without it.
 """
 from __future__ import annotations
 
+from ...pipeline.families import FAMILIES, SD15, SDXL
 from .._common import input_error
 
-SD15_CONTEXT_DIM = 768
-SDXL_CONTEXT_DIM = 2048
-SDXL_ADM_CHANNELS = 2816
-SD15_LATENT_CHANNELS = 4
-CONTEXT_DIMS = {"SD1.5": SD15_CONTEXT_DIM, "SDXL": SDXL_CONTEXT_DIM}
+# the facts come from the family profiles (pipeline.families); these names are for the checks below
+SD15_CONTEXT_DIM = SD15.context_dim
+SDXL_CONTEXT_DIM = SDXL.context_dim
+SDXL_ADM_CHANNELS = SDXL.adm_channels
+SD15_LATENT_CHANNELS = SD15.latent_channels
+CONTEXT_DIMS = {f.name: f.context_dim for f in FAMILIES.values()}
 
 _MODEL_FIX = ("load an SD1.5 or SDXL-family checkpoint (SDXL base, Illustrious, Pony, NoobAI; fine-tunes, merges and "
               "LoRAs welcome) with 'Load Checkpoint' and connect its MODEL here")
@@ -132,49 +134,7 @@ def check_control_net(control_net, node: str, input_name: str = "control_net", f
     if ctx is not None and ctx != want:
         other = next((f for f, d in CONTEXT_DIMS.items() if d == ctx), None)
         made_for = f"an {other} model" if other else f"a model with {ctx}-wide text embeddings"
-        example = "control_v11p_sd15_openpose" if family == "SD1.5" else "xinsir controlnet-openpose-sdxl-1.0"
+        example = FAMILIES[family].controlnet_example
         raise input_error(node, input_name, f"this ControlNet was made for {made_for}, the MODEL is {family}",
                           f"use an {family} OpenPose ControlNet (e.g. {example}) with this model")
     return control_net
-
-
-def conditioning_context(conditioning, node: str, input_name: str = "positive"):
-    """Return the text embedding (1, 77k, 768 or 2048) of a CONDITIONING (its first entry), float32 on the CPU.
-    (Whether its width fits the MODEL is checked where both meet: ``ComfyDenoiser.check_context``.)"""
-    import torch
-
-    if not isinstance(conditioning, (list, tuple)) or len(conditioning) == 0:
-        raise input_error(node, input_name, "the CONDITIONING is empty",
-                          "connect the output of 'CLIP Text Encode' with your prompt")
-    entry = conditioning[0]
-    ctx = entry[0] if isinstance(entry, (list, tuple)) and len(entry) >= 1 else None
-    if not isinstance(ctx, torch.Tensor) or ctx.ndim != 3:
-        raise input_error(node, input_name, "the CONDITIONING holds no text embedding tensor",
-                          "connect the output of 'CLIP Text Encode' with your prompt")
-    if ctx.shape[-1] not in CONTEXT_DIMS.values():
-        raise input_error(node, input_name, f"the text embedding is {ctx.shape[-1]} wide (SD1.5 CLIP: 768, SDXL "
-                          "CLIP-L + CLIP-G: 2048)", "encode the prompt with the CLIP of your SD1.5 or SDXL checkpoint")
-    if ctx.shape[0] != 1:
-        ctx = ctx[:1]
-    with torch.inference_mode(False):  # a normal tensor: pacm may optimise embeddings started from it
-        return ctx.detach().to(device="cpu", dtype=torch.float32).clone()
-
-
-def conditioning_adm(conditioning) -> dict:
-    """What SDXL's ``encode_adm`` reads from a CONDITIONING's first entry (``pooled_output`` and, where 'CLIP Text
-    Encode (SDXL)' set them, width/height/crop/target sizes); empty for other conditionings."""
-    keys = ("pooled_output", "width", "height", "crop_w", "crop_h", "target_width", "target_height")
-    if isinstance(conditioning, (list, tuple)) and conditioning:
-        entry = conditioning[0]
-        if isinstance(entry, (list, tuple)) and len(entry) > 1 and isinstance(entry[1], dict):
-            return {k: entry[1][k] for k in keys if entry[1].get(k) is not None}
-    return {}
-
-
-def conditioning_control(conditioning):
-    """The ControlNet chain a CONDITIONING carries from 'Apply ControlNet' (first entry), or None."""
-    if isinstance(conditioning, (list, tuple)) and conditioning:
-        entry = conditioning[0]
-        if isinstance(entry, (list, tuple)) and len(entry) > 1 and isinstance(entry[1], dict):
-            return entry[1].get("control")
-    return None

@@ -27,8 +27,10 @@ each ``CrossAttention`` layer, because ComfyUI's ControlNets call their attentio
 without ``wrap_attn`` (``compat.attention_override_supported``) the layer computes its attention with
 :class:`GradAttention` itself. Forward-only passes keep the user's backend.
 
-:func:`check_layers` refuses, before any work, what this cannot handle: parameter-holding layers of other
-kinds, and weights stored in quantised formats (tensor subclasses such as GGUF's, fp8/int storage).
+:func:`unsupported_layers` names, before any work, what this cannot handle, each with its cause: parameter-holding
+layers of other kinds, scaled-fp8 layers (a per-layer scale outside the weight cast), and weights stored in
+quantised formats (tensor subclasses such as GGUF's or comfy-kitchen's, integer storage). fp8 weights that the host
+casts per call are fine: the backward fetches them through the same cast.
 """
 from __future__ import annotations
 
@@ -101,8 +103,31 @@ def _walk(modules):
                 yield m
 
 
-def unsupported_layers(modules) -> list[str]:
-    """What :func:`host_layers` cannot differentiate through, one line each (empty when all is well)."""
+_FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+                    if hasattr(torch, n))
+# parameters held directly by a module of another kind that only ever meet inputs without a gradient: the union
+# ControlNet's task embedding is added to pooled hint features (comfy.cldm.cldm.ControlNet.union_controlnet_merge),
+# which never depend on the text embedding the optimisation differentiates into
+_HINT_ONLY_PARAMETERS = {("ControlNet", "task_embedding")}
+
+# the causes unsupported_layers reports, each with its fix
+QUANTISED = "quantised"
+SCALED = "scaled"
+LAYER = "layer"
+FIXES = {
+    QUANTISED: "load the checkpoint (and ControlNet) in fp16, bf16 or fp32, or plainly in fp8 (not GGUF or another "
+               "quantised format)",
+    SCALED: "load the checkpoint unscaled (fp16, bf16, fp32 or plain fp8; not a 'scaled fp8' file)",
+    LAYER: "use a model and ControlNet made of ComfyUI's standard layers",
+}
+
+
+def unsupported_layers(modules, casts_per_call: bool = False) -> list[tuple[str, str]]:
+    """What :func:`host_layers` cannot differentiate through: ``(cause, what)`` per layer (empty when all is well),
+    ``cause`` one of :data:`FIXES`. Accepted: Linear, Conv2d, GroupNorm and LayerNorm layers whose weights are float
+    tensors, or fp8 tensors the host casts per call (fp8 checkpoints, ``--fp8_e4m3fn-unet``, dynamic VRAM loading a
+    file's fp8 weights): the backward fetches them through the same cast. ``casts_per_call``: the model casts
+    every layer's weights per call (a manual-cast dtype, dynamic VRAM), also before its first load."""
     problems = []
     for m in _walk(modules):
         own = [(n, p) for n, p in m._parameters.items() if p is not None]
@@ -110,16 +135,27 @@ def unsupported_layers(modules) -> list[str]:
             continue
         kind = type(m).__name__
         if not isinstance(m, _SUPPORTED):
-            problems.append(f"layer class {kind} ({', '.join(n for n, _ in own)})")
+            own = [(n, p) for n, p in own if (kind, n) not in _HINT_ONLY_PARAMETERS]
+            if own:
+                problems.append((LAYER, f"a layer of class {kind} from {type(m).__module__} holding "
+                                        f"{', '.join(n for n, _ in own)}, which the gradient path does not know"))
             continue
         if isinstance(m, torch.nn.Conv2d) and (m.padding_mode != "zeros" or isinstance(m.padding, str)):
-            problems.append(f"{kind} with padding {m.padding!r} / mode {m.padding_mode!r}")
+            problems.append((LAYER, f"{kind} with padding {m.padding!r} / mode {m.padding_mode!r}"))
+            continue
+        extra = [n for n, _ in own if n not in ("weight", "bias")]
+        if extra:
+            problems.append((SCALED, f"{kind} with {', '.join(extra)} (a scaled-fp8 layer: its forward applies a "
+                                     "per-layer scale outside the weight cast the backward repeats)"))
             continue
         for name, p in own:
             if type(p) not in (torch.Tensor, torch.nn.Parameter):
-                problems.append(f"{kind}.{name} stored as {type(p).__name__}")
-            elif p.dtype not in _FLOAT_DTYPES:
-                problems.append(f"{kind}.{name} stored as {p.dtype}")
+                problems.append((QUANTISED, f"{kind}.{name} stored as {type(p).__name__} (a quantised format)"))
+            elif p.dtype in _FP8_DTYPES and not (compat.is_host_layer(m) and (
+                    casts_per_call or getattr(m, "comfy_cast_weights", False) or m.weight_function)):
+                problems.append((QUANTISED, f"{kind}.{name} stored as {p.dtype} in a layer that does not cast it"))
+            elif p.dtype not in _FLOAT_DTYPES + _FP8_DTYPES:
+                problems.append((QUANTISED, f"{kind}.{name} stored as {p.dtype} (a quantised format)"))
     return problems
 
 

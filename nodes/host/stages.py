@@ -1,5 +1,6 @@
 """Host glue shared by the PACM node files (node files never import each other): the ControlNet widgets, the
-POSEANIMATE_INVERSION check, and the Denoiser every later stage builds with the inversion's ControlNet settings."""
+POSEANIMATE_INVERSION / _EMBEDDINGS checks, the Denoiser each stage runs on (with the inversion's ControlNet settings
+and SDXL conditioning for every stage after it), and the attention function for the pack's own patches."""
 from __future__ import annotations
 
 from .._common import input_error
@@ -19,28 +20,62 @@ def control_inputs() -> dict:
     }
 
 
+NEGATIVE_TOOLTIP = ("Optional: the negative CONDITIONING, as a KSampler takes it. Its ControlNets ('Apply ControlNet' "
+                    "on both prompts) act on the unconditional CFG rows, as in a KSampler (SDXL: also its pooled "
+                    "output and sizes). Its text is not used: PoseAnimate replaces the unconditional text embedding "
+                    "by its own per-step embedding, optimised from the prompt.")
+
+
 def check_inversion(inversion, node: str, input_name: str = "inversion"):
     """A POSEANIMATE_INVERSION from Pose-Aware Inversion, or a clear error."""
-    from ...pacm import InversionResult
+    from ...pipeline.types import StagedInversion
 
-    if not isinstance(inversion, InversionResult):
+    if not isinstance(inversion, StagedInversion):
         raise input_error(node, input_name, f"expected a POSEANIMATE_INVERSION, got {type(inversion).__name__}",
                           "connect the 'inversion' output of Pose-Aware Inversion")
     return inversion
 
 
-def inversion_denoiser(inversion, model, control_net, node: str, extra_control=None):
-    """A ComfyDenoiser over ``model`` and ``control_net`` with the ControlNet strength and start/end percent
-    the inversion ran with (its typed ``control``) and its extra conditioning (SDXL's pooled output and sizes),
-    so every later stage conditions exactly as the inversion did."""
-    from ...pipeline.runner import ControlSettings
-    from .adapter import ComfyDenoiser
+def check_embeddings(embeddings, node: str, input_name: str = "embeddings"):
+    """A POSEANIMATE_EMBEDDINGS from Pose Embedding Optimize, or a clear error."""
+    from ...pipeline.types import PACMEmbeddings
 
-    ctrl = getattr(inversion, "control", None) or ControlSettings()
-    den = ComfyDenoiser(model, control_net, strength=ctrl.strength, start_percent=ctrl.start, end_percent=ctrl.end,
-                        extra_control=extra_control, adm=getattr(inversion, "extra_cond", None), node=node)
-    den.check_context(inversion.cond, "model", fix="connect a MODEL of the same family (SD1.5 or SDXL) as on "
-                                                 "Pose-Aware Inversion")
+    if not isinstance(embeddings, PACMEmbeddings):
+        raise input_error(node, input_name, f"expected POSEANIMATE_EMBEDDINGS, got {type(embeddings).__name__}",
+                          "connect the output of Pose Embedding Optimize")
+    return embeddings
+
+
+def stage_denoiser(model, control_net, conditioning, node: str, *, control=None, inversion=None):
+    """The ComfyDenoiser a stage runs on: ``model`` and ``control_net`` with the CONDITIONING's ControlNets on each
+    CFG side (``conditioning``: ``conditioning.read_conditioning``). The inversion stage gives its ``control``
+    settings; every later stage gives the ``inversion``, whose ControlNet settings and SDXL conditioning it repeats
+    exactly, after checking that its prompt (and negative, where connected) is the inversion's."""
+    import torch
+
+    from .adapter import ComfyDenoiser
+    from .types import check_same_prompt
+
+    if inversion is None:
+        adm, uncond_adm = conditioning.adm, conditioning.uncond_adm
+    else:
+        check_same_prompt(conditioning.context, inversion.cond, node, "positive")
+        control, adm, uncond_adm = inversion.control, inversion.extra_cond, inversion.uncond_extra_cond
+        pooled = conditioning.uncond_adm.get("pooled_output") if conditioning.negative_context is not None else None
+        stored = uncond_adm.get("pooled_output")
+        if isinstance(pooled, torch.Tensor) and isinstance(stored, torch.Tensor) and (
+                pooled.shape != stored.shape or not torch.allclose(pooled.float().cpu(), stored.float().cpu(),
+                                                                   rtol=1e-3, atol=1e-4)):
+            raise input_error(node, "negative", "this negative's pooled output is not the one Pose-Aware Inversion "
+                              "used", "connect the same negative CONDITIONING as on Pose-Aware Inversion")
+    den = ComfyDenoiser(model, control_net, strength=control.strength, start_percent=control.start,
+                        end_percent=control.end, cond_control=conditioning.control,
+                        uncond_control=conditioning.uncond_control, adm=adm, uncond_adm=uncond_adm, node=node)
+    if inversion is None:
+        den.check_context(conditioning.context)
+    else:
+        den.check_context(inversion.cond, "model", fix="connect a MODEL of the same family (SD1.5 or SDXL) as on "
+                                                       "Pose-Aware Inversion")
     return den
 
 

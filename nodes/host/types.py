@@ -1,46 +1,12 @@
-"""Values of the PACM custom node types and the pure input checks the PACM nodes share.
+"""The pure input checks the PACM nodes share (the custom types' values live in ``pipeline.types``).
 
 No ComfyUI import here: CI tests these helpers without the host.
-
-* ``POSEANIMATE_INVERSION`` is a :class:`pipeline.runner.StagedInversion`: pacm's ``InversionResult`` after
-  pose-aware inversion (trajectory, per-step source embeddings, sigmas, source pose) plus the typed
-  ``control`` (ControlNet strength / start / end) it was made with, which later stages reuse.
-* ``POSEANIMATE_EMBEDDINGS`` is a :class:`PACMEmbeddings`: the inversion plus the per-frame
-  :class:`pacm.PoseEmbeddings` (everything Sample Frames needs). Frame 0 is the source; target frame ``f``
-  (1..N) has ``poses.uncond[f - 1]`` and ``poses.hints[f - 1]``. Latents are in the model's internal
-  latent space (after ``process_latent_in``).
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
 from .._common import input_error
-
-
-@dataclass
-class PACMEmbeddings:
-    """The value of a POSEANIMATE_EMBEDDINGS output."""
-
-    inversion: object          # pacm.InversionResult (pose-aware)
-    poses: object              # pacm.PoseEmbeddings for target frames 1..N
-
-    @property
-    def frames(self) -> int:
-        """N + 1: the source frame plus the target frames."""
-        return int(self.poses.uncond.shape[0]) + 1
-
-    def to(self, device=None):
-        return PACMEmbeddings(self.inversion.to(device), self.poses.to(device))
-
-
-def check_embeddings(embeddings, node: str, input_name: str = "embeddings") -> PACMEmbeddings:
-    """A POSEANIMATE_EMBEDDINGS from Pose Embedding Optimize, or a clear error."""
-    if not isinstance(embeddings, PACMEmbeddings):
-        raise input_error(node, input_name, f"expected POSEANIMATE_EMBEDDINGS, got {type(embeddings).__name__}",
-                          "connect the output of Pose Embedding Optimize")
-    return embeddings
 
 
 def latent_samples(latent, node: str, input_name: str = "latent") -> torch.Tensor:

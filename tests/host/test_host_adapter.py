@@ -14,7 +14,7 @@ from tiny_models import (assert_weights_unchanged, build_tiny_sd15, build_tiny_s
                          snapshot_weights)
 
 from poseanimate.nodes._common import PoseAnimateError
-from poseanimate.nodes.host import ComfyDenoiser, ComfyProgress, conditioning_context, engine_mode, plain
+from poseanimate.nodes.host import ComfyDenoiser, ComfyProgress, engine_mode, plain, read_conditioning
 
 
 def _inputs(n=2, seed=0, hw=8):
@@ -252,10 +252,10 @@ def test_refuses_wrong_inputs_with_node_name():
     with pytest.raises(PoseAnimateError, match=r"^Sample Frames: input 'control_net'"):
         ComfyDenoiser(patcher, patcher, node="Sample Frames")
     with pytest.raises(PoseAnimateError, match=r"^Sample Frames: input 'positive'.*empty"):
-        conditioning_context([], "Sample Frames", "positive")
+        read_conditioning([], None, "Sample Frames")
     with pytest.raises(PoseAnimateError, match="1024 wide"):
-        conditioning_context([[torch.zeros(1, 77, 1024), {}]], "Sample Frames", "positive")
-    ctx = conditioning_context([[torch.ones(1, 77, 768), {"pooled_output": None}]], "Sample Frames")
+        read_conditioning([[torch.zeros(1, 77, 1024), {}]], None, "Sample Frames")
+    ctx = read_conditioning([[torch.ones(1, 77, 768), {"pooled_output": None}]], None, "Sample Frames").context
     assert ctx.shape == (1, 77, 768) and not ctx.is_inference()
 
 
@@ -293,7 +293,7 @@ def test_controlnet_on_the_conditioning_is_chained_like_comfyui(pytorch_attentio
     x0, eps, ctx, hint = _inputs(n=2)
     depth = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(3))  # one image per frame 0..2
     on_cond = cnet2.copy().set_cond_hint(depth, 0.6, (0.0, 1.0))
-    den = ComfyDenoiser(patcher, cnet, extra_control=on_cond, strength=0.9)
+    den = ComfyDenoiser(patcher, cnet, cond_control=on_cond, strength=0.9)
     sigma = den.sigmas[[500, 500]]
     x = x0 + sigma.view(-1, 1, 1, 1) * eps
     out = den(x, sigma, ctx.expand(2, -1, -1), hint, {"cond_or_uncond": [0], "poseanimate": {"frame_ids": [1, 2]}})

@@ -207,6 +207,64 @@ def test_quantised_weights_are_refused_before_work(kind):
     assert ("_QuantisedWeight" if kind == "tensor_subclass" else "float8") in msg
 
 
+def test_fp8_weights_the_host_casts_are_differentiated_exactly():
+    """A checkpoint stored in fp8 and run in another dtype (manual cast; dynamic VRAM loads a file's fp8 weights the
+    same way): not refused for its file dtype, and the embedding gradient equals the gradient through an fp32 model
+    holding the same (fp8-rounded) weights, because the backward fetches the weights through the same cast."""
+    patcher, cnet = build_tiny_sd15(dtype=torch.float8_e4m3fn, manual_cast_dtype=torch.float32)
+    assert patcher.model.diffusion_model.out[2].weight.dtype == torch.float8_e4m3fn
+    reference, _ = build_tiny_sd15()
+    fp8 = patcher.model.diffusion_model.state_dict()
+    for name, p in reference.model.diffusion_model.named_parameters():  # (weights made in inference mode, as here)
+        p.copy_(fp8[name].float())
+    den = ComfyDenoiser(patcher, cnet, node="Pose Embedding Optimize")
+    den.check_grad_support()
+    x, ctx, hint = _inputs()
+    out, grad = _grad(den, x, ctx, hint)
+    ref_out, ref_grad = _grad(ComfyDenoiser(reference, cnet), x, ctx, hint)
+    assert grad.abs().sum() > 0
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_a_union_controlnet_is_not_refused_for_its_task_embedding():
+    """A ControlNet Union (ControlNet++) holds its task embedding as a bare parameter; it only meets the hint's
+    features, never the text embedding, so the gradient passes accept it (the message used to blame quantised
+    weights) and the embedding's gradient flows through the union ControlNet."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.ops
+    import comfy.supported_models
+
+    from tiny_checkpoint import CKPT_UNET
+    from tiny_models import init_weights_
+
+    cfg = comfy.supported_models.SD15(dict(CKPT_UNET))
+    cfg.set_inference_dtype(torch.float32, None)
+    model = cfg.get_model({}, "", device=torch.device("cpu"))
+    init_weights_(model.diffusion_model, 0)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    cn_cfg = dict(cfg.unet_config)
+    cn_cfg.pop("out_channels")
+    cn_cfg.update(hint_channels=3, operations=comfy.ops.disable_weight_init, dtype=torch.float32,
+                  device=torch.device("cpu"), union_controlnet_num_control_type=8)
+    control_model = comfy.cldm.cldm.ControlNet(**cn_cfg)
+    init_weights_(control_model, 1)
+    union = comfy.controlnet.ControlNet(control_model, load_device=mm.get_torch_device())
+    union.set_extra_arg("control_type", [4])  # openpose, as 'SetUnionControlNetType' sets it
+    den = ComfyDenoiser(patcher, union, node="Pose-Aware Inversion")
+    den.check_grad_support()
+    g = torch.Generator().manual_seed(0)
+    with torch.inference_mode(False):
+        x, ctx = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 768, generator=g)
+        hint = torch.rand(1, 3, 64, 64, generator=g)
+    _, grad = _grad(den, x, ctx, hint)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
 def test_a_control_lora_is_refused_before_a_gradient_pass():
     """A Control-LoRA builds its network from the UNet's weights inside every call, out of the gradient path's
     reach: a gradient stage refuses it up front (a no-gradient stage may use it)."""
@@ -237,4 +295,4 @@ def test_cfg_rows_are_merged_only_for_patches_that_treat_chunks_alike():
     wrapped.set_model_unet_function_wrapper(lambda f, a: f(a["input"], a["timestep"], **a["c"]))
     assert ComfyDenoiser(wrapped, cnet).cond_rows_differ
     extra = cnet.copy().set_cond_hint(torch.rand(1, 3, 64, 64), 0.5, (0.0, 1.0))
-    assert ComfyDenoiser(patcher, cnet, extra_control=extra).cond_rows_differ
+    assert ComfyDenoiser(patcher, cnet, cond_control=extra).cond_rows_differ

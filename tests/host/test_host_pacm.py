@@ -9,9 +9,9 @@ from tiny_models import assert_weights_unchanged, build_tiny_sd15, build_tiny_sd
 
 from poseanimate.nodes._common import PoseAnimateError
 from poseanimate.nodes.embedding_optimize import PoseAnimatePoseEmbeddingOptimize
-from poseanimate.nodes.host.types import PACMEmbeddings
+from poseanimate.pipeline.types import PACMEmbeddings
 from poseanimate.nodes.inversion import PoseAnimatePoseAwareInversion
-from poseanimate.pipeline.runner import ControlSettings
+from poseanimate.pipeline.types import ControlSettings
 from poseanimate.nodes.sample_frames import PoseAnimateSampleFrames
 
 STEPS = 2
@@ -188,11 +188,16 @@ def test_user_mistakes_get_the_nodes_own_message():
     (emb,) = opt.optimize(inv, patcher, cnet, positive, poses, 0, 0)
 
     sample = PoseAnimateSampleFrames()
+    from poseanimate.nodes.dca_patch import PoseAnimateDCAPatchModel
+
+    (dca,) = PoseAnimateDCAPatchModel().patch(patcher, 0.7, 0.15, 0.15, "all output blocks", "", None)
     with pytest.raises(PoseAnimateError, match=r"^Sample Frames: input 'masks': got 2 masks for 3 frames"):
-        sample.sample(patcher, cnet, positive, emb, 0, masks=torch.ones(2, 8, 8))
+        sample.sample(dca, cnet, positive, emb, 0, masks=torch.ones(2, 8, 8))
+    with pytest.raises(PoseAnimateError, match=r"^Sample Frames: input 'masks': this MODEL has no DCA patch"):
+        sample.sample(patcher, cnet, positive, emb, 0, masks=torch.ones(3, 8, 8))  # masks would do nothing
     with pytest.raises(PoseAnimateError, match=r"^Sample Frames: input 'embeddings'"):
         sample.sample(patcher, cnet, positive, inv, 0)
-    (ok,) = sample.sample(patcher, cnet, positive, emb, 0, masks=torch.ones(3, 8, 8))
+    (ok,) = sample.sample(dca, cnet, positive, emb, 0, masks=torch.ones(3, 8, 8))
     assert ok["samples"].shape[0] == 3
 
 

@@ -49,13 +49,15 @@ class _Calls:
         return apply_model(args["input"], args["timestep"], **args["c"])
 
 
-def _per_frame(patcher):
-    return R.MEMORY.need(patcher.model.memory_required([1, 4, 8, 8]), 2, grad=False)
+def _per_frame(patcher, cnet):
+    """Bytes the memory policy prices one sampling frame (uncond + cond) at, on this host."""
+    den = ComfyDenoiser(patcher, cnet)
+    return 2 * R.MEMORY.per_sample(den, R.Stage("sample", (1, 4, 8, 8)))
 
 
-def _free_for(patcher, window):
-    """A free-memory figure for which the CPU estimate gives exactly ``window`` frames per call."""
-    return int((window + 0.5) * _per_frame(patcher) / R.MEMORY.headroom)
+def _free_for(patcher, cnet, window):
+    """A free-memory figure for which the policy gives exactly ``window`` frames per call."""
+    return int((window + 0.5) * _per_frame(patcher, cnet) / R.MEMORY.headroom)
 
 
 class _TokenizerOnly:
@@ -65,12 +67,12 @@ class _TokenizerOnly:
         self.tokenizer = comfy.sd1_clip.SD1Tokenizer()
 
 
-def test_window_from_estimate():
-    policy = R.MemoryPolicy(forward=1.0, forward_backward=4.0, headroom=1.0)
-    assert policy.fit(49, 50, 2, False, 1000) == 10
-    assert R.MEMORY.fit(49, 50, 2, False, 10**9) == 49
-    assert R.MEMORY.fit(49, 50, 2, False, 0) == 1  # never 0: one frame per call is the floor
-    assert R.MEMORY.fit(5, 0, 2, False, 1000) == 5
+def test_window_from_free_memory():
+    policy = R.MemoryPolicy(headroom=1.0)
+    assert policy.fit(49, 100, 1000) == 10
+    assert R.MEMORY.fit(49, 100, 10**9) == 49
+    assert R.MEMORY.fit(49, 100, 0) == 1  # never 0: one frame per call is the floor
+    assert R.MEMORY.fit(5, 0, 1000) == 5
 
 
 def test_auto_window_gives_the_frames_of_window_all(monkeypatch):
@@ -87,7 +89,7 @@ def test_auto_window_gives_the_frames_of_window_all(monkeypatch):
     node = PoseAnimateSampleFrames()
     (whole,) = node.sample(dca, cnet, positive, emb, 5)
     assert max(b for b, _ in calls.seen) == 10
-    monkeypatch.setattr(ComfyDenoiser, "free_memory", lambda self: _free_for(patcher, 2))
+    monkeypatch.setattr(ComfyDenoiser, "free_memory", lambda self: _free_for(patcher, cnet, 2))
     calls.seen.clear()
     (auto,) = node.sample(dca, cnet, positive, emb, 0)
     assert [b for b, _ in calls.seen] == [4, 4, 2] * STEPS  # windows of 2, 2, 1 frames, uncond + cond
@@ -123,8 +125,10 @@ def test_full_graph_sampling_at_49_frames_stays_within_the_auto_window(monkeypat
     latent, positive, poses = _scene(n_targets=frames - 1)
     emb = _embeddings(patcher, cnet, latent, positive, poses)
     windows = []
-    real_fit = R.frames_per_call
-    monkeypatch.setattr(R, "frames_per_call", lambda *a, **k: windows.append(real_fit(*a, **k)) or windows[-1])
+    from poseanimate.pipeline import stages
+
+    real_prepare = stages.prepare
+    monkeypatch.setattr(stages, "prepare", lambda *a, **k: windows.append(real_prepare(*a, **k)) or windows[-1])
 
     def run(free):
         if free is not None:
@@ -151,7 +155,7 @@ def test_full_graph_sampling_at_49_frames_stays_within_the_auto_window(monkeypat
     assert max(b for b, _ in mask_calls + sample_calls) <= 2 * w
     # less free memory -> more, smaller windows; never a call larger than the auto window
     for target in (7,):
-        w_mask, mask_calls, w, sample_calls = run(_free_for(patcher, target))
+        w_mask, mask_calls, w, sample_calls = run(_free_for(patcher, cnet, target))
         assert w_mask == w == target
         assert max(b for b, _ in mask_calls + sample_calls) <= 2 * w
         assert len(sample_calls) == STEPS * -(-frames // w) and len(mask_calls) == len(sample_calls)
@@ -173,7 +177,7 @@ def test_extra_controlnet_acts_on_the_cond_rows_only():
     unc = torch.randn(2, 77, 768, generator=g)
     hint = torch.rand(2, 3, 64, 64, generator=g)
     on_cond = cnet2.copy().set_cond_hint(depth, 0.6, (0.0, 1.0))
-    den = ComfyDenoiser(patcher, cnet, extra_control=on_cond, strength=0.9)
+    den = ComfyDenoiser(patcher, cnet, cond_control=on_cond, strength=0.9)
     plain = ComfyDenoiser(patcher, cnet, strength=0.9)
     sigma = den.sigmas[[500] * 4]
     x = torch.cat([x0, x0]) + sigma.view(-1, 1, 1, 1) * torch.randn(4, 4, 8, 8, generator=g)

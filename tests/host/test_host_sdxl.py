@@ -11,7 +11,7 @@ from tiny_models import build_tiny_sd15, build_tiny_sd2, build_tiny_sdxl, build_
 from poseanimate.nodes._common import PoseAnimateError
 from poseanimate.nodes.dca_patch import PoseAnimateDCAPatchModel
 from poseanimate.nodes.embedding_optimize import PoseAnimatePoseEmbeddingOptimize
-from poseanimate.nodes.host import ComfyDenoiser, conditioning_adm
+from poseanimate.nodes.host import ComfyDenoiser, read_conditioning
 from poseanimate.nodes.inversion import PoseAnimatePoseAwareInversion
 from poseanimate.nodes.sample_frames import PoseAnimateSampleFrames
 
@@ -36,7 +36,7 @@ def test_adapter_gives_the_unet_and_controlnet_the_ksampler_adm():
     the UNet and the ControlNet, as ComfyUI's samplers make it; equal to ComfyUI's own path bit for bit."""
     patcher, cnet = build_tiny_sdxl(with_control=True)
     latent, positive, poses = _scene()
-    den = ComfyDenoiser(patcher, cnet, strength=0.8, adm=conditioning_adm(positive))
+    den = ComfyDenoiser(patcher, cnet, strength=0.8, adm=read_conditioning(positive, None, 'test').adm)
     assert den.family == "SDXL" and den.context_dim == 2048
     ctx, pooled = positive[0][0], positive[0][1]["pooled_output"]
     x = latent["samples"]
@@ -52,7 +52,7 @@ def test_adapter_gives_the_unet_and_controlnet_the_ksampler_adm():
     ctrl = c.get_control(x, sigma, {"c_crossattn": ctx, "y": y}, 1, to)
     ref = model.apply_model(x, sigma, c_crossattn=ctx, control=ctrl, transformer_options=to, y=y)
     assert torch.equal(out, ref)
-    other = ComfyDenoiser(patcher, cnet, strength=0.8, adm=conditioning_adm(_scene(sizes={"width": 1024})[1]))
+    other = ComfyDenoiser(patcher, cnet, strength=0.8, adm=read_conditioning(_scene(sizes={"width": 1024})[1], None, 'test').adm)
     assert not torch.allclose(other(x, sigma, ctx, hint, {"cond_or_uncond": [0]}), out)  # the sizes reach y
 
 
