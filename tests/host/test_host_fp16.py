@@ -1,6 +1,8 @@
 """fp16 on the host: does the embedding gradient of the pose-aware optimisation survive a half-precision UNet?
 
-ComfyUI's UNet (tests/host/tiny_models.py, random weights) in fp16 on the CPU at a 64x64 latent, through
+ComfyUI's UNet (tests/host/tiny_models.py, random weights) in fp16 on the CPU at a 16x16 latent (about 40 s here;
+``POSEANIMATE_FP16_LATENT=64`` runs the 512-pixel variant, which took over 50 minutes on a 2-core CPU that emulates
+fp16, meant for a GPU run), through
 ``nodes.host.ComfyDenoiser``. The loss is pacm's ``_optimise_step`` loss: alpha-space MSE between the CFG DDIM
 step (optimised uncond embedding, fixed cond prediction) and the trajectory target. Reported (``--log-cli-level=INFO`` shows
 them): the share of exactly-zero gradient entries and the loss after a few Adam steps, fp32 vs fp16 without
@@ -12,6 +14,7 @@ scaling in fp16/bf16, 1 in fp32); it fails with TypeError on an engine without t
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
@@ -20,7 +23,7 @@ from tiny_models import build_tiny_sd15
 
 from poseanimate.nodes.host import ComfyDenoiser
 
-LATENT = 64          # 64x64 latent (a 512x512 image)
+LATENT = int(os.environ.get("POSEANIMATE_FP16_LATENT", "16"))  # 16x16 latent (a 128x128 image); 64: 512 px
 CFG = 7.5
 ITERS = 3
 LR = 1e-2
@@ -116,7 +119,9 @@ def test_fp16_gradients_measured_against_fp32(figures):
         assert first == pytest.approx(first32, rel=0.05), name  # fp16 forward: the same loss to within 5 %
     scaled = [figures[k][0] for k in figures if "2^" in k]
     assert min(scaled) <= figures["fp16"][0]  # scaling never loses gradient entries
-    assert figures["fp16"][0] > 0.05  # unscaled fp16 loses a real share of the entries (12.9 % measured) ...
+    # unscaled fp16 loses a real share of the entries (measured 5.3 % at 16x16, 12.9 % at 64x64), far more than
+    # with scaling (under 0.002 %) ...
+    assert figures["fp16"][0] > 0.01 and figures["fp16"][0] > 100 * max(min(scaled), 1e-6)
     for k in figures:
         if "2^" in k:  # ... a scale of 2^10 or more keeps them and reaches fp32's loss
             assert figures[k][0] < 0.01 and figures[k][2] == pytest.approx(last32, rel=2e-3), k
