@@ -65,6 +65,9 @@ def test_pyproject_metadata():
     assert comfy["DisplayName"] == "PoseAnimate"
     for key in ("PublisherId", "Icon", "requires-comfyui"):
         assert comfy[key]
+    # the oldest tested host, no upper bound: ComfyUI-Manager and the frontend read this range, and an upper bound
+    # at the newest tested host shut out every ComfyUI released after it (nodes/host/compat.py checks features)
+    assert comfy["requires-comfyui"] == ">=0.3.64"
     extras = meta["project"]["optional-dependencies"]
     assert "test" in extras and any("controlnet-aux" in x for x in extras["pose"])
     readme = (ROOT / "README.md").read_text()
