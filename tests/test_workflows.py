@@ -560,3 +560,26 @@ def test_dwpose_workflow_finds_both_poses_with_dwpose_and_animates_like_full():
             "DWPreprocessor"
     saves = [n["inputs"]["filename_prefix"] for n in graph.values() if n["class_type"] in ("SaveImage", "SaveVideo")]
     assert saves and all(p.startswith("PoseAnimate/dwpose/") for p in saves)
+
+
+def test_a_workflow_saved_before_the_new_inputs_keeps_its_widget_values():
+    """A UI workflow saved with the pack before the PACM nodes took negative, keyframe_interval and the background
+    hold (tests/data/workflows_0.1.0/remix.json): the frontend assigns saved widget values in order, so every node's
+    saved values must still fit the first widgets of today's spec, and every widget after them must be an
+    optional input with a default (filled in on load). New inputs are appended, never inserted."""
+    old = json.loads((ROOT / "tests" / "data" / "workflows_0.1.0" / "remix.json").read_text())
+    checked = 0
+    for node in old["nodes"]:
+        if node["type"] not in PACK:
+            continue
+        spec = SPECS[node["type"]]
+        expected = expected_widgets(spec)
+        values = node.get("widgets_values", [])
+        assert len(values) <= len(expected), node["type"]
+        for (name, entry, extra), value in zip(expected, values):
+            assert extra is not None or check_value(name, entry, value) is None, (node["type"], name, value)
+        optional = spec["input"].get("optional", {})
+        for name, entry, _ in expected[len(values):]:
+            assert name in optional and "default" in entry[1], (node["type"], name)
+        checked += 1
+    assert checked >= 6

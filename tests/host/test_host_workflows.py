@@ -215,6 +215,20 @@ def test_full_workflow_end_to_end_gives_n_plus_one_frames(runner):
     assert previews and all(history["outputs"][i]["images"] for i in previews)  # the inversion check (+ masks)
 
 
+def test_a_workflow_saved_before_the_negative_input_still_validates_and_runs(runner):
+    """Workflow 'full' as the pack shipped it before the PACM nodes took a negative (and keyframes / background
+    hold): an API graph saved then (tests/data/workflows_0.1.0/full_api.json) validates and runs unchanged."""
+    old = json.loads((ROOT / "tests" / "data" / "workflows_0.1.0" / "full_api.json").read_text())
+    assert not any("negative" in n["inputs"] for n in old.values() if n["class_type"].startswith("PoseAnimate"))
+    graph = _tiny_api("full", graph=old)
+    _source_image(runner, graph)
+    targets = _prepare_poses(runner, graph)
+    ok, history, messages, valid = runner.run(graph)
+    assert valid[0], (valid[1], valid[3])
+    assert ok, _errors(messages)
+    assert len(history["outputs"][_node_id(graph, "SaveImage")]["images"]) == targets + 1
+
+
 def _mgdm_graph() -> dict:
     """Workflow 'full' as make_workflows writes it with MGDM on (Recipe.use_masks): Mask Extract with the body
     prior, the source image's alpha, the positive conditioning, and its masks on DCA Patch Model."""
