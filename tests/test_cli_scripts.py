@@ -202,3 +202,19 @@ def test_bench_scale_presets_are_the_shipped_recipes():
     args = module.parse_args(["--preset", "fast", "--comfyui", "x"])
     assert (args.steps, args.inner, args.inversion_inner) == (pipeline.FAST.steps, pipeline.FAST.inner_steps,
                                                               pipeline.FAST.inversion_inner_steps)
+
+
+def test_gpu_check_runs_its_cpu_mode_without_comfyui(tmp_path):
+    """benchmarks/gpu_check.py never rots: its CPU mode (--device cpu --tiny, no ComfyUI) runs every stage of both
+    presets and reports each with a finite gradient agreement; the host tests run it through the nodes."""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "COMFYUI_PATH"}
+    out = tmp_path / "rows.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--tiny",
+                           "--steps", "2", "--frames", "3", "--out", str(out)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = __import__("json").loads(out.read_text())
+    stages = {(r["preset"], r["stage"]) for r in rows if "stage" in r}
+    assert len(stages) == 8 and not any("skipped" in r for r in rows)
+    assert all(r["frames_finite"] and r["gradient_cosine"] > 0.999 for r in rows)
+    assert "Pose Embedding Optimize" in done.stdout and "cut by --steps" in done.stdout
