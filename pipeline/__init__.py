@@ -23,7 +23,8 @@ from .families import FAMILIES, SD15, SDXL, ModelFamily
 from .runner import MEMORY, MemoryPolicy, Stage, StageHost, prepare
 from .stages import capture_attention, invert, optimise, sample
 from .steps import (UNCOND_POSES, align_poses, body_prior, build_masks, check_masks, check_pose_canvas,
-                    check_schedule, check_subject, check_uncond_pose, hold_masks, make_dca, patch_model, sample_poses)
+                    check_schedule, check_subject, check_uncond_pose, hold_masks, hold_masks_from_images, HOLD_SOURCES,
+                    make_dca, patch_model, sample_poses)
 from .types import ControlSettings, PACMEmbeddings, StagedInversion
 
 __all__ = [
@@ -34,6 +35,6 @@ __all__ = [
     "MEMORY", "MemoryPolicy", "Stage", "StageHost", "prepare",
     "capture_attention", "invert", "optimise", "sample",
     "UNCOND_POSES", "align_poses", "body_prior", "build_masks", "check_masks", "check_pose_canvas", "check_schedule",
-    "check_subject", "check_uncond_pose", "hold_masks", "make_dca", "patch_model", "sample_poses",
+    "check_subject", "check_uncond_pose", "hold_masks", "hold_masks_from_images", "HOLD_SOURCES", "make_dca", "patch_model", "sample_poses",
     "ControlSettings", "PACMEmbeddings", "StagedInversion",
 ]

@@ -81,6 +81,7 @@ class Recipe:
     uncond_pose: str = "target"        # the pose of the unconditional rows (pipeline.UNCOND_POSES)
     hold_background: bool = False      # outside the source's and the frame's body, follow the source's trajectory
     hold_dilate: int = 1               # latent pixels the held region keeps clear of the bodies
+    hold_source: str = "keypoints"     # the bodies from PATA's keypoints (pose_keypoint connected) or "pose images"
 
     @property
     def frames(self) -> int:

@@ -166,8 +166,38 @@ def hold_masks(poses: np.ndarray, image_size, latent_size, *, dilate: int = 1) -
     the source's and the frame's :func:`body_prior` (PATA's skeleton body), reduced to ``latent_size`` = (h, w) by
     max-pooling (a latent pixel any part of the body touches), grown by ``dilate`` latent pixels. ``(F, h, w)`` in
     {0, 1}; frame 0 (the source) is all ones."""
-    prior = body_prior(poses, image_size)
-    union = torch.maximum(prior, prior[:1])
+    return _held(body_prior(poses, image_size), latent_size, dilate)
+
+
+HOLD_SOURCES = ("keypoints", "pose images")  # where hold masks come from: the poses, or their OpenPose renderings
+BODY_RADIUS = 0.04  # a body's half-width around its rendered skeleton, in skeleton heights (pata.prior: limbs 0.25-0.3 torso lengths wide, a torso about 0.3 heights)
+
+
+def hold_masks_from_images(hints: torch.Tensor, latent_size, *, dilate: int = 1) -> torch.Tensor:
+    """:func:`hold_masks` when only the frames' OpenPose renderings ``(F, 3, H, W)`` are at hand (the pose images a
+    Sample Frames' embeddings carry): each frame's body is its rendered skeleton grown by ``BODY_RADIUS`` of the
+    skeleton's height and closed (a limb capsule and the torso between its lines, as ``pata.body_prior`` draws from
+    keypoints), united with the source's, reduced to ``latent_size`` by max-pooling, grown by ``dilate`` latent
+    pixels; frame 0 all ones. A frame without a visible skeleton holds nothing of its own."""
+    if not isinstance(hints, torch.Tensor) or hints.ndim != 4 or hints.shape[1] != 3:
+        raise argument_error("hints", "expected OpenPose images (F, 3, H, W)", "pass the frames' pose images")
+    skeleton = (hints.float().amax(1) > 0.05).float()
+    bodies = torch.zeros_like(skeleton)
+    for f in range(skeleton.shape[0]):
+        rows = skeleton[f].any(1).nonzero().flatten()
+        if rows.numel() == 0:
+            continue
+        r = max(1, int(round(BODY_RADIUS * float(rows.max() - rows.min() + 1))))
+        grown = F.max_pool2d(skeleton[f][None, None], 2 * r + 1, stride=1, padding=r)
+        grown = F.max_pool2d(grown, 2 * r + 1, stride=1, padding=r)            # close: dilate ...
+        bodies[f] = 1.0 - F.max_pool2d(1.0 - grown, 2 * r + 1, stride=1, padding=r)[0, 0]  # ... then erode
+    return _held(bodies, latent_size, dilate)
+
+
+def _held(bodies: torch.Tensor, latent_size, dilate: int) -> torch.Tensor:
+    """Bodies ``(F, H, W)`` at image size -> the hold masks: each frame's united with the source's, max-pooled to
+    the latent size, grown by ``dilate`` latent pixels, frame 0 all ones."""
+    union = torch.maximum(bodies, bodies[:1])
     h, w = (int(v) for v in latent_size)
     out = F.adaptive_max_pool2d(union[:, None], (h, w))
     if int(dilate) > 0:

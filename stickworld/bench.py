@@ -261,8 +261,10 @@ class Run:
         r = self.recipe
         if not r.hold_background:
             return None
-        return pipeline.hold_masks(self.poses, (self.case.size, self.case.size), inversion.trajectory.shape[-2:],
-                                   dilate=r.hold_dilate)
+        latent = inversion.trajectory.shape[-2:]
+        if r.hold_source == "pose images":  # Sample Frames without pose_keypoint: the embeddings' pose images
+            return pipeline.hold_masks_from_images(self.hints, latent, dilate=r.hold_dilate)
+        return pipeline.hold_masks(self.poses, (self.case.size, self.case.size), latent, dilate=r.hold_dilate)
 
     def full(self) -> np.ndarray:
         """The shipped path's frames: DCAM, with MGDM and the recipe's masks when the recipe connects them."""

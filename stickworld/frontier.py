@@ -61,6 +61,16 @@ ROWS: dict[str, dict] = {
                                "keyframe_interval": 3, "hold_background": True},
     "alg1_s15_inv2_kf2_hold": {"schedule": "algorithm 1", "inner_steps": 1, "steps": 15, "inversion_inner_steps": 2,
                                "keyframe_interval": 2, "hold_background": True},
+    # the same holds with the bodies drawn from the pose images alone (Sample Frames without pose_keypoint)
+    "alg1_s20_inv2_kf2_hold_img": {"schedule": "algorithm 1", "inner_steps": 1, "steps": 20,
+                                   "inversion_inner_steps": 2, "keyframe_interval": 2, "hold_background": True,
+                                   "hold_source": "pose images"},
+    "alg1_s20_inv2_kf3_hold_img": {"schedule": "algorithm 1", "inner_steps": 1, "steps": 20,
+                                   "inversion_inner_steps": 2, "keyframe_interval": 3, "hold_background": True,
+                                   "hold_source": "pose images"},
+    "alg1_s15_inv2_kf2_hold_img": {"schedule": "algorithm 1", "inner_steps": 1, "steps": 15,
+                                   "inversion_inner_steps": 2, "keyframe_interval": 2, "hold_background": True,
+                                   "hold_source": "pose images"},
 }
 # The rows the benchmark runs by default: the reference, negative-prompt inversion, and the Algorithm 1 rows near
 # the fast target (at most 20 % of the reference's evaluations at FORWARD_BACKWARD_COST: alg1_s20_*; alg1_s25 is
