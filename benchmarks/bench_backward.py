@@ -11,7 +11,6 @@ after one warm-up, so other jobs on the machine inflate it less. Prints a table 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import sys
 import time
@@ -59,10 +58,7 @@ def stickworld(repeats: int):
 
 
 def sd15(comfyui: str, threads: int, repeats: int):
-    spec = importlib.util.spec_from_file_location("bench_scale", ROOT / "benchmarks" / "bench_scale.py")
-    scale = importlib.util.module_from_spec(spec)
-    sys.modules["bench_scale"] = scale
-    spec.loader.exec_module(scale)
+    import bench_scale as scale  # a sibling: benchmark scripts run with benchmarks/ first on sys.path
     scale.bootstrap(argparse.Namespace(comfyui=comfyui, device="cpu", threads=threads))
     import torch
 

@@ -19,21 +19,12 @@ and the first sample are reported per latent pixel and per byte of the compute d
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MIB = 2 ** 20
-
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def measure(patcher, cnet, size: int, batch: int, grad: bool, context_dim: int, pooled: bool) -> int:
@@ -98,7 +89,7 @@ def main(argv=None) -> int:
     if any(s % 64 for s in args.sizes):
         print(f"--sizes: every size must be a multiple of 64, got {args.sizes}", file=sys.stderr)
         return 2
-    scale = _load("bench_scale", ROOT / "benchmarks" / "bench_scale.py")
+    import bench_scale as scale  # a sibling: benchmark scripts run with benchmarks/ first on sys.path
     scale.bootstrap(argparse.Namespace(comfyui=args.comfyui, device="cpu", threads=args.threads))
     sys.path.insert(1, str(ROOT))  # testing/ (after ComfyUI: the root's nodes/ must not shadow its nodes.py)
     sys.path.insert(1, str(ROOT / "tests" / "host"))

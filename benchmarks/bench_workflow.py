@@ -16,7 +16,6 @@ of Sample Frames are recorded from inside the executor and saved with torch.save
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -25,14 +24,6 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CKPT, CNET = "sd15-full-random.safetensors", "sd15-full-openpose-random.safetensors"
-
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def compare(a: str, b: str) -> int:
@@ -50,7 +41,7 @@ def compare(a: str, b: str) -> int:
 
 def run(args) -> int:
     os.environ["COMFYUI_PATH"] = args.comfyui  # the host tests' executor runner reads it
-    scale = _load("bench_scale", ROOT / "benchmarks" / "bench_scale.py")
+    import bench_scale as scale  # a sibling: benchmark scripts run with benchmarks/ first on sys.path
     scale.bootstrap(argparse.Namespace(comfyui=args.comfyui, device="cpu", threads=args.threads))
     sys.path.insert(1, str(ROOT / "tests" / "host"))  # the executor runner and model writers of the host tests
     import torch

@@ -65,12 +65,7 @@ def configurations(args) -> list[dict]:
 # ---- one configuration, in its own process ---------------------------------------------------------------------
 def _bootstrap(args, config):
     """ComfyUI imported with the configuration's flags (bench_scale's bootstrap, then the flags before model code)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_scale", ROOT / "benchmarks" / "bench_scale.py")
-    scale = importlib.util.module_from_spec(spec)
-    sys.modules["bench_scale"] = scale
-    spec.loader.exec_module(scale)
+    import bench_scale as scale  # a sibling: benchmark scripts run with benchmarks/ first on sys.path
     scale.bootstrap(argparse.Namespace(comfyui=args.comfyui, device=args.device, threads=0))
     from comfy.cli_args import args as flags  # read by comfy.model_management at its import, which comes later
 

@@ -89,9 +89,10 @@ class PoseAnimateCrossAttentionMaskExtract:
                                                    "source first): each mask is united with a body prior drawn "
                                                    "from the skeleton, so thin limbs stay in the character."}),
                 "positive": ("CONDITIONING", {"lazy": True, "tooltip": "Optional: the positive CONDITIONING given to the other "
-                                              "PACM nodes. Only the ControlNets applied to it ('Apply "
-                                              "ControlNet') are used, on the cond half of each call, so the "
-                                              "capture samples exactly what Sample Frames samples."}),
+                                              "PACM nodes (checked to be the inversion's prompt). Only the "
+                                              "ControlNets applied to it ('Apply ControlNet') are used, on the cond "
+                                              "rows of each call, so the capture samples exactly what Sample Frames "
+                                              "samples."}),
                 "negative": ("CONDITIONING", {"lazy": True, "tooltip": NEGATIVE_TOOLTIP + " Needs positive."}),
             },
         }

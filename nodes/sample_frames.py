@@ -52,11 +52,12 @@ class PoseAnimateSampleFrames:
                 "hold_background": ("BOOLEAN", {
                     "default": NODE_DEFAULTS.hold_background,
                     "tooltip": "Hold the background from the source (a static camera): outside the source's and "
-                               "each frame's body, drawn from the skeleton in pose_keypoint, every frame follows the "
-                               "source's inversion at every step, so the background stays the source's. Needs "
-                               "pose_keypoint."}),
+                               "each frame's body, every frame follows the source's inversion at every step, so the "
+                               "background stays the source's. The bodies are drawn from pose_keypoint's skeletons "
+                               "when it is connected, else from the pose images (a little wider)."}),
                 "pose_keypoint": ("POSE_KEYPOINT", {
-                    "tooltip": "The frames' poses (PATA Align's 'aligned_pose', source first), for hold_background."}),
+                    "tooltip": "The frames' poses (PATA Align's 'aligned_pose', source first): hold_background draws "
+                               "the bodies from them."}),
                 "hold_dilate": ("INT", {
                     "default": NODE_DEFAULTS.hold_dilate, "min": 0, "max": 64,
                     "tooltip": "Latent pixels (8 image pixels each) the held background keeps clear of the bodies, "
@@ -69,6 +70,7 @@ class PoseAnimateSampleFrames:
                uncond_pose=NODE_DEFAULTS.uncond_pose, hold_background=NODE_DEFAULTS.hold_background,
                pose_keypoint=None, hold_dilate=NODE_DEFAULTS.hold_dilate, negative=None):
         import comfy.model_management as mm
+        import torch
 
         from .. import pata, pipeline
         from ..attention import DCAPatch
@@ -90,10 +92,14 @@ class PoseAnimateSampleFrames:
                 raise ValueError(f"{'pose_keypoint' if pose_keypoint is not None else 'hold_dilate'}: is used only "
                                  "with hold_background. Fix: turn hold_background on, or disconnect it / set it back "
                                  f"to {NODE_DEFAULTS.hold_dilate}")
-            if hold_background:
-                if pose_keypoint is None:
-                    raise ValueError("pose_keypoint: hold_background needs the frames' poses to draw their bodies. "
-                                     "Fix: connect PATA Align's 'aligned_pose' here")
+            if hold_background and pose_keypoint is None:  # the bodies from the embeddings' pose images
+                if inversion.hint is None or poses.hints is None:
+                    raise ValueError("hold_background: needs the frames' poses (pose images or pose_keypoint). Fix: "
+                                     "run the PACM nodes with the pose ControlNet's images, or connect PATA Align's "
+                                     "'aligned_pose' to pose_keypoint")
+                images = torch.cat([inversion.hint[None].float().cpu(), poses.hints.float().cpu()])
+                hold = pipeline.hold_masks_from_images(images, latent_hw, dilate=int(hold_dilate))
+            elif hold_background:
                 seq, width, height = pata.from_pose_keypoint(pose_keypoint, "pose_keypoint")
                 if len(seq) != embeddings.frames:
                     raise ValueError(f"pose_keypoint: {len(seq)} poses for {embeddings.frames} frames. Fix: connect the "

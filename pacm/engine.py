@@ -4,7 +4,9 @@ Parametrisation (ComfyUI's sigma space, SD1.5): a latent at noise level ``sigma`
 (not pre-scaled); the model (a ``Denoiser``, see DEVELOPERS.md) takes ``(x, sigma)`` and returns the x0
 prediction; ``alphas_cumprod = 1 / (1 + sigma**2)``. DDIM with eta 0 in this space is
 ``eps = (x - x0) / sigma; x_next = x0 + sigma_next * eps`` (ComfyUI's "ddim" sampler, Euler in sigma space).
-CFG combines x0 predictions: ``x0 = x0_uncond + cfg * (x0_cond - x0_uncond)`` (as ComfyUI does).
+CFG combines x0 predictions: ``x0 = x0_uncond + cfg * (x0_cond - x0_uncond)`` (as ComfyUI does), or through the
+model's own ``combine_cfg(x0_cond, x0_uncond, cfg, x, sigma)`` where it has one (a host applying a CFG function such
+as ComfyUI's RescaleCFG; also in the CFG step the optimisation differentiates).
 
 Shapes: latents ``(C, h, w)`` per frame, embeddings ``(L, D)`` per frame (e.g. ``(77, 768)``), pose hints
 ``(3, H, W)`` in 0..1 with ``H, W`` the image size (8 x the latent size for SD1.5). Batched inputs with a
@@ -95,6 +97,15 @@ def _call(model, x, sigma: float, context, hint, cond_or_uncond, transformer_opt
     h = None if hint is None else hint.to(device=model.device, dtype=mdt)
     out = model(x.to(mdt), sig, context.to(mdt), h, _options(transformer_options, cond_or_uncond, poseanimate))
     return out.to(x.dtype)
+
+
+def _cfg(model, x0_cond, x0_uncond, cfg: float, x, sigma: float):
+    """Classifier-free guidance of two x0 predictions: the model's ``combine_cfg`` if it has one, else
+    ``x0_uncond + cfg * (x0_cond - x0_uncond)``."""
+    combine = getattr(model, "combine_cfg", None)
+    if combine is None:
+        return x0_uncond + cfg * (x0_cond - x0_uncond)
+    return combine(x0_cond, x0_uncond, cfg, x, sigma)
 
 
 def _ddim(x, x0, sigma: float, sigma_next: float):
@@ -199,7 +210,7 @@ def _grad_pass(model, emb, sel, x, sigma, sigma_next, x0_cond, hints, target, cf
             xs, x0c, tg = x[sel], x0_cond[sel], target[sel]
             hs = None if hints is None else hints[sel]
             x0_u = _call(model, xs, sigma, e, hs, [1] * b, transformer_options)
-            x0 = x0_u + cfg * (x0c - x0_u)
+            x0 = _cfg(model, x0c, x0_u, cfg, xs, sigma)
             xn = _ddim(xs, x0, sigma, sigma_next)
             per = ((xn - tg) * scale).pow(2).flatten(1).mean(1)
             loss = per.sum() if loss_scale == 1.0 else per.sum() * loss_scale
@@ -289,7 +300,7 @@ def _optimise_step(model, x, sigma, sigma_next, x0_cond, emb_init, hints, target
         else:
             x0_u = _call(model, x, sigma, emb, hints, [1] * b, transformer_options)
             tally.forward(b)
-            x0 = x0_u + cfg * (x0_cond - x0_u)
+            x0 = _cfg(model, x0_cond, x0_u, cfg, x, sigma)
         x_next = _ddim(x, x0, sigma, sigma_next)
         loss_after = ((x_next - target) * scale).pow(2).flatten(1).mean(1).float().cpu()
     if not bool(loss_after.isfinite().all()):
@@ -815,7 +826,7 @@ def sample_frames(model, inversion: InversionResult, embeddings: PoseEmbeddings 
                     out = _call(model, torch.cat([xb, xb]), s, ctx, hh, [1, 0], transformer_options, pa)
                     tally.forward(2 * b)
                     x0_u, x0_c = out[:b], out[b:]
-                    x0 = x0_u + cfg * (x0_c - x0_u)
+                    x0 = _cfg(model, x0_c, x0_u, cfg, xb, s)
                 x_next = _ddim(xb, x0, s, s_next)
                 if hold_masks is not None:
                     m = hold_masks[lo:hi]

@@ -214,8 +214,9 @@ def full_sdxl(g):
 - DCA on every decoder attention block: on SDXL output blocks 0-5, every layer. Which blocks and layers work
   best on SDXL, and the image quality on real SDXL weights, were not measured (docs/pacm.md).
 {MGDM_NOTE}
-- The unconditional rows keep the prompt's pooled output (PACM optimises the token embeddings); the size
-  conditioning is the latent's pixel size, the same in inversion and sampling.
+- The unconditional rows take the negative prompt's pooled output and sizes, as in a KSampler (PACM optimises
+  the token embeddings, not the pooled vector); the size conditioning is the latent's pixel size unless the prompt
+  sets it, the same in inversion and sampling.
 """, title="SDXL")
     return g
 
@@ -285,9 +286,10 @@ def remix(g):
   and **Canny** (`{CANNY}`) of the PoseAnimate frames, which keeps their structure while the LoRA restyles
   details. Swap Canny for a depth ControlNet + depth preprocessor if you prefer.
 - Raise denoise for a stronger restyle (identity drifts more); lower the Canny strength to allow more change.
-- Extra ControlNets can also act inside PoseAnimate itself: put **Apply ControlNet** on the positive
-  conditioning that feeds the PACM nodes, with one image for every frame or one image per frame (source
-  first); they run under the OpenPose ControlNet in every stage.
+- Extra ControlNets can also act inside PoseAnimate itself, as in a KSampler: put **Apply ControlNet** on the
+  positive and negative prompts that feed the PACM nodes (their `positive` and `negative` inputs), with one image
+  for every frame or one image per frame (source first); they run beside the OpenPose ControlNet in every stage,
+  each CFG side with its own prompt's ControlNets.
 """, title="Remix: LoRA + second ControlNet")
     g.note(MODELS_NOTE, title="Models")
     return g

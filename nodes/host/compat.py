@@ -9,10 +9,6 @@ later ComfyUI with the same features works and one without them fails here, by n
   (``uncast_bias_weight`` where it exists).
 * ``uses_dynamic_vram(patcher)``: whether a MODEL streams its weights through dynamic VRAM
   (``ModelPatcherDynamic``), for logs and memory figures.
-* ``prompt_executor(execution, server, **kw)``: ``execution.PromptExecutor`` with the cache arguments a host
-  needs (0.33 reads ``cache_args["ram"]`` on every run); used by the host tests and the headless checks.
-* ``state_dict_for_saving(model, clip_sd, vae_sd)``: a checkpoint's state dict (0.33 takes the UNet's state
-  dict as the first argument); the host tests write their tiny checkpoint files with it.
 * ``mask_attention(attention)``: an attention function that honours ``mask=`` (ComfyUI's PyTorch attention)
   where the host's optimised attention would drop it (sage attention on hosts that do not check for masks).
 * ``attention_override_supported()``: whether the host's attention functions honour
@@ -25,9 +21,6 @@ import contextlib
 import inspect
 
 import torch
-
-# what cache_args a host that needs them gets (0.33: LRU off, RAM headroom as its CLI default)
-DEFAULT_CACHE_ARGS = {"lru": 0, "ram": 16.0, "ram_inactive": 16.0}
 
 
 def _accepts(fn, name: str) -> bool:
@@ -79,23 +72,6 @@ def uses_dynamic_vram(patcher) -> bool:
         except TypeError:
             return False
     return type(patcher).__name__ == "ModelPatcherDynamic"
-
-
-def state_dict_for_saving(model, clip_state_dict=None, vae_state_dict=None) -> dict:
-    """A checkpoint's state dict from a ``BaseModel`` (its UNet) plus CLIP and VAE state dicts: 0.33's
-    ``state_dict_for_saving`` takes the UNet's state dict first, 0.3.64's reads it from the model itself. (For
-    writing test checkpoints.)"""
-    if _accepts(model.state_dict_for_saving, "unet_state_dict"):
-        return model.state_dict_for_saving(model.diffusion_model.state_dict(), clip_state_dict=clip_state_dict,
-                                           vae_state_dict=vae_state_dict)
-    return model.state_dict_for_saving(clip_state_dict=clip_state_dict, vae_state_dict=vae_state_dict)
-
-
-def prompt_executor(execution, server, **kwargs):
-    """``execution.PromptExecutor(server, **kwargs)``, adding ``cache_args`` where the host's executor takes it."""
-    if _accepts(execution.PromptExecutor.__init__, "cache_args") and "cache_args" not in kwargs:
-        kwargs["cache_args"] = dict(DEFAULT_CACHE_ARGS)
-    return execution.PromptExecutor(server, **kwargs)
 
 
 def mask_attention(attention):

@@ -91,7 +91,7 @@ class ComfyRunner:
         valid = self.validate(graph)
         if not valid[0]:
             return False, None, [], valid
-        from poseanimate.nodes.host import compat
+        from testing import comfy_host as compat
 
         executor = compat.prompt_executor(execution, self.server, cache_type=execution.CacheType.CLASSIC)
         prompt_id = str(uuid.uuid4())

@@ -11,7 +11,7 @@ import torch
 from tiny_models import build_tiny_sd15
 
 from poseanimate.nodes.embedding_optimize import PoseAnimatePoseEmbeddingOptimize
-from poseanimate.nodes.host import compat
+from testing import comfy_host as compat
 from poseanimate.nodes.inversion import PoseAnimatePoseAwareInversion
 from poseanimate.nodes.mask_extract import PoseAnimateCrossAttentionMaskExtract
 

@@ -292,3 +292,28 @@ def test_per_frame_images_of_a_second_controlnet_reach_their_frames_in_every_sta
     PoseAnimateSampleFrames().sample(patcher, cnet, remix, emb, 2)
     windows = sorted({tuple(ids) for _s, ids, _b in seen})
     assert windows == [(0, 1), (2,)]  # windows of 2 frames: each row its own frame's image
+
+
+def test_hold_background_keeps_the_source_outside_the_bodies():
+    """Sample Frames' hold_background: outside the source's and each frame's body (here from the pose images: a
+    bright figure on black) every frame ends on the source's latent; inside, it is generated. With pose_keypoint
+    connected the bodies come from the skeletons instead; pose_keypoint without hold_background is refused."""
+    from poseanimate.nodes.embedding_optimize import PoseAnimatePoseEmbeddingOptimize as Opt
+
+    patcher, cnet = build_tiny_sd15()
+    latent, positive, _ = _scene()
+    poses = torch.zeros(3, 64, 64, 3)
+    for f, x0 in enumerate((8, 16, 24)):  # a figure moving right, in the left half of the picture
+        poses[f, 8:56, x0:x0 + 8] = 1.0
+    inv, _ = _invert(patcher, cnet, latent, positive, poses, inner=1)
+    (emb,) = Opt().optimize(inv, patcher, cnet, positive, poses, 1, 0)
+    node = PoseAnimateSampleFrames()
+    (free,) = node.sample(patcher, cnet, positive, emb, 0)
+    (held,) = node.sample(patcher, cnet, positive, emb, 0, hold_background=True)
+    source = patcher.model.process_latent_out(inv.trajectory[:1].float())
+    right = held["samples"][1:, :, :, 6:]  # latent columns 6-7: image x >= 48, beyond every body and its margin
+    assert torch.allclose(right, source[:, :, :, 6:].expand_as(right), atol=1e-5)
+    assert not torch.allclose(free["samples"][1:, :, :, 6:], source[:, :, :, 6:].expand_as(right), atol=1e-3)
+    assert not torch.allclose(held["samples"][1:, :, :, :3], source[:, :, :, :3].expand(2, -1, -1, -1), atol=1e-3)
+    with pytest.raises(PoseAnimateError, match=r"^Sample Frames: input 'pose_keypoint': is used only with "):
+        node.sample(patcher, cnet, positive, emb, 0, pose_keypoint=[{"people": []}])

@@ -12,7 +12,7 @@ import torch
 
 from tiny_models import build_tiny_sd15, build_tiny_sdxl_refiner
 
-from poseanimate.nodes.host import compat
+from testing import comfy_host as compat
 from poseanimate.nodes.embedding_optimize import PoseAnimatePoseEmbeddingOptimize
 from poseanimate.nodes.inversion import PoseAnimatePoseAwareInversion
 from poseanimate.nodes.sample_frames import PoseAnimateSampleFrames

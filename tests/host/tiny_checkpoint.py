@@ -15,7 +15,7 @@ import torch
 
 from tiny_models import init_weights_
 
-from poseanimate.nodes.host import compat
+from testing import comfy_host as compat
 
 CKPT_UNET = dict(
     use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
