@@ -425,6 +425,14 @@ def test_the_fast_default_must_meet_the_target_on_every_case_seed():
     miss = frontier.choose_fast_seeds({"1": a, "3": b, "4": c})
     assert miss["name"] == "alg1_s20_inv2" and not miss["meets_target"]
     assert not frontier.keeps_guidance("npi") and frontier.keeps_guidance("npi_src")
+    # pose IoU and temporal change may not get worse by more than 5 % either
+    d = _rows(paper=ref, npi=(100, 0.18, 0.009), alg1_s25=(190, 0.205, 0.0104), alg1_s20_inv2=(150, 0.209, 0.0101))
+    d["alg1_s20_inv2"]["temporal"] = 0.0106
+    e = _rows(paper=ref, npi=(100, 0.18, 0.009), alg1_s25=(190, 0.205, 0.0104), alg1_s20_inv2=(150, 0.209, 0.0101))
+    e["alg1_s20_inv2"]["pose_iou"] = 0.47
+    for worse in (d, e):
+        got = frontier.choose_fast_seeds({"1": a, "2": worse})
+        assert got["name"] == "alg1_s25" and got["misses"]["alg1_s20_inv2"] == ["2"]
 
 
 def test_the_frontier_over_case_seeds_keeps_each_seed_and_their_mean():
