@@ -78,6 +78,14 @@ def _sigmas_for(model, steps: int, sigmas: torch.Tensor | None) -> torch.Tensor:
 _SOURCE_ROW = {"row_frames": [0]}
 
 
+def _row_frames(rows: list | None, sel) -> dict | None:
+    """``poseanimate`` for a call on the one-frame chunks ``sel`` of a batch whose rows are the global frames
+    ``rows`` (so that per-frame images of the CONDITIONING's ControlNets reach the right rows, on both CFG sides)."""
+    if rows is None:
+        return None
+    return {"row_frames": [int(rows[int(i)]) for i in sel]}
+
+
 def _options(transformer_options: dict | None, cond_or_uncond: list[int], poseanimate: dict | None) -> dict:
     """A fresh per-call transformer_options: the caller's passthrough (shallow copy) + the engine's keys."""
     to = dict(transformer_options or {})
@@ -194,7 +202,7 @@ def _nonfinite_loss(step: int, values: torch.Tensor) -> ValueError:
 
 
 def _grad_pass(model, emb, sel, x, sigma, sigma_next, x0_cond, hints, target, cfg, scale, transformer_options,
-               loss_scale: float, tally: _Tally, step: int):
+               loss_scale: float, tally: _Tally, step: int, rows: list | None = None):
     """One forward + backward of the uncond branch for the frames ``sel``: returns (per-frame loss (b,),
     gradient (b, L, D), x_next (b, C, h, w) computed with the pre-update embedding, loss scale in effect).
 
@@ -209,7 +217,7 @@ def _grad_pass(model, emb, sel, x, sigma, sigma_next, x0_cond, hints, target, cf
             e = emb[sel].requires_grad_(True)
             xs, x0c, tg = x[sel], x0_cond[sel], target[sel]
             hs = None if hints is None else hints[sel]
-            x0_u = _call(model, xs, sigma, e, hs, [1] * b, transformer_options)
+            x0_u = _call(model, xs, sigma, e, hs, [1] * b, transformer_options, _row_frames(rows, sel))
             x0 = _cfg(model, x0c, x0_u, cfg, xs, sigma)
             xn = _ddim(xs, x0, sigma, sigma_next)
             per = ((xn - tg) * scale).pow(2).flatten(1).mean(1)
@@ -234,7 +242,7 @@ def _grad_pass(model, emb, sel, x, sigma, sigma_next, x0_cond, hints, target, cf
 def _optimise_step(model, x, sigma, sigma_next, x0_cond, emb_init, hints, target, cfg, lr, threshold, inner_steps,
                    transformer_options, *, mode: str = "inner", adaptive: float | None = None,
                    loss_scale: float = 1.0, tally: _Tally | None = None, step: int = 0,
-                   uncond_is_cond: bool = False):
+                   uncond_is_cond: bool = False, rows: list | None = None):
     """Null-text-style optimisation of the uncond-slot embedding of B independent frames for one DDIM step.
 
     x, x0_cond, target: (B, C, h, w); emb_init (B, L, D); hints (B, 3, H, W) or None. Every frame is its own
@@ -258,7 +266,7 @@ def _optimise_step(model, x, sigma, sigma_next, x0_cond, emb_init, hints, target
         sel = torch.arange(b, device=emb_init.device)
         per, grad, x_next, loss_scale = _grad_pass(
             model, emb_init.detach(), sel, x, sigma, sigma_next, x0_cond, hints, target, cfg, scale,
-            transformer_options, loss_scale, tally, step)
+            transformer_options, loss_scale, tally, step, rows)
         zeros = torch.zeros_like(grad)
         emb, _m, _v = _adam_update(emb_init.detach(), grad, zeros, zeros, 1, lr)
         if not bool(emb.isfinite().all()):
@@ -279,7 +287,7 @@ def _optimise_step(model, x, sigma, sigma_next, x0_cond, emb_init, hints, target
         sel = idx.to(emb.device)
         per, grad, _xn, loss_scale = _grad_pass(
             model, emb, sel, x, sigma, sigma_next, x0_cond, hints, target, cfg, scale, transformer_options,
-            loss_scale, tally, step)
+            loss_scale, tally, step, rows)
         if loss_before is None:
             loss_before = per.float().cpu()
         p, mm, vv = _adam_update(emb[sel], grad, m[sel], v[sel], j + 1, lr)
@@ -298,7 +306,8 @@ def _optimise_step(model, x, sigma, sigma_next, x0_cond, emb_init, hints, target
         if inner_steps == 0 and uncond_is_cond:
             x0 = x0_cond
         else:
-            x0_u = _call(model, x, sigma, emb, hints, [1] * b, transformer_options)
+            x0_u = _call(model, x, sigma, emb, hints, [1] * b, transformer_options,
+                         _row_frames(rows, torch.arange(b)))
             tally.forward(b)
             x0 = _cfg(model, x0_cond, x0_u, cfg, x, sigma)
         x_next = _ddim(x, x0, sigma, sigma_next)
@@ -438,7 +447,7 @@ def pose_aware_inversion(model, inversion: InversionResult, *, cfg: float = 7.5,
         emb, x, lb, la, it, ls = _optimise_step(
             model, x, s, s_next, x0_c, emb, hb, traj[T - i - 1][None], cfg, _lr_at(lr, i, T),
             early_stop + i * 2e-5, inner_steps, transformer_options, adaptive=adaptive, loss_scale=ls,
-            tally=tally, step=i, uncond_is_cond=uncond_is_cond)
+            tally=tally, step=i, uncond_is_cond=uncond_is_cond, rows=_SOURCE_ROW["row_frames"])
         embs.append(emb[0].detach().clone())
         losses.append(torch.stack([lb[0], la[0]]))
         iters.append(it[0])
@@ -577,7 +586,8 @@ def optimize_pose_embeddings(model, inversion: InversionResult, hints: torch.Ten
             emb, x, lb, la, it, ls_state["scale"] = _optimise_step(
                 model, x, s, s_next, x0_c, init[None].expand(b, -1, -1), hb, target, cfg,
                 _lr_at(lr, i, T), early_stop + i * 2e-5, inner_steps, transformer_options,
-                mode=mode, adaptive=adaptive, loss_scale=ls_state["scale"], tally=tally, step=i)
+                mode=mode, adaptive=adaptive, loss_scale=ls_state["scale"], tally=tally, step=i,
+                rows=rows["row_frames"])
             out.append((emb.detach(), lb, la, it))
             _report(callback, "optimize", report_base + i + 1, report_total)
         return out

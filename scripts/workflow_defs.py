@@ -157,11 +157,13 @@ def _pipeline(g, recipe, *, window=None, frames_per_batch=0, lora=False, fps=8.0
     dca = g.node("PoseAnimateDCAPatchModel", title="DCA Patch Model", model=model,
                  first_frame_weight=recipe.weights[0], previous_frame_weight=recipe.weights[1],
                  own_frame_weight=recipe.weights[2], blocks=recipe.blocks, **dca_inputs)
-    hold = ({"hold_background": True, "pose_keypoint": align.out("aligned_pose"), "hold_dilate": recipe.hold_dilate}
-            if recipe.hold_background else {})
+    # the background hold's bodies from PATA's keypoints (without them Sample Frames draws them from the pose images)
+    hold = {"pose_keypoint": align.out("aligned_pose")} if recipe.hold_background and recipe.hold_source == "keypoints" \
+        else {}
     frames = g.node("PoseAnimateSampleFrames", title="Sample Frames", model=dca.out(), control_net=cnet,
                     positive=positive.out(), embeddings=emb.out(), window_size=window,
-                    uncond_pose=recipe.uncond_pose, negative=negative.out(), **hold)
+                    uncond_pose=recipe.uncond_pose, hold_background=recipe.hold_background,
+                    hold_dilate=recipe.hold_dilate, negative=negative.out(), **hold)
     decoded = g.node("VAEDecode", title="Decode frames", samples=frames.out(), vae=vae)
     return dict(model=model, clip=clip, vae=vae, cnet=cnet, positive=positive, negative=negative, prompt=prompt,
                 poses=poses, dca=dca, decoded=decoded, fps=fps, prefix=prefix)

@@ -40,16 +40,16 @@ _MERGED_KEYS = ("patches", "patches_replace")
 
 
 def merge_transformer_options(patcher, engine_options: dict | None) -> dict:
-    """The transformer_options one model call sees: the MODEL's own (patches, patches_replace, ...) copied, its
-    wrappers and callbacks as ComfyUI puts them there at sampling time (``sampler_helpers.prepare_model_patcher``:
-    ``apply_model`` and the UNet read APPLY_MODEL and DIFFUSION_MODEL wrappers from here), then the engine's keys
-    on top. Engine values go in by reference (``poseanimate.kv_carry`` is written by the DCA patch and read back
-    by the engine); engine patches are appended after the model's."""
-    import comfy.patcher_extension
+    """The transformer_options one model call sees: the MODEL's own (patches, patches_replace, ...) copied, with
+    the ModelPatcher's wrappers and callbacks merged into its own as ComfyUI merges them at sampling time
+    (``sampler_helpers.prepare_model_patcher``; ``apply_model`` and the UNet read APPLY_MODEL and DIFFUSION_MODEL
+    wrappers from here), then the engine's keys on top. Engine values go in by reference (``poseanimate.kv_carry``
+    is written by the DCA patch and read back by the engine); engine patches are appended after the model's."""
+    import comfy.patcher_extension as ext
 
-    base = comfy.patcher_extension.copy_nested_dicts(patcher.model_options.get("transformer_options", {}))
-    base["wrappers"] = comfy.patcher_extension.copy_nested_dicts(getattr(patcher, "wrappers", None) or {})
-    base["callbacks"] = comfy.patcher_extension.copy_nested_dicts(getattr(patcher, "callbacks", None) or {})
+    base = ext.copy_nested_dicts(patcher.model_options.get("transformer_options", {}))
+    for name in ("wrappers", "callbacks"):
+        ext.merge_nested_dicts(base.setdefault(name, {}), getattr(patcher, name, None) or {}, copy_dict1=False)
     for key, value in (engine_options or {}).items():
         if key in _MERGED_KEYS and isinstance(value, dict):
             merged = base.setdefault(key, {})
@@ -288,14 +288,14 @@ class ComfyDenoiser:
         from .._common import input_error
 
         found = []
-        wrappers = dict(getattr(self.patcher, "wrappers", None) or {})
-        for kind, table in (self.patcher.model_options.get("transformer_options", {}).get("wrappers") or {}).items():
-            wrappers.setdefault(kind, {}).update(table)
-        for kind, table in wrappers.items():
-            if kind in _APPLIED_WRAPPERS:
-                continue
-            for key, fns in (table or {}).items():
-                found += [f"a {kind} wrapper '{key}' ({_name_of(fn)})" for fn in fns]
+        sources = (getattr(self.patcher, "wrappers", None) or {},
+                   self.patcher.model_options.get("transformer_options", {}).get("wrappers") or {})
+        for wrappers in sources:
+            for kind, table in wrappers.items():
+                if kind in _APPLIED_WRAPPERS:
+                    continue
+                for key, fns in (table or {}).items():
+                    found += [f"a {kind} wrapper '{key}' ({_name_of(fn)})" for fn in fns]
         options = self.patcher.model_options
         for key in ("sampler_pre_cfg_function", "sampler_post_cfg_function"):
             found += [f"a {key.split('_', 1)[1].replace('_function', '').replace('_', '-')} function "
@@ -317,9 +317,10 @@ class ComfyDenoiser:
             return x0_uncond + cfg * (x0_cond - x0_uncond)
         if not isinstance(sigma, torch.Tensor):
             sigma = torch.full((x.shape[0],), float(sigma), device=x.device, dtype=x.dtype)
+        # input_cond / input_uncond are ComfyUI's processed condition batches, which these stages do not build
         args = {"cond": x - x0_cond, "uncond": x - x0_uncond, "cond_scale": cfg, "timestep": sigma, "input": x,
                 "sigma": sigma, "cond_denoised": x0_cond, "uncond_denoised": x0_uncond, "model": self.model,
-                "model_options": self.patcher.model_options}
+                "model_options": self.patcher.model_options, "input_cond": None, "input_uncond": None}
         return x - fn(args)
 
     # ---- memory -------------------------------------------------------------------------------------
@@ -451,18 +452,18 @@ class ComfyDenoiser:
             other = next((f for f, d in CONTEXT_DIMS.items() if d == context.shape[-1]), "another model")
             raise input_error(self.node, input_name, f"the text embedding is {context.shape[-1]} wide ({other}) but "
                               f"the MODEL is {self.family} ({self.context_dim})", fix)
-        for adm, name in ((self.adm, input_name), (self.uncond_adm, "negative")):
+        for adm, name in ((self.adm, "positive"), (self.uncond_adm, "negative")):
             if self.family == "SDXL" and not isinstance(adm.get("pooled_output"), torch.Tensor):
                 raise input_error(self.node, name, "the conditioning has no pooled output, which an SDXL model "
                                   "needs", "encode the prompt with the CLIP of your SDXL checkpoint ('CLIP Text "
                                   "Encode')")
 
-    def _y_of(self, adm: dict, hw):
+    def _y_of(self, adm: dict, hw, side: str = "positive"):
         """SDXL's ``y`` (1, 2816) of one side's pooled output and sizes for a latent of size ``hw``."""
         key = (id(adm), hw)
         if key not in self._y:
             if not isinstance(adm.get("pooled_output"), torch.Tensor):
-                raise ValueError("positive: an SDXL model needs the conditioning's pooled output. Fix: encode the "
+                raise ValueError(f"{side}: an SDXL model needs the conditioning's pooled output. Fix: encode the "
                                  "prompt with the CLIP of your SDXL checkpoint")
             kw = dict(adm)
             kw.setdefault("width", hw[1] * 8)
@@ -482,7 +483,8 @@ class ComfyDenoiser:
         n = len(cond_or_uncond)
         if x.shape[0] % n:
             n, cond_or_uncond = 1, [cond_or_uncond[0]]
-        ys = [self._y_of(self.uncond_adm if kind == 1 else self.adm, hw) for kind in cond_or_uncond]
+        ys = [self._y_of(self.uncond_adm, hw, "negative") if kind == 1 else self._y_of(self.adm, hw)
+              for kind in cond_or_uncond]
         return torch.cat([y.expand(x.shape[0] // n, -1) for y in ys]).to(x.device)
 
     def _run_control(self, head, x, sigma, context, n_chunks, transformer_options, y=None):
@@ -505,12 +507,14 @@ class ComfyDenoiser:
         control = None
         if self.control_net is not None and hint is not None:
             if hint.ndim != 4 or hint.shape[1] != 3:
-                raise ValueError(f"hint: expected pose images (B, 3, H, W), got {tuple(hint.shape)}")
+                raise ValueError(f"hint: expected pose images (B, 3, H, W), got {tuple(hint.shape)}. Fix: pass RGB "
+                                 "pose images, channels first")
             if hint.shape[0] != b:
                 if b % hint.shape[0] == 0:
                     hint = hint.repeat(b // hint.shape[0], 1, 1, 1)
                 else:
-                    raise ValueError(f"hint: batch {hint.shape[0]} does not divide the latent batch {b}")
+                    raise ValueError(f"hint: batch {hint.shape[0]} does not divide the latent batch {b}. Fix: pass "
+                                     "one pose image per row, or one for all")
             c = self.control_net.copy()
             c.set_cond_hint(hint, self.strength, self.percent_range)
             control = self._run_control(c, x, sigma, context, n_chunks, transformer_options, y)

@@ -125,7 +125,8 @@ def check_control_net(control_net, node: str, input_name: str = "control_net", f
         return None
     if not isinstance(control_net, comfy.controlnet.ControlBase):
         raise input_error(node, input_name, f"expected a CONTROL_NET, got {type(control_net).__name__}",
-                          "connect the CONTROL_NET output of 'Load ControlNet Model' (an SD1.5 OpenPose ControlNet)")
+                          "connect the CONTROL_NET output of 'Load ControlNet Model' (an OpenPose ControlNet of the model's "
+                          "family)")
     if getattr(control_net, "latent_format", None) is not None:
         raise input_error(node, input_name, "this ControlNet needs a VAE-encoded hint (an SD3/Flux-style ControlNet)",
                           "use an SD1.5 or SDXL OpenPose ControlNet such as control_v11p_sd15_openpose")

@@ -76,6 +76,10 @@ def _entry(conditioning, node: str, input_name: str):
                           "CLIP-L + CLIP-G: 2048)", "encode the prompt with the CLIP of your SD1.5 or SDXL checkpoint")
     options = entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}
     _check_options(options, node, input_name)
+    pooled = options.get("pooled_output")
+    if ctx.shape[0] != 1 or (isinstance(pooled, torch.Tensor) and pooled.shape[0] != 1):
+        raise input_error(node, input_name, f"the CONDITIONING holds a batch of {ctx.shape[0]} text embeddings; the PACM "
+                          "stages evaluate one prompt per CFG side", "encode one prompt ('CLIP Text Encode')")
     return ctx, options
 
 
@@ -90,7 +94,8 @@ def _check_options(options: dict, node: str, input_name: str) -> None:
         if key not in _ACCEPTED:
             raise input_error(node, input_name, f"the CONDITIONING carries '{key}', an option the PACM stages do not "
                               "know and would drop", "connect the conditioning without the node that added it")
-    start, end = float(options.get("start_percent", 0.0) or 0.0), float(options.get("end_percent", 1.0))
+    start = float(options.get("start_percent") or 0.0)
+    end = float(1.0 if options.get("end_percent") is None else options["end_percent"])
     if start > 0.0 or end < 1.0:
         raise input_error(node, input_name, f"the CONDITIONING acts only from {start:g} to {end:g} of the schedule "
                           "('Conditioning Set Timestep Range'); the PACM stages evaluate it at every step",
@@ -103,8 +108,6 @@ def _check_options(options: dict, node: str, input_name: str) -> None:
 def _context(ctx):
     import torch
 
-    if ctx.shape[0] != 1:
-        ctx = ctx[:1]
     with torch.inference_mode(False):  # a normal tensor: pacm may optimise embeddings started from it
         return ctx.detach().to(device="cpu", dtype=torch.float32).clone()
 

@@ -205,8 +205,9 @@ def _grad_forward(module, forward):
                 return forward(*args, **kwargs)
         if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
             return _HostLayer.apply(args[0], module, forward)
-        raise RuntimeError(f"PoseAnimate: {type(module).__name__} was called with extra arguments during a "
-                           "gradient pass; this layer call is not supported")
+        raise ValueError(f"model: its {type(module).__name__} layer was called with extra arguments during a gradient "
+                         "pass, which the gradient path cannot differentiate. Fix: use a model of ComfyUI's standard "
+                         "layers, or set inner_steps to 0 (no gradient pass)")
 
     return run
 

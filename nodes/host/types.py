@@ -20,8 +20,8 @@ def latent_samples(latent, node: str, input_name: str = "latent") -> torch.Tenso
                           "PoseAnimate animates one source image",
                           "encode a single source image, or pick one with 'Latent From Batch'")
     if samples.shape[1] != 4:
-        raise input_error(node, input_name, f"the latent has {samples.shape[1]} channels (SD1.5: 4)",
-                          "encode the source image with the VAE of your SD1.5 checkpoint")
+        raise input_error(node, input_name, f"the latent has {samples.shape[1]} channels (SD1.5 and SDXL: 4)",
+                          "encode the source image with the VAE of your SD1.5 or SDXL checkpoint")
     return samples
 
 

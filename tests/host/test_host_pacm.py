@@ -294,6 +294,33 @@ def test_per_frame_images_of_a_second_controlnet_reach_their_frames_in_every_sta
     assert windows == [(0, 1), (2,)]  # windows of 2 frames: each row its own frame's image
 
 
+def test_per_frame_images_of_a_controlnet_on_the_negative_reach_the_uncond_rows_of_their_frames(monkeypatch):
+    """The same on the negative CONDITIONING (a KSampler's uncond side): the optimisation's uncond-only calls, the
+    gradient passes included, give every row its own frame's image, also when frames stop early one by one."""
+    patcher, cnet = build_tiny_sd15()
+    _, cnet2 = build_tiny_sd15(seed=5)
+    latent, positive, poses = _scene(n_targets=2)
+    images = torch.stack([torch.full((3, 64, 64), k / 10) for k in range(3)])
+    negative = [[torch.zeros_like(positive[0][0]), {"control": cnet2.copy().set_cond_hint(images, 0.8, (0.0, 1.0))}]]
+    seen = []
+    get_control = type(cnet2).get_control
+
+    def recording(self, x_noisy, t, cond, batched_number, transformer_options):
+        if self.control_model is cnet2.control_model:
+            seen.append((torch.is_grad_enabled(), [round(float(v) * 10) for v in self.cond_hint_original[:, 0, 0, 0]]))
+        return get_control(self, x_noisy, t, cond, batched_number, transformer_options)
+
+    monkeypatch.setattr(type(cnet2), "get_control", recording)
+    inv, _ = PoseAnimatePoseAwareInversion().invert(patcher, cnet, latent, positive, poses[:1], STEPS, 7.5, 1, 1e-5,
+                                                    negative=negative)
+    assert seen and all(ids == [0] for _g, ids in seen)  # the source's uncond rows: image 0
+    seen.clear()
+    (emb,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, positive, poses, 2, 2,
+                                                         schedule="inner iterations", negative=negative)
+    assert any(g for g, _ in seen) and all(set(ids) <= {1, 2} and ids == sorted(ids) for _g, ids in seen)
+    assert [1, 2] in [ids for _g, ids in seen]
+
+
 def test_hold_background_keeps_the_source_outside_the_bodies():
     """Sample Frames' hold_background: outside the source's and each frame's body (here from the pose images: a
     bright figure on black) every frame ends on the source's latent; inside, it is generated. With pose_keypoint
