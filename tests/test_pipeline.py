@@ -229,7 +229,7 @@ def test_the_steps_check_every_engine_call_against_the_contract(monkeypatch):
 
 
 @pytest.mark.parametrize("name, value", [("optimize_steps", 10), ("warm_start", True),
-                                         ("adaptive", 0.3), ("early_stop", 1e-3), ("keyframe_interval", 2)])
+                                         ("adaptive", 0.3), ("early_stop", 1e-3), ("keyframe_interval", 3)])
 def test_a_setting_without_effect_at_inner_steps_0_is_refused(name, value):
     """No silent settings: with no embedding optimisation every optimisation setting keeps its default."""
     with pytest.raises(ValueError, match=f"^{name}: .* has no effect with inner_steps 0.*Fix: set inner_steps"):
