@@ -285,8 +285,9 @@ def report_frontier(out: pathlib.Path, settings: dict, frontier_cases: dict, tim
     """speed_frontier.json (and, with the reference row, its plot) for one case seed; prints the table."""
     rows_summary = frontier.summarise_rows(frontier_cases)
     ref = rows_summary.get(frontier.REFERENCE)
-    fast = frontier.choose_fast(rows_summary) if ref else {"name": None, "meets_target": False,
-                                                           "why": "no reference row in this part"}
+    # one rule for one seed and for several (choose_fast_seeds)
+    fast = (frontier.choose_fast_seeds({str(settings.get("seed")): rows_summary}) if ref else
+            {"name": None, "meets_target": False, "why": "no reference row in this part"})
     doc = {"reference": frontier.REFERENCE, "fast_default": fast["name"], "fast_target": fast,
            "rows": rows_summary, "settings": settings, "per_case": frontier_cases}
     if timings:

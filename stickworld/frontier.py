@@ -132,31 +132,6 @@ def summarise_rows(per_case: dict, cost: float = FORWARD_BACKWARD_COST) -> dict:
     return out
 
 
-def choose_fast(summary: dict, reference: str = REFERENCE, budget: float = 0.2, tolerance: float = 0.05) -> dict:
-    """The target of the fast default: at most ``budget`` of the reference's evaluations with identity and
-    background within ``tolerance`` (relative) of it. Returns ``{"name", "meets_target", "why"}``: the cheapest
-    row that meets it, else the row with the best (identity + background, relative to the reference) among the
-    rows within the budget."""
-    ref = summary[reference]
-    within = {n: s for n, s in summary.items() if n != reference and s["evals"] <= budget * ref["evals"]}
-
-    def rel(s, k):
-        return s[k] / ref[k] - 1.0
-
-    meets = {n: s for n, s in within.items() if rel(s, "identity") <= tolerance and rel(s, "background") <= tolerance}
-    if meets:
-        name = min(meets, key=lambda n: meets[n]["evals"])
-        return {"name": name, "meets_target": True,
-                "why": f"cheapest row within {budget:.0%} of the reference's evaluations with identity and "
-                       f"background within {tolerance:.0%}"}
-    if not within:
-        return {"name": None, "meets_target": False, "why": f"no row within {budget:.0%} of the evaluations"}
-    name = min(within, key=lambda n: rel(within[n], "identity") + rel(within[n], "background"))
-    return {"name": name, "meets_target": False,
-            "why": f"no row within {budget:.0%} of the evaluations keeps identity and background within "
-                   f"{tolerance:.0%}; this one loses least"}
-
-
 def keeps_guidance(name: str, base: pipeline.Recipe = pipeline.FULL) -> bool:
     """Whether a row's CFG acts: with no embedding optimisation in either stage and the unconditional rows under
     the frames' own poses, every unconditional row equals its conditional row (guidance 1 whatever the scale)."""
