@@ -95,7 +95,7 @@ class PoseAnimatePoseEmbeddingOptimize:
                                 or (src.float().cpu() - hints[0]).abs().mean() > 0.05):
             log.warning("%s: poses[0] differs from the inversion's source pose; PATA Align puts the source "
                         "pose first, and frames 1..N are used as targets", node)
-        den = stage_denoiser(model, control_net, cond, node, inversion=inversion)
+        den = stage_denoiser(model, control_net, cond, node, inversion=inversion, frames=hints.shape[0])
         with node_errors(node, inputs):
             poses_emb = pipeline.optimise(
                 den, plain_fields(inversion.to(den.device)), plain(hints[1:]), inner_steps=int(inner_steps),

@@ -155,7 +155,7 @@ class PoseAnimateCrossAttentionMaskExtract:
         factors = family.mask_factors if len(unet_cfg.get("channel_mult", (1, 2, 4, 4))) >= 3 else None
 
         def host(patched):  # the capture's patched clone, with the inversion's settings and the same conditioning
-            return stage_denoiser(patched, control_net, cond, NODE, inversion=inversion)
+            return stage_denoiser(patched, control_net, cond, NODE, inversion=inversion, frames=frames)
 
         with node_errors(NODE, node_inputs(type(self))):
             maps = pipeline.capture_attention(

@@ -70,7 +70,6 @@ class PoseAnimateSampleFrames:
                uncond_pose=NODE_DEFAULTS.uncond_pose, hold_background=NODE_DEFAULTS.hold_background,
                pose_keypoint=None, hold_dilate=NODE_DEFAULTS.hold_dilate, negative=None):
         import comfy.model_management as mm
-        import torch
 
         from .. import pata, pipeline
         from ..attention import DCAPatch
@@ -97,8 +96,8 @@ class PoseAnimateSampleFrames:
                     raise ValueError("hold_background: needs the frames' poses (pose images or pose_keypoint). Fix: "
                                      "run the PACM nodes with the pose ControlNet's images, or connect PATA Align's "
                                      "'aligned_pose' to pose_keypoint")
-                images = torch.cat([inversion.hint[None].float().cpu(), poses.hints.float().cpu()])
-                hold = pipeline.hold_masks_from_images(images, latent_hw, dilate=int(hold_dilate))
+                hold = pipeline.hold_masks_from_images(poses.hints.float().cpu(), latent_hw, dilate=int(hold_dilate),
+                                                       source=inversion.hint.float().cpu())
             elif hold_background:
                 seq, width, height = pata.from_pose_keypoint(pose_keypoint, "pose_keypoint")
                 if len(seq) != embeddings.frames:
@@ -107,7 +106,8 @@ class PoseAnimateSampleFrames:
                 canvas = (round(height), round(width))
                 pipeline.check_pose_canvas((latent_hw[0] * 8, latent_hw[1] * 8), canvas, "pose_keypoint")
                 hold = pipeline.hold_masks(seq, canvas, latent_hw, dilate=int(hold_dilate))
-        den = stage_denoiser(model, control_net, cond, node, inversion=inversion)
+        den = stage_denoiser(model, control_net, cond, node, inversion=inversion,
+                             frames=embeddings.frames)
         with node_errors(node, inputs):
             out = pipeline.sample(den, plain_fields(inversion.to(den.device)), plain_fields(poses.to(den.device)),
                                   window_size=int(window_size), masks=plain(masks), uncond_pose=uncond_pose,

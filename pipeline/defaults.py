@@ -97,8 +97,9 @@ class Recipe:
         frames = (SCHEDULES[self.schedule].summary.format(n=self.inner_steps) if self.inner_steps else
                   optimisation(0))
         if self.inner_steps and self.keyframe_interval > 1:
-            frames += (f" on every {self.keyframe_interval}th frame (the frames between interpolated)"
-                       if self.keyframe_interval > 2 else " on every 2nd frame (the frames between interpolated)")
+            k = self.keyframe_interval
+            nth = f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
+            frames += f" on every {nth} frame (the frames between interpolated)"
         text = (f"{self.frames} frames ({self.pose_frames} poses + {self.transition_frames} transition frames + the "
                 f"source), {self.size}x{self.size}, {self.steps} DDIM steps, CFG {self.cfg}, inversion: "
                 f"{optimisation(self.inversion_inner_steps)}, frames: {frames}")

@@ -91,7 +91,7 @@ class MemoryPolicy:
 MEMORY = MemoryPolicy()
 
 
-def prepare(host: StageHost, stage: Stage, requested: int = 0, argument: str = "frames_per_call",
+def prepare(host: StageHost, stage: Stage, requested: int = 0, argument: str = "requested",
             policy: MemoryPolicy = MEMORY) -> int:
     """Check, size and load one stage (see the module docstring); returns the frames per model call: ``requested``
     (at most ``stage.frames``), or for 0 what fits in the free memory. ``argument`` names ``requested`` in errors."""

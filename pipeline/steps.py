@@ -162,7 +162,7 @@ def body_prior(poses: np.ndarray, size) -> torch.Tensor:
 
 
 def hold_masks(poses: np.ndarray, image_size, latent_size, *, dilate: int = 1) -> torch.Tensor:
-    """Where each frame is generated when its background is held from the source (:func:`sample`): the union of
+    """Where each frame is generated when its background is held from the source (:func:`pipeline.stages.sample`): the union of
     the source's and the frame's :func:`body_prior` (PATA's skeleton body), reduced to ``latent_size`` = (h, w) by
     max-pooling (a latent pixel any part of the body touches), grown by ``dilate`` latent pixels. ``(F, h, w)`` in
     {0, 1}; frame 0 (the source) is all ones."""
@@ -173,14 +173,22 @@ HOLD_SOURCES = ("keypoints", "pose images")  # where hold masks come from: the p
 BODY_RADIUS = 0.04  # a body's half-width around its rendered skeleton, in skeleton heights (pata.prior: limbs 0.25-0.3 torso lengths wide, a torso about 0.3 heights)
 
 
-def hold_masks_from_images(hints: torch.Tensor, latent_size, *, dilate: int = 1) -> torch.Tensor:
+def hold_masks_from_images(hints: torch.Tensor, latent_size, *, dilate: int = 1,
+                           source: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`hold_masks` when only the frames' OpenPose renderings ``(F, 3, H, W)`` are at hand (the pose images a
     Sample Frames' embeddings carry): each frame's body is its rendered skeleton grown by ``BODY_RADIUS`` of the
     skeleton's height and closed (a limb capsule and the torso between its lines, as ``pata.body_prior`` draws from
     keypoints), united with the source's, reduced to ``latent_size`` by max-pooling, grown by ``dilate`` latent
-    pixels; frame 0 all ones. A frame without a visible skeleton holds nothing of its own."""
+    pixels; frame 0 all ones. A frame without a visible skeleton holds nothing of its own. ``source`` ``(3, h, w)``,
+    when given, is the source's pose image, put first (resized, nearest, to the frames' size: the source pose and
+    PATA's may be drawn at different sizes of one aspect ratio)."""
     if not isinstance(hints, torch.Tensor) or hints.ndim != 4 or hints.shape[1] != 3:
         raise argument_error("hints", "expected OpenPose images (F, 3, H, W)", "pass the frames' pose images")
+    if source is not None:
+        if not isinstance(source, torch.Tensor) or source.ndim != 3 or source.shape[0] != 3:
+            raise argument_error("source", "expected an OpenPose image (3, H, W)", "pass the source's pose image")
+        source = F.interpolate(source[None].float(), size=tuple(hints.shape[-2:]), mode="nearest")
+        hints = torch.cat([source.to(hints.device), hints.float()])
     skeleton = (hints.float().amax(1) > 0.05).float()
     bodies = torch.zeros_like(skeleton)
     for f in range(skeleton.shape[0]):

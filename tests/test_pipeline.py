@@ -91,6 +91,29 @@ def test_hold_masks_are_the_source_and_frame_bodies_at_the_latent_size():
     assert 0.1 < float(hold[1].mean()) < 0.6  # two bodies, not the whole picture
 
 
+def test_hold_masks_from_images_draw_the_bodies_and_take_a_source_drawn_at_another_size():
+    """Without keypoints the bodies come from the rendered skeletons: they cover the skeleton, stay a body (not the
+    picture), and a source pose image drawn at another size of the same aspect ratio is resized, not refused."""
+    from pata.render import render_pose
+    src = project(body3d({"lean": 0.0, "crouch": 0.0}, ADULT), 0.0, (200.0, 240.0), 128.0)  # on a 512 canvas
+    moved = src.copy()
+    moved[:, 0] += 96
+    images = torch.from_numpy(render_pose(np.stack([src, moved]), 512, 512)).permute(0, 3, 1, 2)
+    hold = pipeline.hold_masks_from_images(images, (64, 64), dilate=0)
+    assert hold.shape == (2, 64, 64) and bool((hold[0] == 1).all())
+    skeleton = torch.nn.functional.adaptive_max_pool2d((images.amax(1) > 0.05).float()[:, None], (64, 64))[:, 0]
+    assert bool((hold[1] >= torch.maximum(skeleton[0], skeleton[1])).all())  # every drawn line is held off
+    assert 0.1 < float(hold[1].mean()) < 0.7
+    half = src.copy()
+    half[:, :2] /= 2
+    small = torch.from_numpy(render_pose(half[None], 256, 256)).permute(0, 3, 1, 2)[0]  # the source at 256 px
+    joined = pipeline.hold_masks_from_images(images[1:], (64, 64), dilate=0, source=small)
+    assert joined.shape == (2, 64, 64)
+    assert float((joined[1] != hold[1]).float().mean()) < 0.05  # the same bodies, up to the coarser drawing
+    with pytest.raises(ValueError, match="^source: expected an OpenPose image"):
+        pipeline.hold_masks_from_images(images[1:], (64, 64), source=images)
+
+
 def test_build_masks_unites_attention_and_prior_and_respects_a_real_source_mask():
     maps = torch.zeros(2, 8, 8)
     maps[:, 2:6, 2:6] = 1.0

@@ -32,6 +32,7 @@ import logging
 import torch
 
 from .checks import CONTEXT_DIMS, check_control_net, model_family
+from .compat import prepare_state
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,14 @@ def _name_of(fn) -> str:
     """``module.qualname`` of a function or callable object, for messages."""
     target = fn if hasattr(fn, "__qualname__") else type(fn)
     return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(fn).__name__)}"
+
+
+def _check_chunks(batch: int, cond_or_uncond) -> None:
+    """A call's rows are ``len(cond_or_uncond)`` equal chunks (pacm's contract, as ComfyUI's batches): refuse
+    anything else rather than give some rows another side's conditioning."""
+    if not cond_or_uncond or batch % len(cond_or_uncond):
+        raise ValueError(f"cond_or_uncond: a batch of {batch} rows is not {len(cond_or_uncond)} equal chunks "
+                         f"({list(cond_or_uncond)}). Fix: give one entry per equal chunk of the batch")
 
 
 def _pop_residual(stacks: dict, name: str):
@@ -242,6 +251,7 @@ class ComfyDenoiser:
         self.uncond_adm = (dict(uncond_adm) if uncond_adm is not None else dict(self.adm)) if sdxl else {}
         self._y: dict = {}
         self._warned_broadcast = False
+        self._warned_attention = False
         self.strength = float(strength)
         self.percent_range = (float(start_percent), float(end_percent))
         self.device = model.load_device
@@ -317,10 +327,14 @@ class ComfyDenoiser:
             return x0_uncond + cfg * (x0_cond - x0_uncond)
         if not isinstance(sigma, torch.Tensor):
             sigma = torch.full((x.shape[0],), float(sigma), device=x.device, dtype=x.dtype)
-        # input_cond / input_uncond are ComfyUI's processed condition batches, which these stages do not build
+        # input_cond / input_uncond are ComfyUI's processed condition batches, which these stages do not build;
+        # model_options a per-call clone, as a sampler hands its own (a function that writes into it changes nothing)
+        from comfy.model_patcher import create_model_options_clone
+
         args = {"cond": x - x0_cond, "uncond": x - x0_uncond, "cond_scale": cfg, "timestep": sigma, "input": x,
                 "sigma": sigma, "cond_denoised": x0_cond, "uncond_denoised": x0_uncond, "model": self.model,
-                "model_options": self.patcher.model_options, "input_cond": None, "input_uncond": None}
+                "model_options": create_model_options_clone(self.patcher.model_options), "input_cond": None,
+                "input_uncond": None}
         return x - fn(args)
 
     # ---- memory -------------------------------------------------------------------------------------
@@ -345,8 +359,12 @@ class ComfyDenoiser:
         from .._common import input_error
         from .gradpath import FIXES, unsupported_layers
 
-        from .compat import uses_dynamic_vram
+        from .compat import attention_override_supported, uses_dynamic_vram
 
+        if not attention_override_supported():
+            raise input_error(self.node, input_name, "this ComfyUI cannot switch its attention for a gradient pass "
+                              "(no optimized_attention_override)", "update ComfyUI to 0.3.64 or later")
+        self._warn_foreign_attention()
         links = _unique([self.control_net] + _links(self.cond_control) + _links(self.uncond_control))
         casts = any(getattr(m, "manual_cast_dtype", None) is not None for m in [self.model] + links)
         problems = unsupported_layers(self._modules(), casts or uses_dynamic_vram(self.patcher))
@@ -361,6 +379,31 @@ class ComfyDenoiser:
             raise input_error(self.node, input_name,
                               f"the embedding optimisation cannot differentiate through this model: {shown}",
                               f"{fix}; or set inner_steps to 0 (no gradient pass)")
+
+    def _warn_foreign_attention(self) -> None:
+        """Warn (once per denoiser) about attention replace patches of other packs when the user's attention backend
+        has no backward (sage, flash, xformers, ...): such a patch gets the gradient pass's attention switch in its
+        ``extra_options``, but one that calls ``optimized_attention`` without passing them on runs that backend,
+        whose gradient is missing or fails (nodes/host/gradpath.py)."""
+        from comfy.ldm.modules import attention as host
+
+        from ...attention import CrossAttentionCapture, DCAPatch
+
+        with_backward = [getattr(host, n, None) for n in ("attention_pytorch", "attention_basic", "attention_sub_quad",
+                                                          "attention_split")]
+        if self._warned_attention or any(host.optimized_attention is f for f in with_backward if f is not None):
+            return
+        to = self.patcher.model_options.get("transformer_options", {})
+        foreign = sorted({f"{kind} {_name_of(fn)}" for kind, table in (to.get("patches_replace") or {}).items()
+                          if kind in ("attn1", "attn2") for fn in table.values()
+                          if not isinstance(fn, (DCAPatch, CrossAttentionCapture))})
+        if foreign:
+            self._warned_attention = True
+            log.warning("%s: the attention backend (%s) has no backward; the gradient passes switch ComfyUI's attention "
+                        "to PyTorch's through transformer_options, which these attention patches must pass on to "
+                        "optimized_attention to follow: %s. If the optimisation fails or its loss does not fall, start "
+                        "ComfyUI with --use-pytorch-cross-attention", self.node,
+                        getattr(host.optimized_attention, "__name__", "?"), "; ".join(foreign))
 
     def _ensure_loaded(self) -> None:
         import comfy.model_management as mm
@@ -394,9 +437,16 @@ class ComfyDenoiser:
                                                                len(_links(self.uncond_control))), 1)
         return FAMILIES[self.family].working_memory(pixels, size, grad, controlnets)
 
+    @contextlib.contextmanager
     def engine(self):
-        """Where pacm runs (the StageHost protocol): :func:`engine_mode`."""
-        return engine_mode()
+        """Where pacm runs (the StageHost protocol): :func:`engine_mode`, inside the MODEL's ``pre_run`` /
+        ``cleanup`` as a sampler runs inside them (its ON_PRE_RUN and ON_CLEANUP callbacks)."""
+        with engine_mode():
+            self.patcher.pre_run()
+            try:
+                yield
+            finally:
+                self.patcher.cleanup()
 
     # ---- the protocol -------------------------------------------------------------------------------
     def _chain_for(self, head, ids, input_name: str = "positive"):
@@ -442,6 +492,19 @@ class ComfyDenoiser:
             return [int(f) for f in pa["frame_ids"]] * len(chunks)
         return None
 
+    def check_frame_images(self, frames: int) -> None:
+        """Refuse, before any work, a ControlNet on the positive or negative CONDITIONING whose image batch is
+        neither one image (for every frame) nor one per frame (``frames``, the source first)."""
+        from .._common import input_error
+
+        for head, name in ((self.cond_control, "positive"), (self.uncond_control, "negative")):
+            for link in _links(head):
+                hint = getattr(link, "cond_hint_original", None)
+                if isinstance(hint, torch.Tensor) and 1 < hint.shape[0] < frames:
+                    raise input_error(self.node, name, f"the ControlNet applied to this conditioning has "
+                                      f"{hint.shape[0]} images for {frames} frames",
+                                      "give it one image, or one per frame (source first)")
+
     def check_context(self, context, input_name: str = "positive",
                       fix: str = "encode the prompt with the CLIP of the same checkpoint as the MODEL") -> None:
         """Refuse a text embedding whose width is not the MODEL's (an SD1.5 prompt on an SDXL model, or back), and
@@ -481,8 +544,7 @@ class ComfyDenoiser:
             return None
         hw = (int(x.shape[-2]), int(x.shape[-1]))
         n = len(cond_or_uncond)
-        if x.shape[0] % n:
-            n, cond_or_uncond = 1, [cond_or_uncond[0]]
+        _check_chunks(x.shape[0], cond_or_uncond)
         ys = [self._y_of(self.uncond_adm, hw, "negative") if kind == 1 else self._y_of(self.adm, hw)
               for kind in cond_or_uncond]
         return torch.cat([y.expand(x.shape[0] // n, -1) for y in ys]).to(x.device)
@@ -518,8 +580,7 @@ class ComfyDenoiser:
             c = self.control_net.copy()
             c.set_cond_hint(hint, self.strength, self.percent_range)
             control = self._run_control(c, x, sigma, context, n_chunks, transformer_options, y)
-        if b % n_chunks:
-            return control
+        _check_chunks(b, cond_or_uncond)
         size = b // n_chunks
         for kind, head, name in ((0, self.cond_control, "positive"), (1, self.uncond_control, "negative")):
             chunks = [k for k, cu in enumerate(cond_or_uncond) if cu == kind]
@@ -570,6 +631,7 @@ class ComfyDenoiser:
         else:
             c["control"] = control
         model_options = self.patcher.model_options
+        prepare_state(self.patcher, sigma, model_options)  # ON_PREPARE_STATE callbacks, as calc_cond_batch
         if "model_function_wrapper" in model_options:
             return model_options["model_function_wrapper"](
                 self.model.apply_model, {"input": x, "timestep": sigma, "c": c, "cond_or_uncond": cond_or_uncond})

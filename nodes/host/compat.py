@@ -8,12 +8,14 @@ later ComfyUI with the same features works and one without them fails here, by n
   functions, 0.33's dynamic VRAM with cached or shared cast buffers), released the way the host releases them
   (``uncast_bias_weight`` where it exists).
 * ``uses_dynamic_vram(patcher)``: whether a MODEL streams its weights through dynamic VRAM
-  (``ModelPatcherDynamic``), for logs and memory figures.
+  (``ModelPatcherDynamic``): weights cast per call, so fp8 weights are fine for the gradient path.
 * ``mask_attention(attention)``: an attention function that honours ``mask=`` (ComfyUI's PyTorch attention)
   where the host's optimised attention would drop it (sage attention on hosts that do not check for masks).
 * ``attention_override_supported()``: whether the host's attention functions honour
   ``transformer_options["optimized_attention_override"]`` (``wrap_attn``: 0.3.64 and 0.33 both do);
   ``attention_layer_class()``: the host's attention layer class (``CrossAttention``), for the gradient path.
+* ``prepare_state(patcher, timestep, model_options)``: the MODEL's ON_PREPARE_STATE callbacks before a model call,
+  as ``calc_cond_batch`` calls them (0.33 passes ``model_options`` too, 0.3.64 does not).
 """
 from __future__ import annotations
 
@@ -101,3 +103,11 @@ def attention_layer_class():
     from comfy.ldm.modules import attention as host
 
     return getattr(host, "CrossAttention", None)
+
+
+def prepare_state(patcher, timestep, model_options: dict) -> None:
+    """``patcher.prepare_state`` as ComfyUI's ``calc_cond_batch`` calls it before the model evaluates a batch."""
+    if _accepts(patcher.prepare_state, "model_options"):
+        patcher.prepare_state(timestep, model_options)
+    else:
+        patcher.prepare_state(timestep)

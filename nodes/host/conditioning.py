@@ -100,9 +100,10 @@ def _check_options(options: dict, node: str, input_name: str) -> None:
         raise input_error(node, input_name, f"the CONDITIONING acts only from {start:g} to {end:g} of the schedule "
                           "('Conditioning Set Timestep Range'); the PACM stages evaluate it at every step",
                           "remove the timestep range node")
-    if "strength" in options and float(options["strength"]) <= 0:
-        raise input_error(node, input_name, f"the CONDITIONING's strength is {options['strength']}, which leaves it "
-                          "no weight", "set the strength above 0")
+    if "strength" in options and float(options["strength"]) == 0:
+        # one entry per side: a KSampler divides the entry's output by its own strength, so any other value cancels
+        raise input_error(node, input_name, "the CONDITIONING's strength is 0, which gives it no weight (a KSampler "
+                          "would get a zero prediction for this side)", "set the strength above 0")
 
 
 def _context(ctx):

@@ -23,9 +23,11 @@ gradient through SD1.5's 40/80-wide heads would be silently partial), ComfyUI wr
 of the UNet and the ControlNets runs :class:`GradAttention` (ComfyUI's PyTorch attention, torch SDPA, which has a
 backward on every device and dtype) through ComfyUI's own switch, ``transformer_options["optimized_attention_override"]``
 (``wrap_attn``): the denoiser puts it in every call's options, and :func:`host_layers` adds it to the options of
-each ``CrossAttention`` layer, because ComfyUI's ControlNets call their attention layers without options. On a host
-without ``wrap_attn`` (``compat.attention_override_supported``) the layer computes its attention with
-:class:`GradAttention` itself. Forward-only passes keep the user's backend.
+each ``CrossAttention`` layer, because ComfyUI's ControlNets call their attention layers without options (a host
+without ``wrap_attn``, older than 0.3.64, is refused before any work: ``compat.attention_override_supported``). The
+switch reaches every call that passes its ``transformer_options`` on, as ComfyUI's layers do; an attention replace
+patch of another pack that calls ``optimized_attention`` without them runs the user's backend in the gradient pass
+too (the denoiser's ``check_grad_support`` warns, naming the patch). Forward-only passes keep the user's backend.
 
 :func:`unsupported_layers` names, before any work, what this cannot handle, each with its cause: parameter-holding
 layers of other kinds, scaled-fp8 layers (a per-layer scale outside the weight cast), and weights stored in
@@ -61,30 +63,11 @@ class GradAttention:
         self.calls += 1
         return host.attention_pytorch(*args, **kwargs)
 
-    def direct(self, q, k, v, heads, mask=None, attn_precision=None):
-        """The same attention for a host without ``wrap_attn`` (no marker to pass)."""
-        from comfy.ldm.modules import attention as host
 
-        self.calls += 1
-        return host.attention_pytorch(q, k, v, heads, mask=mask, attn_precision=attn_precision)
-
-
-def _attention_forward(module, forward, attention: GradAttention):
+def _attention_forward(forward, attention: GradAttention):
     """``module.forward`` of a ``CrossAttention`` layer in a gradient pass: the layer's own forward with
     :class:`GradAttention` as the attention override of its call (ComfyUI's ControlNets pass their layers no
-    transformer_options, the UNet its own); on a host without ``wrap_attn``, ComfyUI's ``CrossAttention.forward``
-    with :class:`GradAttention` in place of ``optimized_attention``."""
-    if not compat.attention_override_supported():
-        def direct(x, context=None, value=None, mask=None, transformer_options=None):
-            q = module.to_q(x)
-            context = x if context is None else context
-            k = module.to_k(context)
-            v = module.to_v(context if value is None else value)
-            return module.to_out(attention.direct(q, k, v, module.heads, mask=mask,
-                                                  attn_precision=getattr(module, "attn_precision", None)))
-
-        return direct
-
+    transformer_options, the UNet its own)."""
     def run(*args, **kwargs):
         options = dict(kwargs.get("transformer_options") or {})
         options[OVERRIDE_KEY] = attention
@@ -224,7 +207,7 @@ def host_layers(modules, attention: GradAttention | None = None):
             if isinstance(m, _SUPPORTED) and any(p is not None for p in m._parameters.values()):
                 wrap = _grad_forward
             elif attention is not None and attention_class is not None and isinstance(m, attention_class):
-                wrap = lambda module, forward: _attention_forward(module, forward, attention)  # noqa: E731
+                wrap = lambda _module, forward: _attention_forward(forward, attention)  # noqa: E731
             else:
                 continue
             own = m.__dict__.get("forward")

@@ -46,11 +46,14 @@ def check_embeddings(embeddings, node: str, input_name: str = "embeddings"):
     return embeddings
 
 
-def stage_denoiser(model, control_net, conditioning, node: str, *, control=None, inversion=None):
+def stage_denoiser(model, control_net, conditioning, node: str, *, control=None, inversion=None,
+                   frames: int | None = None):
     """The ComfyDenoiser a stage runs on: ``model`` and ``control_net`` with the CONDITIONING's ControlNets on each
     CFG side (``conditioning``: ``conditioning.read_conditioning``). The inversion stage gives its ``control``
     settings; every later stage gives the ``inversion``, whose ControlNet settings and SDXL conditioning it repeats
-    exactly, after checking that its prompt (and negative, where connected) is the inversion's."""
+    exactly, after checking that its prompt (and negative, where connected) is the inversion's, and its ``frames``
+    (the source included), which each conditioning ControlNet's images must cover (one image, or one per frame)
+    before any work."""
     import torch
 
     from .adapter import ComfyDenoiser
@@ -71,6 +74,8 @@ def stage_denoiser(model, control_net, conditioning, node: str, *, control=None,
     den = ComfyDenoiser(model, control_net, strength=control.strength, start_percent=control.start,
                         end_percent=control.end, cond_control=conditioning.control,
                         uncond_control=conditioning.uncond_control, adm=adm, uncond_adm=uncond_adm, node=node)
+    if frames is not None:
+        den.check_frame_images(int(frames))
     if inversion is None:
         den.check_context(conditioning.context)
     else:

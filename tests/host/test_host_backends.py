@@ -118,3 +118,30 @@ def test_the_stand_ins_have_no_backward_and_the_nodes_need_the_override(models, 
         _embeddings(models, "sd15", "flash")
     inv, frames, _ = _embeddings(models, "sd15", "sage")
     assert _rel(frames, reference["sd15"][1]) > 1e-3 or _rel(inv, reference["sd15"][0]) > 1e-3
+
+
+def test_an_attention_patch_of_another_pack_is_named_in_a_warning_under_a_backend_without_backward(models):
+    """An attn2 replace patch of another pack may call optimized_attention without passing the gradient pass's
+    switch on (transformer_options): under a backend without a backward the gradient stages warn, naming it; under
+    PyTorch attention they do not. PoseAnimate's own patches are never named."""
+    import comfy.ldm.modules.attention as host
+
+    from poseanimate.nodes.host import adapter
+
+    def other_pack_attn2(q, k, v, extra_options):  # as some attention packs call it: without the options
+        return host.optimized_attention(q, k, v, extra_options["n_heads"])
+
+    patcher, cnet = models["sd15"]
+    patched = patcher.clone()
+    patched.set_model_attn2_replace(other_pack_attn2, "output", 3)
+    latent, positive, poses = _scene("sd15")
+    for backend, expected in (("pytorch", 0), ("sage", 1)):
+        warnings = []
+        with pytest.MonkeyPatch.context() as mp:
+            install(mp, backend, SAGE_LIMIT["sd15"])
+            mp.setattr(adapter.log, "warning", lambda msg, *a: warnings.append(msg % a))
+            PoseAnimatePoseAwareInversion().invert(patched, cnet, latent, positive, poses[:1], STEPS, 7.5, 1, 1e-5)
+        named = [w for w in warnings if "other_pack_attn2" in w]
+        assert len(named) == expected, warnings
+        if expected:
+            assert "attention_sage" in named[0] and "--use-pytorch-cross-attention" in named[0]

@@ -321,6 +321,28 @@ def test_per_frame_images_of_a_controlnet_on_the_negative_reach_the_uncond_rows_
     assert [1, 2] in [ids for _g, ids in seen]
 
 
+def test_a_conditioning_controlnet_with_too_few_images_is_refused_before_any_work(monkeypatch):
+    """A ControlNet on the negative (or positive) whose images are neither one nor one per frame is refused by
+    Pose Embedding Optimize and Sample Frames before any model call, naming the input."""
+    patcher, cnet = build_tiny_sd15()
+    _, cnet2 = build_tiny_sd15(seed=5)
+    latent, positive, poses = _scene(n_targets=2)
+    inv, _ = _invert(patcher, cnet, latent, positive, poses, inner=1)
+    (emb,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, positive, poses, 1, 0)
+    two = torch.rand(2, 3, 64, 64)  # 2 images for 3 frames
+    negative = [[torch.zeros_like(positive[0][0]), {"control": cnet2.copy().set_cond_hint(two, 0.8, (0.0, 1.0))}]]
+    remix = [[positive[0][0], {"control": cnet2.copy().set_cond_hint(two, 0.8, (0.0, 1.0))}]]
+    calls = []
+    monkeypatch.setattr(type(cnet2), "get_control", lambda *a, **k: calls.append(1))
+    with pytest.raises(PoseAnimateError, match=r"^Pose Embedding Optimize: input 'negative': the ControlNet applied "
+                                               r"to this conditioning has 2 images for 3 frames.*Fix: give it one"):
+        PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, positive, poses, 1, 0, negative=negative)
+    with pytest.raises(PoseAnimateError, match=r"^Sample Frames: input 'positive': the ControlNet applied to this "
+                                               r"conditioning has 2 images for 3 frames"):
+        PoseAnimateSampleFrames().sample(patcher, cnet, remix, emb, 0)
+    assert calls == []
+
+
 def test_hold_background_keeps_the_source_outside_the_bodies():
     """Sample Frames' hold_background: outside the source's and each frame's body (here from the pose images: a
     bright figure on black) every frame ends on the source's latent; inside, it is generated. With pose_keypoint
@@ -335,7 +357,7 @@ def test_hold_background_keeps_the_source_outside_the_bodies():
     inv, _ = _invert(patcher, cnet, latent, positive, poses, inner=1)
     (emb,) = Opt().optimize(inv, patcher, cnet, positive, poses, 1, 0)
     node = PoseAnimateSampleFrames()
-    (free,) = node.sample(patcher, cnet, positive, emb, 0)
+    (free,) = node.sample(patcher, cnet, positive, emb, 0, hold_background=False)
     (held,) = node.sample(patcher, cnet, positive, emb, 0, hold_background=True)
     source = patcher.model.process_latent_out(inv.trajectory[:1].float())
     right = held["samples"][1:, :, :, 6:]  # latent columns 6-7: image x >= 48, beyond every body and its margin
@@ -343,4 +365,27 @@ def test_hold_background_keeps_the_source_outside_the_bodies():
     assert not torch.allclose(free["samples"][1:, :, :, 6:], source[:, :, :, 6:].expand_as(right), atol=1e-3)
     assert not torch.allclose(held["samples"][1:, :, :, :3], source[:, :, :, :3].expand(2, -1, -1, -1), atol=1e-3)
     with pytest.raises(PoseAnimateError, match=r"^Sample Frames: input 'pose_keypoint': is used only with "):
-        node.sample(patcher, cnet, positive, emb, 0, pose_keypoint=[{"people": []}])
+        node.sample(patcher, cnet, positive, emb, 0, hold_background=False, pose_keypoint=[{"people": []}])
+
+
+def test_the_models_run_callbacks_are_called_as_a_sampler_calls_them():
+    """ModelPatcher callbacks (another pack's set-up on ON_PRE_RUN, per-step state on ON_PREPARE_STATE, tear-down on
+    ON_CLEANUP) run in every stage as around and inside a KSampler's sampling: pre_run and cleanup once per stage,
+    prepare_state before every model call, with the call's sigmas."""
+    from comfy.patcher_extension import CallbacksMP
+
+    patcher, cnet = build_tiny_sd15()
+    latent, positive, poses = _scene(n_targets=2)
+    seen = []
+    model = patcher.clone()
+    model.add_callback(CallbacksMP.ON_PRE_RUN, lambda p: seen.append("pre_run"))
+    model.add_callback(CallbacksMP.ON_PREPARE_STATE, lambda p, t, *a: seen.append(("state", tuple(t.shape))))
+    model.add_callback(CallbacksMP.ON_CLEANUP, lambda p: seen.append("cleanup"))
+    inv, _ = _invert(model, cnet, latent, positive, poses, inner=1)
+    (emb,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv, model, cnet, positive, poses, 1, 0)
+    PoseAnimateSampleFrames().sample(model, cnet, positive, emb, 0)
+    runs = [k for k in seen if isinstance(k, str)]
+    assert runs == ["pre_run", "cleanup"] * 3  # one run per stage, each closed
+    states = [k[1] for k in seen if not isinstance(k, str)]
+    assert len(states) > 3 * STEPS and all(len(s) == 1 and s[0] >= 1 for s in states), states
+    assert seen[0] == "pre_run" and seen[1] != "cleanup"  # the calls are inside the runs
