@@ -286,8 +286,11 @@ def test_per_frame_images_of_a_second_controlnet_reach_their_frames_in_every_sta
     inv, _rec = _invert(patcher, cnet, latent, remix, poses, inner=1)
     assert seen and all(ids == [0] for _s, ids, _b in seen)  # the source is frame 0
     seen.clear()
-    (emb,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, remix, poses, 1, 2)
+    (emb,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, remix, poses, 1, 2, keyframe_interval=1)
     assert seen and all(ids == [1, 2] and b == 2 for _s, ids, b in seen)  # the two targets of the micro-batch
+    seen.clear()
+    PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, remix, poses, 1, 2, keyframe_interval=2)
+    assert seen and all(ids == [2] and b == 1 for _s, ids, b in seen)  # keyframes: only frame 2 is optimised
     seen.clear()
     PoseAnimateSampleFrames().sample(patcher, cnet, remix, emb, 2)
     windows = sorted({tuple(ids) for _s, ids, _b in seen})
@@ -316,7 +319,8 @@ def test_per_frame_images_of_a_controlnet_on_the_negative_reach_the_uncond_rows_
     assert seen and all(ids == [0] for _g, ids in seen)  # the source's uncond rows: image 0
     seen.clear()
     (emb,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, positive, poses, 2, 2,
-                                                         schedule="inner iterations", negative=negative)
+                                                         schedule="inner iterations", keyframe_interval=1,
+                                                         negative=negative)
     assert any(g for g, _ in seen) and all(set(ids) <= {1, 2} and ids == sorted(ids) for _g, ids in seen)
     assert [1, 2] in [ids for _g, ids in seen]
 

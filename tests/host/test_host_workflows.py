@@ -119,6 +119,10 @@ def test_long_workflow_keeps_model_calls_flat_as_the_sequence_grows():
     sampler = next(n for n in api.values() if n["class_type"] == "PoseAnimateSampleFrames")
     optimizer = next(n for n in api.values() if n["class_type"] == "PoseAnimatePoseEmbeddingOptimize")
     window = sampler["inputs"]["window_size"]
+
+    def settings(node, *given):  # the workflow's own widget values, but those passed by position
+        return {k: v for k, v in node["inputs"].items() if not isinstance(v, list) and k not in given}
+
     per_batch = optimizer["inputs"]["frames_per_batch"]
     assert 0 < window <= 16 and 0 < per_batch <= 16, "workflow 'long' must sample and optimise in windows"
 
@@ -136,11 +140,13 @@ def test_long_workflow_keeps_model_calls_flat_as_the_sequence_grows():
             inv, _ = PoseAnimatePoseAwareInversion().invert(patcher, cnet, latent, positive, poses[:1], 2, 7.5, 0,
                                                             1e-5)
             batches.clear()
-            emb, = PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, positive, poses, 1, per_batch)
+            emb, = PoseAnimatePoseEmbeddingOptimize().optimize(inv, patcher, cnet, positive, poses, 1, per_batch,
+                                                               **settings(optimizer, "inner_steps", "frames_per_batch"))
             opt_peak = max(batches)
             dca, = PoseAnimateDCAPatchModel().patch(patcher, 0.7, 0.15, 0.15, "all output blocks", "", None)
             batches.clear()
-            out, = PoseAnimateSampleFrames().sample(dca, cnet, positive, emb, window, None)
+            out, = PoseAnimateSampleFrames().sample(dca, cnet, positive, emb, window, None,
+                                                    **settings(sampler, "window_size"))
             assert out["samples"].shape[0] == n + 1
             peaks[n] = (opt_peak, max(batches))
     finally:
