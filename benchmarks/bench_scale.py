@@ -347,7 +347,7 @@ def run(args) -> dict:
         (emb,) = stage("Pose Embedding Optimize", lambda: PoseAnimatePoseEmbeddingOptimize().optimize(
             inv, model, cnet, positive, poses, args.inner, args.frames_per_batch, schedule=args.recipe.schedule,
             optimize_steps=args.recipe.optimize_steps, warm_start=args.recipe.warm_start,
-            adaptive=args.recipe.adaptive))
+            adaptive=args.recipe.adaptive, keyframe_interval=args.recipe.keyframe_interval))
         masks = None
         if not args.no_mask_extract:
             masks, _preview = stage("Cross-Attention Mask Extract", lambda: PoseAnimateCrossAttentionMaskExtract(
@@ -355,7 +355,8 @@ def run(args) -> dict:
         (dca,) = stage("DCA Patch Model", lambda: PoseAnimateDCAPatchModel().patch(
             model, 0.7, 0.15, 0.15, "all output blocks", "", masks))
         (frames,) = stage("Sample Frames", lambda: PoseAnimateSampleFrames().sample(
-            dca, cnet, positive, emb, args.window, None, uncond_pose=args.recipe.uncond_pose))
+            dca, cnet, positive, emb, args.window, None, uncond_pose=args.recipe.uncond_pose,
+            hold_background=args.recipe.hold_background, hold_dilate=args.recipe.hold_dilate))
         finite = bool(torch.isfinite(frames["samples"]).all())
 
     total = {k: sum(r[k] for r in rows) for k in ("forward_samples", "forward_backward_samples", "calls", "wall_s")}

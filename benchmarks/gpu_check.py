@@ -208,11 +208,14 @@ def run_config(args, config) -> list[dict]:
                 recipe.early_stop),
             "Pose Embedding Optimize": lambda: PoseAnimatePoseEmbeddingOptimize().optimize(
                 out["Pose-Aware Inversion"][0], patcher, cnet, positive, poses, recipe.inner_steps, 0,
-                schedule=recipe.schedule, keyframe_interval=recipe.keyframe_interval),
+                schedule=recipe.schedule, optimize_steps=recipe.optimize_steps, warm_start=recipe.warm_start,
+                adaptive=recipe.adaptive, keyframe_interval=recipe.keyframe_interval),
             "DCA Patch Model": lambda: PoseAnimateDCAPatchModel().patch(patcher, *recipe.weights, recipe.blocks, "",
                                                                           None),
             "Sample Frames": lambda: PoseAnimateSampleFrames().sample(
-                out["DCA Patch Model"][0], cnet, positive, out["Pose Embedding Optimize"][0], 0),
+                out["DCA Patch Model"][0], cnet, positive, out["Pose Embedding Optimize"][0], 0,
+                uncond_pose=recipe.uncond_pose, hold_background=recipe.hold_background,
+                hold_dilate=recipe.hold_dilate),
         }
         out = {}
         for name in STAGES:
@@ -260,8 +263,11 @@ def run_tiny_pipeline(args, config) -> list[dict]:
             model, out["Pose-Aware Inversion"], hints[1:], inner_steps=recipe.inner_steps, schedule=recipe.schedule,
             keyframe_interval=recipe.keyframe_interval),
         "DCA Patch Model": lambda: pipeline.patch_model(model, dca=pipeline.make_dca(recipe.weights))[0],
-        "Sample Frames": lambda: pipeline.sample(out["DCA Patch Model"], out["Pose-Aware Inversion"],
-                                                 out["Pose Embedding Optimize"]),
+        "Sample Frames": lambda: pipeline.sample(
+            out["DCA Patch Model"], out["Pose-Aware Inversion"], out["Pose Embedding Optimize"],
+            uncond_pose=recipe.uncond_pose,
+            hold_masks=pipeline.hold_masks_from_images(hints, latent.shape[-2:], dilate=recipe.hold_dilate)
+            if recipe.hold_background else None),
     }
     from testing.memtrack import PeakMemory
 

@@ -180,16 +180,20 @@ def hold_masks_from_images(hints: torch.Tensor, latent_size, *, dilate: int = 1,
     skeleton's height and closed (a limb capsule and the torso between its lines, as ``pata.body_prior`` draws from
     keypoints), united with the source's, reduced to ``latent_size`` by max-pooling, grown by ``dilate`` latent
     pixels; frame 0 all ones. A frame without a visible skeleton holds nothing of its own. ``source`` ``(3, h, w)``,
-    when given, is the source's pose image, put first (resized, nearest, to the frames' size: the source pose and
-    PATA's may be drawn at different sizes of one aspect ratio)."""
+    when given, is the source's pose image, put first (its skeleton brought to the frames' size: the source pose and
+    PATA's may be drawn at different sizes of one aspect ratio; max-pooled when larger, so no line is lost)."""
     if not isinstance(hints, torch.Tensor) or hints.ndim != 4 or hints.shape[1] != 3:
         raise argument_error("hints", "expected OpenPose images (F, 3, H, W)", "pass the frames' pose images")
+    skeleton = (hints.float().amax(1) > 0.05).float()
     if source is not None:
         if not isinstance(source, torch.Tensor) or source.ndim != 3 or source.shape[0] != 3:
             raise argument_error("source", "expected an OpenPose image (3, H, W)", "pass the source's pose image")
-        source = F.interpolate(source[None].float(), size=tuple(hints.shape[-2:]), mode="nearest")
-        hints = torch.cat([source.to(hints.device), hints.float()])
-    skeleton = (hints.float().amax(1) > 0.05).float()
+        lines = (source.float().amax(0) > 0.05).float()[None, None].to(skeleton.device)
+        size = tuple(skeleton.shape[-2:])
+        if lines.shape[-2] > size[0] or lines.shape[-1] > size[1]:
+            lines = F.adaptive_max_pool2d(lines, size)
+        lines = F.interpolate(lines, size=size, mode="nearest")
+        skeleton = torch.cat([lines[0], skeleton])
     bodies = torch.zeros_like(skeleton)
     for f in range(skeleton.shape[0]):
         rows = skeleton[f].any(1).nonzero().flatten()

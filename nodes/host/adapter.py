@@ -442,8 +442,8 @@ class ComfyDenoiser:
         """Where pacm runs (the StageHost protocol): :func:`engine_mode`, inside the MODEL's ``pre_run`` /
         ``cleanup`` as a sampler runs inside them (its ON_PRE_RUN and ON_CLEANUP callbacks)."""
         with engine_mode():
-            self.patcher.pre_run()
             try:
+                self.patcher.pre_run()
                 yield
             finally:
                 self.patcher.cleanup()
@@ -500,7 +500,7 @@ class ComfyDenoiser:
         for head, name in ((self.cond_control, "positive"), (self.uncond_control, "negative")):
             for link in _links(head):
                 hint = getattr(link, "cond_hint_original", None)
-                if isinstance(hint, torch.Tensor) and 1 < hint.shape[0] < frames:
+                if isinstance(hint, torch.Tensor) and hint.shape[0] not in (1, frames):
                     raise input_error(self.node, name, f"the ControlNet applied to this conditioning has "
                                       f"{hint.shape[0]} images for {frames} frames",
                                       "give it one image, or one per frame (source first)")
@@ -620,6 +620,8 @@ class ComfyDenoiser:
         if "sigmas" not in to:
             to["sigmas"] = sigma[: x.shape[0] // n] if x.shape[0] % n == 0 else sigma
         to.setdefault("uuids", [None] * n)
+        model_options = self.patcher.model_options
+        prepare_state(self.patcher, sigma, model_options)  # ON_PREPARE_STATE callbacks, before control (calc_cond_batch)
         y = self.adm_for(x, cond_or_uncond)
         control = self._control_for(x, sigma, context, hint, cond_or_uncond, to, y)
         c = {"c_crossattn": context, "transformer_options": to}
@@ -630,8 +632,6 @@ class ComfyDenoiser:
             self._grad_attention_options(to)
         else:
             c["control"] = control
-        model_options = self.patcher.model_options
-        prepare_state(self.patcher, sigma, model_options)  # ON_PREPARE_STATE callbacks, as calc_cond_batch
         if "model_function_wrapper" in model_options:
             return model_options["model_function_wrapper"](
                 self.model.apply_model, {"input": x, "timestep": sigma, "c": c, "cond_or_uncond": cond_or_uncond})

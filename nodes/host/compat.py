@@ -106,8 +106,11 @@ def attention_layer_class():
 
 
 def prepare_state(patcher, timestep, model_options: dict) -> None:
-    """``patcher.prepare_state`` as ComfyUI's ``calc_cond_batch`` calls it before the model evaluates a batch."""
-    if _accepts(patcher.prepare_state, "model_options"):
+    """``patcher.prepare_state`` as ComfyUI's ``calc_cond_batch`` calls it before the model evaluates a batch (the
+    arguments the host's own ``ModelPatcher.prepare_state`` takes, as a sampler passes them to any subclass)."""
+    from comfy.model_patcher import ModelPatcher
+
+    if _accepts(ModelPatcher.prepare_state, "model_options"):
         patcher.prepare_state(timestep, model_options)
     else:
         patcher.prepare_state(timestep)

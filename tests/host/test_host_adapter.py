@@ -361,3 +361,37 @@ def test_model_sampling_object_patch_is_honoured():
     x0, eps, ctx, hint = _inputs(n=1)
     sigma = den.sigmas[[500]]
     assert torch.isfinite(den(x0 + sigma * eps, sigma, ctx, hint)).all()
+
+
+def test_a_batch_that_is_not_equal_chunks_is_refused_not_given_another_sides_conditioning():
+    """Rows are len(cond_or_uncond) equal chunks (as ComfyUI's batches): a batch of 3 rows named as 2 chunks is
+    refused instead of given one side's conditioning for every row."""
+    patcher, cnet = build_tiny_sd15()
+    x0, eps, ctx, hint = _inputs()
+    den = ComfyDenoiser(patcher, cnet)
+    sigma = den.sigmas[[600, 600, 600]]
+    x = x0[:1].expand(3, -1, -1, -1) + sigma.view(-1, 1, 1, 1) * eps[:1]
+    with pytest.raises(ValueError, match=r"^cond_or_uncond: a batch of 3 rows is not 2 equal chunks"):
+        den(x, sigma, ctx.expand(3, -1, -1), hint[:1], {"cond_or_uncond": [1, 0]})
+    out = den(x[:2], sigma[:2], ctx.expand(2, -1, -1), hint[:1], {"cond_or_uncond": [1, 0]})  # 2 chunks of 1: runs
+    assert out.shape == x[:2].shape
+
+
+def test_a_cfg_function_that_writes_into_its_model_options_leaves_the_models_own_unchanged():
+    """combine_cfg hands a sampler_cfg_function a clone of the MODEL's model_options, as a sampler hands its own: a
+    function that writes into them changes nothing on the MODEL (and its result is used)."""
+    patcher, cnet = build_tiny_sd15()
+    model = patcher.clone()
+
+    def writing(args):
+        args["model_options"]["written"] = True
+        args["model_options"]["transformer_options"]["written"] = True
+        return args["cond"] * 0.5
+
+    model.set_model_sampler_cfg_function(writing)
+    den = ComfyDenoiser(model, cnet)
+    x = torch.randn(1, 4, 8, 8)
+    x0_cond, x0_uncond = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    out = den.combine_cfg(x0_cond, x0_uncond, 7.5, x, den.sigmas[[600]])
+    assert torch.allclose(out, x - (x - x0_cond) * 0.5)
+    assert "written" not in model.model_options and "written" not in model.model_options["transformer_options"]

@@ -325,7 +325,7 @@ def test_per_frame_images_of_a_controlnet_on_the_negative_reach_the_uncond_rows_
     assert [1, 2] in [ids for _g, ids in seen]
 
 
-def test_a_conditioning_controlnet_with_too_few_images_is_refused_before_any_work(monkeypatch):
+def test_a_conditioning_controlnet_with_another_image_count_is_refused_before_any_work(monkeypatch):
     """A ControlNet on the negative (or positive) whose images are neither one nor one per frame is refused by
     Pose Embedding Optimize and Sample Frames before any model call, naming the input."""
     patcher, cnet = build_tiny_sd15()
@@ -344,6 +344,9 @@ def test_a_conditioning_controlnet_with_too_few_images_is_refused_before_any_wor
     with pytest.raises(PoseAnimateError, match=r"^Sample Frames: input 'positive': the ControlNet applied to this "
                                                r"conditioning has 2 images for 3 frames"):
         PoseAnimateSampleFrames().sample(patcher, cnet, remix, emb, 0)
+    four = [[positive[0][0], {"control": cnet2.copy().set_cond_hint(torch.rand(4, 3, 64, 64), 0.8, (0.0, 1.0))}]]
+    with pytest.raises(PoseAnimateError, match=r"^Sample Frames: input 'positive': .* has 4 images for 3 frames"):
+        PoseAnimateSampleFrames().sample(patcher, cnet, four, emb, 0)  # more than one per frame: refused too
     assert calls == []
 
 
@@ -376,6 +379,10 @@ def test_the_models_run_callbacks_are_called_as_a_sampler_calls_them():
     """ModelPatcher callbacks (another pack's set-up on ON_PRE_RUN, per-step state on ON_PREPARE_STATE, tear-down on
     ON_CLEANUP) run in every stage as around and inside a KSampler's sampling: pre_run and cleanup once per stage,
     prepare_state before every model call, with the call's sigmas."""
+    import inspect
+    import re
+
+    from comfy.model_patcher import ModelPatcher
     from comfy.patcher_extension import CallbacksMP
 
     patcher, cnet = build_tiny_sd15()
@@ -383,13 +390,15 @@ def test_the_models_run_callbacks_are_called_as_a_sampler_calls_them():
     seen = []
     model = patcher.clone()
     model.add_callback(CallbacksMP.ON_PRE_RUN, lambda p: seen.append("pre_run"))
-    model.add_callback(CallbacksMP.ON_PREPARE_STATE, lambda p, t, *a: seen.append(("state", tuple(t.shape))))
+    model.add_callback(CallbacksMP.ON_PREPARE_STATE, lambda p, t, *a: seen.append(("state", tuple(t.shape), a)))
     model.add_callback(CallbacksMP.ON_CLEANUP, lambda p: seen.append("cleanup"))
     inv, _ = _invert(model, cnet, latent, positive, poses, inner=1)
     (emb,) = PoseAnimatePoseEmbeddingOptimize().optimize(inv, model, cnet, positive, poses, 1, 0)
     PoseAnimateSampleFrames().sample(model, cnet, positive, emb, 0)
-    runs = [k for k in seen if isinstance(k, str)]
-    assert runs == ["pre_run", "cleanup"] * 3  # one run per stage, each closed
-    states = [k[1] for k in seen if not isinstance(k, str)]
-    assert len(states) > 3 * STEPS and all(len(s) == 1 and s[0] >= 1 for s in states), states
-    assert seen[0] == "pre_run" and seen[1] != "cleanup"  # the calls are inside the runs
+    trace = "".join("P" if k == "pre_run" else "C" if k == "cleanup" else "s" for k in seen)
+    assert re.fullmatch(r"(Ps+C){3}", trace), trace  # one run per stage, every model call inside one, each closed
+    states = [k for k in seen if not isinstance(k, str)]
+    assert len(states) > 3 * STEPS and all(len(s) == 1 and s[0] >= 1 for _k, s, _a in states), states
+    # the host's own arguments: 0.33 passes the call's model_options (a dict), 0.3.64 nothing more
+    takes_options = "model_options" in inspect.signature(ModelPatcher.prepare_state).parameters
+    assert all((len(a) == 1 and isinstance(a[0], dict)) if takes_options else a == () for _k, _s, a in states)
