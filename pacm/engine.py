@@ -408,7 +408,8 @@ def pose_aware_inversion(model, inversion: InversionResult, *, cfg: float = 7.5,
     embedding (carried over from the previous step) gets up to ``inner_steps`` Adam updates minimising the
     alpha-space MSE ``mean((x_next - Z_{t-1})**2) / (1 + sigmas[i+1]**2)`` with
     ``x_next = DDIM(x, CFG(x0_c, x0_u))`` (``x0_u + cfg * (x0_c - x0_u)``, or the model's ``combine_cfg``:
-    :func:`_cfg`); then the step is taken with the optimised embedding and the next step continues from that latent. Gradients flow only into the embedding (``model.grad_context()``).
+    :func:`_cfg`); then the step is taken with the optimised embedding and the next step continues from that
+    latent. Gradients flow only into the embedding (``model.grad_context()``).
     Evaluations per step: 1 cond forward + one forward-backward per inner iteration + 1 forward for the step
     (none when ``inner_steps=0``, the embedding is the prompt's and the model does not say ``cond_rows_differ``).
 
