@@ -93,7 +93,7 @@ def _record_prepare():
     seen = []
     real = stages.prepare
 
-    def prepare(host, stage, requested=0, argument="frames_per_call", policy=runner.MEMORY):
+    def prepare(host, stage, requested=0, argument="requested", policy=runner.MEMORY):
         n = real(host, stage, requested, argument, policy)
         seen.append((n, policy.per_sample(host, stage) * stage.samples_per_frame * n))
         return n

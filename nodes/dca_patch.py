@@ -54,7 +54,9 @@ def select_blocks(unet, blocks: str, custom_blocks: str) -> list:
                              "use an SD1.5 or SDXL checkpoint")
         return [("output", i) for i in available["output"]]
     if blocks == "SD1.5 output 3-11":
-        chosen = [("output", i) for i in available["output"] if 3 <= i <= 11]
+        from ..pipeline import SD15
+
+        chosen = [("output", i) for i in available["output"] if ("output", i) in SD15.dca_blocks]
         if not chosen:
             raise ValueError(f"blocks: this model has no attention in output blocks 3-11 (attention blocks: {have});"
                              " choose 'all output blocks'")

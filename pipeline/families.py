@@ -1,7 +1,8 @@
 """Model families, one profile each: what the pack knows of SD1.5 and of SDXL, in one place.
 
-The host checks (``nodes/host/checks.py``), the host adapter, Cross-Attention Mask Extract, DCA Patch Model, the
-memory policy (``pipeline.runner``) and the recipes read a family's facts from its :class:`ModelFamily`; adding a
+The host checks (``nodes/host/checks.py``), the host adapter, Cross-Attention Mask Extract, DCA Patch Model and the
+memory policy (``pipeline.runner``) read a family's facts from its :class:`ModelFamily` (the recipes in
+``pipeline/defaults.py`` import nothing, so their sizes are literals, tested equal to ``default_size``); adding a
 family means filling one profile here (and, where its host classes differ, teaching ``nodes/host/checks.py`` to
 detect it). No ComfyUI import: the facts are plain values.
 """
@@ -31,9 +32,10 @@ class ModelFamily:
     name: as messages say it ("SD1.5", "SDXL"); context_dim: the text embedding's width; adm_channels: the width of
     the pooled/size conditioning ``y`` (None: none); latent_channels; default_size: the image size its recipes use
     (``pipeline.FULL`` / ``FULL_SDXL``); controlnet_example: an OpenPose ControlNet to name in messages;
-    dca_blocks: the decoder blocks with self-attention that DCA Patch Model's 'all output blocks' patches (for docs
-    and checks; the node finds them by structure); mask_factors: the latent-size divisors of the cross-attention
-    layers Mask Extract reads; tokenizer: how the subject's tokens are found; unet / controlnet: working memory of a
+    dca_blocks: the decoder blocks with self-attention that DCA Patch Model's 'all output blocks' patches (the node
+    finds those by structure; its 'SD1.5 output 3-11' choice is SD1.5's); mask_factors: the latent-size divisors of
+    the cross-attention layers Mask Extract reads; tokenizer: how the subject's tokens are found (a description:
+    ``attention.find_token_positions`` finds the tokenizer by structure); unet / controlnet: working memory of a
     forward and of a forward+backward into the embedding (:class:`Memory`), per sample, for the UNet and for each
     ControlNet that runs on the sample."""
 

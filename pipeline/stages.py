@@ -71,8 +71,6 @@ def optimise(host, inversion: StagedInversion, hints: torch.Tensor | None, *, in
     if not isinstance(inversion, StagedInversion):
         raise argument_error("inversion", f"expected the StagedInversion of pipeline.invert, got "
                              f"{type(inversion).__name__}", "pass what pipeline.invert returned")
-    if schedule not in SCHEDULES:
-        raise argument_error("schedule", f"unknown schedule {schedule!r}", f"choose one of {', '.join(SCHEDULES)}")
     check_schedule(inner_steps, schedule=schedule, optimize_steps=optimize_steps, warm_start=warm_start,
                    adaptive=adaptive, keyframe_interval=keyframe_interval)
     n = int(hints.shape[0]) if hints is not None else int(engine.get("frames") or 0)

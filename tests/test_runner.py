@@ -93,6 +93,13 @@ def test_family_profiles_are_linear_in_pixels_and_dtype_and_count_each_controlne
     assert SDXL.working_memory(128 * 128, 2, True) > 6 * 2**30
 
 
+def test_family_profiles_agree_with_the_recipes_that_ship():
+    """pipeline/defaults.py imports nothing (benchmarks load it by path), so its sizes are literals: they must be the
+    families' default sizes."""
+    assert pipeline.FULL.size == pipeline.FAST.size == SD15.default_size
+    assert pipeline.FULL_SDXL.size == SDXL.default_size
+
+
 def test_a_12gb_card_with_sd15_at_512_fp16_gets_a_batch_that_fits():
     """The worked example of the GPU issue: ~9 GiB free after loading, 16 frames, automatic batch. The old policy
     (4x ComfyUI's NVIDIA-branch estimate, 82 MiB) took all 16 frames; priced by the bytes the pass holds, the batch

@@ -339,10 +339,8 @@ class ComfyDenoiser:
 
     # ---- memory -------------------------------------------------------------------------------------
     def _models(self) -> list:
-        out = [self.patcher]
-        for head in _unique([self.control_net, self.cond_control, self.uncond_control]):
-            out += [m for m in head.get_models() if all(m is not o for o in out)]
-        return out
+        heads = _unique([self.control_net, self.cond_control, self.uncond_control])
+        return _unique([self.patcher] + [m for head in heads for m in head.get_models()])
 
     def load(self, memory_required: int = 0) -> None:
         """Load the UNet (+ LoRA patches) and the ControlNet through ComfyUI's memory manager."""
@@ -538,13 +536,12 @@ class ComfyDenoiser:
         return self._y[key]
 
     def adm_for(self, x, cond_or_uncond=(0,)):
-        """SDXL's ``y`` (B, 2816) for a batch of latents ``x`` whose chunks are ``cond_or_uncond`` (each side's
-        pooled output and sizes, see the class docstring); None for SD1.5."""
+        """SDXL's ``y`` (B, 2816) for a batch of latents ``x`` whose equal chunks (checked by ``__call__``) are
+        ``cond_or_uncond`` (each side's pooled output and sizes, see the class docstring); None for SD1.5."""
         if self.family != "SDXL":
             return None
         hw = (int(x.shape[-2]), int(x.shape[-1]))
         n = len(cond_or_uncond)
-        _check_chunks(x.shape[0], cond_or_uncond)
         ys = [self._y_of(self.uncond_adm, hw, "negative") if kind == 1 else self._y_of(self.adm, hw)
               for kind in cond_or_uncond]
         return torch.cat([y.expand(x.shape[0] // n, -1) for y in ys]).to(x.device)
@@ -580,8 +577,7 @@ class ComfyDenoiser:
             c = self.control_net.copy()
             c.set_cond_hint(hint, self.strength, self.percent_range)
             control = self._run_control(c, x, sigma, context, n_chunks, transformer_options, y)
-        _check_chunks(b, cond_or_uncond)
-        size = b // n_chunks
+        size = b // n_chunks  # equal chunks: checked by __call__
         for kind, head, name in ((0, self.cond_control, "positive"), (1, self.uncond_control, "negative")):
             chunks = [k for k, cu in enumerate(cond_or_uncond) if cu == kind]
             if head is None or not chunks:
@@ -615,10 +611,11 @@ class ComfyDenoiser:
             hint = _plain(hint)
         to = merge_transformer_options(self.patcher, transformer_options)
         cond_or_uncond = list(to.get("cond_or_uncond") or [0])
+        _check_chunks(x.shape[0], cond_or_uncond)
         to["cond_or_uncond"] = cond_or_uncond
         n = len(cond_or_uncond)
         if "sigmas" not in to:
-            to["sigmas"] = sigma[: x.shape[0] // n] if x.shape[0] % n == 0 else sigma
+            to["sigmas"] = sigma[: x.shape[0] // n]
         to.setdefault("uuids", [None] * n)
         model_options = self.patcher.model_options
         prepare_state(self.patcher, sigma, model_options)  # ON_PREPARE_STATE callbacks, before control (calc_cond_batch)

@@ -19,8 +19,12 @@ def latent_samples(latent, node: str, input_name: str = "latent") -> torch.Tenso
         raise input_error(node, input_name, f"the latent batch holds {samples.shape[0]} images; "
                           "PoseAnimate animates one source image",
                           "encode a single source image, or pick one with 'Latent From Batch'")
-    if samples.shape[1] != 4:
-        raise input_error(node, input_name, f"the latent has {samples.shape[1]} channels (SD1.5 and SDXL: 4)",
+    from ...pipeline.families import FAMILIES
+
+    channels = {f.latent_channels for f in FAMILIES.values()}
+    if samples.shape[1] not in channels:
+        raise input_error(node, input_name, f"the latent has {samples.shape[1]} channels (SD1.5 and SDXL: "
+                          f"{'/'.join(map(str, sorted(channels)))})",
                           "encode the source image with the VAE of your SD1.5 or SDXL checkpoint")
     return samples
 
